@@ -1,0 +1,3 @@
+"""adarec: scene-adaptive knowledge distillation for sequential recommendation (AdaRec)."""
+
+__version__ = "0.1.0"

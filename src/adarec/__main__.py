@@ -1,0 +1,3 @@
+from adarec.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,382 @@
+"""Layered, validated configuration: built-in defaults < YAML file < ``--set key=value``.
+
+The configuration is data: nested dataclasses. Unknown keys are errors that name the
+closest valid key, values are coerced to the declared type, and the resolved configuration
+is saved into every run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adarec.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    """Where the interactions come from and how they are turned into sequences."""
+
+    dataset: str = "ml-100k"  # built-in name (ml-100k, ml-1m, synthetic) or a file path
+    format: str = "auto"  # auto | atomic | csv | ml2k | retailrocket | 30music
+    sep: str = "auto"  # csv/tsv separator: auto | "," | "\t" | ...
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str = "timestamp"
+    rating_col: str = ""  # empty: no rating column
+    session_col: str = "SessionId"  # 30music: one sequence per session
+    event_col: str = "event"  # retailrocket
+    events: list[str] = field(default_factory=lambda: ["view"])  # retailrocket events kept
+    rating_threshold: float | None = None  # keep rows with rating >= threshold
+    min_item_count: int = 5
+    min_user_count: int = 5
+    kcore: str = "iterative"  # iterative (until stable) | single (the paper's one pass)
+    max_len: int = 50
+    long_sequences: str = "windows"  # windows (paper: cut from the end) | recent
+    min_window: int = 2  # training windows shorter than this are dropped
+    num_negatives: int = 100  # sampled-evaluation negatives per user
+    # synthetic generator (dataset: synthetic)
+    synthetic_users: int = 200
+    synthetic_items: int = 100
+    synthetic_length: int = 30
+
+
+@dataclass
+class ModelConfig:
+    """Teacher architecture. Fields a model does not use are ignored by it."""
+
+    name: str = "sasrec"  # nextitnet | sasrec | bert4rec | pop
+    hidden_size: int = 64
+    num_blocks: int = 2  # nextitnet: residual blocks; sasrec/bert4rec: transformer blocks
+    dilations: list[int] = field(default_factory=lambda: [1, 4])  # nextitnet pattern
+    kernel_size: int = 3
+    residual_scale: bool = True  # nextitnet: learnable residual scale initialised to 0
+    num_heads: int = 2
+    inner_size: int = 256  # transformer feed-forward width
+    dropout: float = 0.2
+    distill_every: int = 1  # expose every k-th block output for distillation
+    mask_prob: float = 0.4  # bert4rec masked-item pretraining
+    pretrain_epochs: int = 10  # bert4rec: masked-item epochs before causal fine-tuning
+
+
+@dataclass
+class LoopConfig:
+    """Settings of the one training loop, shared by every stage."""
+
+    epochs: int = 50
+    batch_size: int = 128  # per process; the global batch is batch_size x world size
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"  # adam | adamw
+    clip_grad: float = 5.0  # 0 disables clipping
+    lr_step: int = 0  # step decay every lr_step epochs (0: none)
+    lr_decay: float = 1.0
+    patience: int = 5  # early stopping on validation NDCG@10 (full ranking); 0 disables
+    eval_every: int = 1
+    max_steps_per_epoch: int = 0  # 0: the whole epoch (a smaller value for smoke runs)
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Teacher training."""
+
+
+@dataclass
+class SearchConfig(LoopConfig):
+    """Architecture search: space, relaxation, losses and the search loop."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 5e-3
+    weight_decay: float = 5e-4
+    optimizer: str = "adamw"
+    patience: int = 0
+    cells: int = 4
+    nodes: int = 3
+    width: int = 64
+    ops: str = "causal"  # causal (default, leak-free) | paper (centred ops: leaks labels)
+    dropout: float = 0.1
+    mode: str = "single_path"  # single_path | full
+    optimization: str = "single"  # single (paper) | bilevel (first-order, held-out batches)
+    alpha_lr: float = 3e-3
+    alpha_weight_decay: float = 1e-4
+    alpha_init_std: float = 1e-2
+    tau_initial: float = 1.0
+    tau_decay: float = 0.8
+    tau_every: int = 5
+    gamma: float = 0.5
+    gamma_decay: float = 1.0  # gamma multiplied by this after each epoch
+    beta: float = 8.0
+    use_ce: bool = True
+    use_emb: bool = True
+    use_hid: bool = True
+    use_logit: bool = True
+    use_cost: bool = True
+    hid_distance: str = "kl"  # kl (paper: channel-softmax KL) | mse
+    layer_mapping: str = "emd"  # emd | skip (uniform one-to-one) | last
+    kd_temperature: float = 1.0
+    cost: str = "macs"  # macs (MACs and parameters) | latency (measured on this machine)
+
+
+@dataclass
+class StudentConfig(LoopConfig):
+    """Retraining of the derived student."""
+
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    optimizer: str = "adamw"
+    lr_step: int = 10
+    lr_decay: float = 0.9
+    patience: int = 10
+    init: str = "inherit"  # inherit (paper: searched weights) | scratch
+    loss: str = "ce"  # ce (paper) | kd (the search's distillation losses, without cost)
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    batch_size: int = 512
+    exclude_seen: bool = False  # drop the user's history items from the ranking
+
+
+@dataclass
+class BenchConfig:
+    """CPU latency measurement of teacher and student (same process, same inputs)."""
+
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 256])
+    repeats: int = 30
+    warmup: int = 5
+    threads: int = 0  # 0: leave torch's default
+
+
+@dataclass
+class RunConfig:
+    """What ``adarec run`` compares the student with (``adarec ablate`` runs them all)."""
+
+    baselines: list[str] = field(default_factory=lambda: ["pop"])
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # mixed precision (CUDA only)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.format": ("auto", "atomic", "csv", "ml2k", "retailrocket", "30music"),
+    "data.kcore": ("iterative", "single"),
+    "data.long_sequences": ("windows", "recent"),
+    "model.name": ("nextitnet", "sasrec", "bert4rec", "pop"),
+    "train.optimizer": ("adam", "adamw"),
+    "search.optimizer": ("adam", "adamw"),
+    "student.optimizer": ("adam", "adamw"),
+    "search.ops": ("causal", "paper"),
+    "search.mode": ("single_path", "full"),
+    "search.optimization": ("single", "bilevel"),
+    "search.hid_distance": ("kl", "mse"),
+    "search.layer_mapping": ("emd", "skip", "last"),
+    "search.cost": ("macs", "latency"),
+    "student.init": ("inherit", "scratch"),
+    "student.loss": ("ce", "kd"),
+}
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Coerce a YAML or command-line value to the declared type, or raise UserError."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is list:
+        (inner,) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(v, inner, key) for v in value]
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                low = value.lower()
+                if low in ("true", "1", "yes", "on"):
+                    return True
+                if low in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if isinstance(value, bool | int):
+                return bool(value)
+            raise ValueError(value)
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if annotation is str:
+            return str(value)
+    except (TypeError, ValueError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise UserError(f"config key '{key}': expected {name}, got {value!r}") from None
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, valid: list[str]) -> UserError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    return UserError(f"unknown config key '{key}'{hint}")
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the configuration."""
+    keys = []
+    for name, annotation in _field_types(cls).items():
+        if dataclasses.is_dataclass(annotation):
+            keys.extend(all_keys(annotation, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    types_ = _field_types(type(obj))
+    for name, value in updates.items():
+        key = f"{prefix}{name}"
+        if name not in types_:
+            # Siblings first (a misspelt section or key of this section), then any key.
+            siblings = [f"{prefix}{n}" for n in types_]
+            close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.5)
+            raise _unknown_key(key, close or all_keys())
+        annotation = types_[name]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise UserError(f"config key '{key}' is a section; give it a mapping")
+            _merge(getattr(obj, name), value, f"{key}.")
+        else:
+            setattr(obj, name, _coerce(value, annotation, key))
+
+
+def _dotted_to_nested(key: str, value: Any) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    cursor = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def validate(cfg: Config) -> None:
+    """Check choices and ranges; raise UserError naming the first bad key."""
+    flat = to_dict(cfg)
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = flat[section][name]
+        if value not in choices:
+            raise UserError(
+                f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}"
+            )
+    positive = [
+        "data.max_len",
+        "model.hidden_size",
+        "model.num_blocks",
+        "model.num_heads",
+        "search.cells",
+        "search.nodes",
+        "search.width",
+        "eval.batch_size",
+    ] + [f"{s}.{k}" for s in ("train", "search", "student") for k in ("batch_size", "eval_every")]
+    for key in positive:
+        section, name = key.split(".")
+        if flat[section][name] <= 0:
+            raise UserError(f"config key '{key}' must be positive; got {flat[section][name]}")
+    for s in ("train", "search", "student"):
+        if flat[s]["epochs"] < 0 or flat[s]["lr"] <= 0:
+            raise UserError(f"config section '{s}': epochs must be >= 0 and lr > 0")
+    if cfg.model.name in ("sasrec", "bert4rec") and cfg.model.hidden_size % cfg.model.num_heads:
+        raise UserError(
+            f"config: model.hidden_size ({cfg.model.hidden_size}) must be divisible by "
+            f"model.num_heads ({cfg.model.num_heads})"
+        )
+    if not 0.0 <= cfg.search.gamma <= 1.0:
+        raise UserError(f"config key 'search.gamma' must be in [0, 1]; got {cfg.search.gamma}")
+    if not 0.0 < cfg.model.mask_prob < 1.0:
+        raise UserError(
+            f"config key 'model.mask_prob' must be in (0, 1); got {cfg.model.mask_prob}"
+        )
+    if any(k <= 0 for k in cfg.eval.ks):
+        raise UserError("config key 'eval.ks' must hold positive cut-offs")
+    if not cfg.model.dilations or any(d <= 0 for d in cfg.model.dilations):
+        raise UserError("config key 'model.dilations' must hold positive dilations")
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Build a Config from defaults, an optional saved dict, a YAML file and ``key=value`` items."""
+    cfg = Config()
+    if base:
+        _merge(cfg, base)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {path} must hold a mapping at the top level")
+        _merge(cfg, loaded)
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in all_keys():
+            raise _unknown_key(key, all_keys())
+        value = yaml.safe_load(raw) if raw.strip() else raw
+        _merge(cfg, _dotted_to_nested(key, raw if isinstance(value, dict) else value))
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved configuration as YAML, atomically."""
+    from adarec.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,290 @@
+"""From raw interactions to chronological item sequences, with a content-keyed cache.
+
+Steps: optional implicit threshold on ratings, k-core filter, dropping sequences too short
+for leave-one-out, a stable chronological sort, item ids 1..N, and sampled negatives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adarec.config import DataConfig
+from adarec.data.builtin import BUILTIN, dataset_path
+from adarec.data.readers import read_any
+from adarec.errors import UserError
+from adarec.io import atomic_write
+
+PAD = "<pad>"
+MIN_SEQUENCE_LENGTH = 3  # leave-one-out needs a training item, a validation and a test target
+CACHE_VERSION = 1  # bump when the preprocessing or the cache layout changes
+
+
+@dataclass
+class PreparedData:
+    """Chronological item sequences with internal item ids 1..N (0 is padding)."""
+
+    name: str
+    item_ids: list[str]  # raw id of internal item i at index i; index 0 is "<pad>"
+    user_ids: list[str]  # raw user (or session) id of each sequence
+    sequences: list[np.ndarray]  # int64 internal ids per user, oldest first, full length
+    negatives: np.ndarray  # [num_users, num_negatives] int64, items each user never touched
+    filter_log: list[dict[str, Any]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids) - 1
+
+    @property
+    def num_users(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def num_interactions(self) -> int:
+        return sum(len(seq) for seq in self.sequences)
+
+    def item_index(self) -> dict[str, int]:
+        """Raw item id -> internal id."""
+        return {raw: index for index, raw in enumerate(self.item_ids) if index > 0}
+
+
+def _encode(values: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+    """Integer codes in order of first appearance, and the distinct values in that order."""
+    index: dict[Any, int] = {}
+    codes = np.fromiter(
+        (index.setdefault(value, len(index)) for value in values), np.int64, len(values)
+    )
+    return codes, list(index)
+
+
+def _frequent(keys: np.ndarray, min_count: int) -> np.ndarray:
+    """Mask of the rows whose key occurs at least ``min_count`` times."""
+    if len(keys) == 0:
+        return np.ones(0, dtype=bool)
+    return np.bincount(keys)[keys] >= min_count
+
+
+def kcore(
+    users: np.ndarray, items: np.ndarray, min_user: int, min_item: int, mode: str
+) -> tuple[np.ndarray, int]:
+    """Indices of the rows that survive the k-core filter, and the number of passes.
+
+    ``iterative`` repeats until every kept user and item has enough rows; ``single`` (the
+    paper's preprocessing) makes one pass: items by their count, then users by their count
+    among the rows left.
+    """
+    keep = np.arange(len(users))
+    if mode == "single":
+        keep = keep[_frequent(items[keep], min_item)]
+        return keep[_frequent(users[keep], min_user)], 1
+    passes = 0
+    while True:
+        passes += 1
+        ok = _frequent(users[keep], min_user) & _frequent(items[keep], min_item)
+        if ok.all():
+            return keep, passes
+        keep = keep[ok]
+
+
+def _sizes(users: np.ndarray, items: np.ndarray) -> tuple[int, int, int]:
+    """Rows, distinct users and distinct items (codes are small non-negative integers)."""
+    return len(users), _distinct(users), _distinct(items)
+
+
+def _distinct(codes: np.ndarray) -> int:
+    return int(np.count_nonzero(np.bincount(codes))) if len(codes) else 0
+
+
+def _log_step(
+    name: str, before: tuple[int, int, int], after: tuple[int, int, int], **extra: Any
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"step": name}
+    for key, b, a in zip(("rows", "users", "items"), before, after, strict=True):
+        entry[f"{key}_before"] = int(b)
+        entry[f"{key}_after"] = int(a)
+    return {**entry, **extra}
+
+
+def sample_negatives(
+    sequences: list[np.ndarray], num_items: int, num_negatives: int, rng: np.random.Generator
+) -> np.ndarray:
+    """For each user, ``num_negatives`` distinct items drawn uniformly from those never touched.
+
+    A user who touched so many items that fewer than ``num_negatives`` remain gets all of
+    them, repeated (in a random order) to fill the row; a user who touched every item gets
+    a row of 0 (padding), which consumers must treat as "no negative".
+    """
+    negatives = np.zeros((len(sequences), num_negatives), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        unseen = np.ones(num_items + 1, dtype=bool)
+        unseen[0] = False
+        unseen[seq] = False
+        pool = np.flatnonzero(unseen)
+        if len(pool) >= num_negatives:
+            negatives[row] = rng.choice(pool, num_negatives, replace=False)
+        elif len(pool):
+            negatives[row] = np.resize(rng.permutation(pool), num_negatives)
+    return negatives
+
+
+def _build(cfg: DataConfig, seed: int, name: str, say: Callable[[str], None]) -> PreparedData:
+    raw = read_any(cfg, seed)
+    say(f"read {len(raw):,} interactions")
+    users, user_names = _encode(raw.users)
+    items, item_names = _encode(raw.items)
+    log: list[dict[str, Any]] = []
+
+    def step(label: str, rows: np.ndarray, keep: np.ndarray, **extra: Any) -> np.ndarray:
+        """Keep ``rows[keep]`` and log the sizes before and after."""
+        kept = rows[keep]
+        before, after = _sizes(users[rows], items[rows]), _sizes(users[kept], items[kept])
+        log.append(_log_step(label, before, after, **extra))
+        return kept
+
+    rows = np.arange(len(raw))
+    if cfg.rating_threshold is not None:
+        if raw.ratings is None:
+            raise UserError(
+                f"data.rating_threshold is {cfg.rating_threshold} but dataset "
+                f"'{cfg.dataset}' has no ratings; set data.rating_threshold to null"
+            )
+        above = raw.ratings >= cfg.rating_threshold
+        rows = step(f"rating >= {cfg.rating_threshold:g}", rows, above)
+    keep, passes = kcore(
+        users[rows], items[rows], cfg.min_user_count, cfg.min_item_count, cfg.kcore
+    )
+    label = f"{cfg.kcore} k-core (users >= {cfg.min_user_count}, items >= {cfg.min_item_count})"
+    rows = step(label, rows, keep, passes=passes)
+    long_enough = _frequent(users[rows], MIN_SEQUENCE_LENGTH)
+    rows = step(f"sequences >= {MIN_SEQUENCE_LENGTH} items", rows, long_enough)
+    if len(rows) == 0:
+        emptied = next(entry["step"] for entry in log if entry["rows_after"] == 0)
+        filters = ", ".join(entry["step"] for entry in log)
+        raise UserError(
+            f"dataset '{cfg.dataset}': no interactions left after filtering ({filters}); "
+            f"the step '{emptied}' removed the last ones: lower data.min_user_count, "
+            "data.min_item_count or data.rating_threshold"
+        )
+
+    # Stable order by (user, timestamp, file row): many rows share a user's timestamp.
+    rows = rows[np.lexsort((rows, raw.timestamps[rows], users[rows]))]
+    user_sorted, item_sorted = users[rows], items[rows]
+    codes, first = np.unique(item_sorted, return_index=True)
+    by_appearance = codes[np.argsort(first)]
+    internal = np.zeros(len(item_names), dtype=np.int64)
+    internal[by_appearance] = np.arange(1, len(by_appearance) + 1)
+    starts = np.flatnonzero(np.diff(user_sorted)) + 1
+    sequences = np.split(internal[item_sorted], starts)
+    num_items = len(by_appearance)
+    negatives = sample_negatives(
+        sequences, num_items, cfg.num_negatives, np.random.default_rng(seed)
+    )
+    say(f"{len(sequences):,} users, {num_items:,} items, {len(rows):,} interactions")
+    return PreparedData(
+        name=name,
+        item_ids=[PAD] + [str(item_names[c]) for c in by_appearance],
+        user_ids=[str(user_names[user_sorted[s]]) for s in np.r_[0, starts]],
+        sequences=sequences,
+        negatives=negatives,
+        filter_log=log,
+        options={**asdict(cfg), "seed": seed},
+    )
+
+
+def default_cache_dir() -> Path:
+    """``$ADAREC_CACHE_DIR``, else ``~/.cache/adarec``."""
+    env = os.environ.get("ADAREC_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "adarec"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_key(cfg: DataConfig, seed: int, path: Path | None) -> str:
+    """Hash of the source (file content, or the synthetic parameters), every option and seed."""
+    source = "synthetic" if path is None else _file_sha256(path)
+    payload = {"version": CACHE_VERSION, "source": source, "options": asdict(cfg), "seed": seed}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _save(data: PreparedData, path: Path) -> None:
+    meta = {"name": data.name, "filter_log": data.filter_log, "options": data.options}
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:
+            np.savez(
+                fh,
+                item_ids=np.array(data.item_ids, dtype=str),
+                user_ids=np.array(data.user_ids, dtype=str),
+                lengths=np.array([len(seq) for seq in data.sequences], dtype=np.int64),
+                items=np.concatenate(data.sequences),
+                negatives=data.negatives,
+                meta=np.array(json.dumps(meta)),
+            )
+
+    atomic_write(path, write)
+
+
+def _load(path: Path) -> PreparedData:
+    with np.load(path, allow_pickle=False) as archive:
+        meta = json.loads(str(archive["meta"]))
+        sequences = np.split(archive["items"], np.cumsum(archive["lengths"])[:-1])
+        return PreparedData(
+            name=meta["name"],
+            item_ids=archive["item_ids"].tolist(),
+            user_ids=archive["user_ids"].tolist(),
+            sequences=sequences,
+            negatives=archive["negatives"],
+            filter_log=meta["filter_log"],
+            options=meta["options"],
+        )
+
+
+def prepare(
+    cfg: DataConfig, seed: int, cache_dir: Path | None = None, progress: bool = False
+) -> PreparedData:
+    """Read, filter, order and index ``cfg.dataset``; load it from the cache when it is there.
+
+    The cache file is named by a hash of the source content, every data option and the
+    seed, and is written atomically, so an interrupted or failed run leaves no cache.
+    """
+    started = time.perf_counter()
+
+    def say(message: str) -> None:
+        if progress:
+            print(f"[data {time.perf_counter() - started:5.1f}s] {message}", file=sys.stderr)
+
+    path = dataset_path(cfg.dataset)
+    name = cfg.dataset if path is None or cfg.dataset in BUILTIN else path.stem
+    key = cache_key(cfg, seed, path)
+    safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    cache_file = Path(cache_dir or default_cache_dir()) / f"{safe_name}-{key[:24]}.npz"
+    if cache_file.is_file():
+        try:
+            data = _load(cache_file)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            say(f"unreadable cache {cache_file}; rebuilding it")
+        else:
+            say(f"loaded {cache_file}")
+            return data
+    data = _build(cfg, seed, name, say)
+    _save(data, cache_file)
+    say(f"cached {cache_file}")
+    return data

@@ -1,0 +1,42 @@
+"""Popularity baseline: every history gets the same scores, the items' training counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from adarec.models.base import SeqOutput, SequentialRecommender
+
+
+class Popularity(SequentialRecommender):
+    """Scores items by how often they occur in the training data; no trainable parameters.
+
+    ``forward`` returns zero-width states ([B, L, 0], no hidden states) and ``logits`` maps
+    any such output to the counts, so ``logits(forward(x).output)`` and
+    ``full_sort_predict`` behave as for every other model. Column 0 (padding) is -inf.
+    """
+
+    def __init__(self, num_items: int):
+        super().__init__()
+        self.num_items, self.max_len, self.hidden_size = num_items, 0, 0
+        # Scores over [padding] + items: the counts, with padding never ranked.
+        scores = torch.zeros(num_items + 1)
+        scores[0] = float("-inf")
+        self.register_buffer("scores", scores)
+
+    def fit(self, counts: np.ndarray | torch.Tensor) -> Popularity:
+        """Store ``counts`` [num_items + 1] (index 0 is padding and is ignored)."""
+        values = torch.as_tensor(counts, dtype=torch.float32)
+        if values.shape != self.scores.shape:
+            raise ValueError(
+                f"counts must have shape [{self.num_items + 1}], got {list(values.shape)}"
+            )
+        self.scores[1:] = values[1:].to(self.scores.device)
+        return self
+
+    def forward(self, items: torch.Tensor) -> SeqOutput:
+        empty = torch.zeros(*items.shape, 0, device=items.device)
+        return SeqOutput(embedding=empty, hidden_states=[], output=empty)
+
+    def logits(self, output: torch.Tensor) -> torch.Tensor:
+        return self.scores.expand(*output.shape[:-1], -1).clone()

@@ -1,0 +1,70 @@
+"""The self-attention encoder that SASRec and BERT4Rec share."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adarec.models.base import SeqOutput, SequentialRecommender
+from adarec.models.layers import (
+    PositionEmbedding,
+    TransformerBlock,
+    attention_mask,
+    init_weights,
+    padding_mask,
+)
+
+
+class TransformerRecommender(SequentialRecommender):
+    """Item + learned position embedding, LayerNorm, dropout, post-LN transformer blocks.
+
+    Subclasses say whether attention is causal (``attends_causally``). Padding positions are
+    hidden from every query and zeroed after the embedding and after every block.
+    ``hidden_states`` are the outputs of every ``distill_every``-th block.
+    Initialisation: normal(0, 0.02) for embeddings and linear layers, zero biases.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        max_len: int,
+        hidden_size: int,
+        num_blocks: int,
+        num_heads: int,
+        inner_size: int,
+        dropout: float,
+        distill_every: int,
+        activation: str,
+        vocab_size: int,
+    ):
+        super().__init__()
+        if distill_every < 1:
+            raise ValueError(f"distill_every must be positive, got {distill_every}")
+        self.num_items, self.max_len, self.hidden_size = num_items, max_len, hidden_size
+        self.distill_every = distill_every
+        self.item_embedding = nn.Embedding(vocab_size, hidden_size, padding_idx=0)
+        self.position_embedding = PositionEmbedding(max_len, hidden_size)
+        self.embedding_norm = nn.LayerNorm(hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(hidden_size, num_heads, inner_size, dropout, activation)
+            for _ in range(num_blocks)
+        )
+        self.output_layer = nn.Linear(hidden_size, num_items + 1)
+        self.apply(init_weights)
+
+    def attends_causally(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, items: torch.Tensor) -> SeqOutput:
+        real = padding_mask(items).unsqueeze(-1).float()
+        allowed = attention_mask(items, self.attends_causally())
+        x = self.embedding_norm(self.item_embedding(items) + self.position_embedding(items))
+        x = self.dropout(x) * real
+        embedding = x
+        outputs = []
+        for block in self.blocks:
+            x = block(x, allowed, real)
+            outputs.append(x)
+        hidden = outputs[self.distill_every - 1 :: self.distill_every]
+        return SeqOutput(embedding=embedding, hidden_states=hidden, output=x)

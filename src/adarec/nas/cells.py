@@ -1,0 +1,79 @@
+"""What the supernet and the student share: the network around the cells, and a cell's output.
+
+Both are built so that their module and parameter names match (``cells.k.nodes.j.i.<op>``
+for the op on node j's edge from input i), which lets a student inherit the supernet's
+weights of the chosen ops by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adarec.models.base import SeqOutput, SequentialRecommender
+from adarec.models.layers import PositionEmbedding, init_weights, padding_mask
+
+
+class Cell(nn.Module):
+    """A cell's output: ReLU(LayerNorm(sum_n softmax(w)_n * node_n)) + cell input.
+
+    Subclasses compute the nodes; every edge computes op(ReLU(x)), so edges read the
+    ReLU of the cell input and of every earlier node.
+    """
+
+    def __init__(self, num_nodes: int, width: int):
+        super().__init__()
+        self.node_weights = nn.Parameter(torch.zeros(num_nodes))
+        self.norm = nn.LayerNorm(width)
+
+    def combine(self, nodes: list[torch.Tensor], cell_input: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.node_weights, dim=0)
+        mixed = sum(weights[n] * node for n, node in enumerate(nodes))
+        return F.relu(self.norm(mixed)) + cell_input
+
+
+class CellNetwork(SequentialRecommender):
+    """Item + position embedding, a stack of cells, and a dropout + linear head.
+
+    Padding positions are zeroed after the embedding, after every node and after every
+    cell, so padding never reaches a real position: a history's outputs do not depend on
+    how many pads precede it.
+    """
+
+    def __init__(
+        self, num_items: int, max_len: int, width: int, dropout: float, cells: list[Cell]
+    ):
+        super().__init__()
+        self.num_items = num_items
+        self.max_len = max_len
+        self.width = width
+        self.item_embedding = nn.Embedding(num_items + 1, width, padding_idx=0)
+        self.position_embedding = PositionEmbedding(max_len, width)
+        self.embedding_dropout = nn.Dropout(dropout)
+        self.cells = nn.ModuleList(cells)
+        self.head_dropout = nn.Dropout(dropout)
+        self.output_layer = nn.Linear(width, num_items + 1)
+        self.apply(init_weights)
+
+    def run_cells(
+        self,
+        items: torch.Tensor,
+        cell_forward: Callable[[Cell, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> SeqOutput:
+        """Embed, then ``cell_forward(cell, x, mask)`` for every cell; mask: [B, L, 1]."""
+        h = self.item_embedding(items) + self.position_embedding(items)
+        mask = padding_mask(items).unsqueeze(-1).to(h.dtype)
+        h = self.embedding_dropout(h) * mask
+        embedding = h
+        hidden_states = []
+        for cell in self.cells:
+            h = cell_forward(cell, h, mask) * mask
+            hidden_states.append(h)
+        return SeqOutput(embedding=embedding, hidden_states=hidden_states, output=h)
+
+    def logits(self, output: torch.Tensor) -> torch.Tensor:
+        """Head: dropout, then the linear layer over [padding] + items."""
+        return self.output_layer(self.head_dropout(output))

@@ -1,0 +1,137 @@
+"""The candidate operations of an edge: two op sets over hidden states [B, L, C].
+
+Every op maps [B, L, C] -> [B, L, C] (convolutions and pools transpose to [B, C, L]
+internally). Ops are pure: the cell applies ReLU to an edge's input, so an edge computes
+``op(relu(x))`` (see ``adarec.nas.cells``).
+
+``CAUSAL_OPS`` (adarec's default) is leak-free: every op pads on the LEFT only, so the
+output at position t depends on positions <= t alone. Its convolutions are followed by a
+per-position LayerNorm over channels instead of BatchNorm, because BatchNorm's batch
+statistics in training mode mix every position of the batch, later positions included.
+
+``PAPER_OPS`` is the paper's space of 10 ops, kept for comparison. Six of them are centred
+("same" padding: ``conv3``, ``dil_conv3``, ``conv5``, ``dil_conv5``, ``max_pool3``,
+``avg_pool3``) and LEAK the label during next-item training: position t sees item t + 1,
+which is exactly what position t must predict, so a search rewards these ops for seeing
+the answer. Its convolutions are followed by BatchNorm as in the paper, which in training
+mode also lets every position see batch statistics of later positions (even after the
+causal dilated convs of this set).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adarec.errors import UserError
+
+CAUSAL_OPS: tuple[str, ...] = (
+    "causal_conv3",
+    "causal_conv5",
+    "causal_dil_conv3",
+    "causal_dil_conv5",
+    "causal_max_pool3",
+    "causal_avg_pool3",
+    "skip",
+    "none",
+)
+PAPER_OPS: tuple[str, ...] = (
+    "conv3",
+    "dil_conv3",
+    "causal_dil_conv3",
+    "conv5",
+    "dil_conv5",
+    "causal_dil_conv5",
+    "max_pool3",
+    "avg_pool3",
+    "skip",
+    "none",
+)
+OP_SETS: dict[str, tuple[str, ...]] = {"causal": CAUSAL_OPS, "paper": PAPER_OPS}
+ALL_OPS: tuple[str, ...] = tuple(dict.fromkeys(CAUSAL_OPS + PAPER_OPS))
+
+# name -> (kernel size, dilation) of the convolutions of both sets.
+_CONVS = {"conv3": (3, 1), "conv5": (5, 1), "dil_conv3": (3, 2), "dil_conv5": (5, 2)}
+
+
+class ConvOp(nn.Module):
+    """Convolution over time without bias, then a norm; [B, L, C] -> [B, L, C].
+
+    ``causal``: (kernel - 1) * dilation zeros on the left only, so position t sees
+    t, t - d, ..., never a later one; otherwise centred "same" padding (sees the future).
+    ``norm``: "layer" (per-position LayerNorm over channels: no mixing across positions)
+    or "batch" (the paper's BatchNorm: in training mode its statistics mix all positions).
+    """
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int, causal: bool, norm: str):
+        super().__init__()
+        reach = (kernel_size - 1) * dilation
+        self.padding = (reach, 0) if causal else (reach // 2, reach - reach // 2)
+        self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation, bias=False)
+        self.norm = nn.LayerNorm(channels) if norm == "layer" else nn.BatchNorm1d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(F.pad(x.transpose(1, 2), self.padding))
+        if isinstance(self.norm, nn.BatchNorm1d):
+            return self.norm(y).transpose(1, 2)
+        return self.norm(y.transpose(1, 2))
+
+
+class PoolOp(nn.Module):
+    """Max or average pooling over a window of 3 positions, stride 1, same length.
+
+    Causal: the window ends at the current position (positions t-2, t-1, t), with zeros
+    padded on the left; the average always divides by 3. Zeros match what the model holds
+    at padding positions (zeroed states), so a history's outputs do not depend on how many
+    pads precede it; and as edge inputs pass through ReLU (>= 0), a zero never wins a max
+    over a real value. Centred (paper): window t-1..t+1; the average counts only the
+    positions inside the sequence and the max ignores the padding.
+    """
+
+    def __init__(self, kind: str, causal: bool):
+        super().__init__()
+        self.kind = kind
+        self.causal = causal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(1, 2)
+        if self.causal:
+            x = F.pad(x, (2, 0))
+            pooled = F.max_pool1d(x, 3, 1) if self.kind == "max" else F.avg_pool1d(x, 3, 1)
+        elif self.kind == "max":
+            pooled = F.max_pool1d(x, 3, 1, padding=1)
+        else:
+            pooled = F.avg_pool1d(x, 3, 1, padding=1, count_include_pad=False)
+        return pooled.transpose(1, 2)
+
+
+class Zero(nn.Module):
+    """The "none" op: zeros of the input's shape (the edge is absent)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def make_op(name: str, channels: int, op_set: str | None = None) -> nn.Module:
+    """A fresh op by name, mapping [B, L, channels] -> [B, L, channels].
+
+    ``op_set`` matters only for the names both sets share: ``causal_dil_conv3/5`` are
+    followed by LayerNorm in the causal set and by BatchNorm in the paper set. None: the
+    causal set's version where a name is in both.
+    """
+    if op_set is not None and op_set not in OP_SETS:
+        raise UserError(f"unknown op set {op_set!r}; choose one of {', '.join(OP_SETS)}")
+    names = OP_SETS[op_set] if op_set is not None else ALL_OPS
+    if name not in names:
+        raise UserError(f"unknown operation {name!r}; known operations: {', '.join(names)}")
+    if name == "skip":
+        return nn.Identity()
+    if name == "none":
+        return Zero()
+    causal = name.startswith("causal_")
+    base = name.removeprefix("causal_")
+    if base in _CONVS:
+        norm = "batch" if op_set == "paper" or name not in CAUSAL_OPS else "layer"
+        return ConvOp(channels, *_CONVS[base], causal=causal, norm=norm)
+    return PoolOp(base.split("_")[0], causal)

@@ -1,0 +1,87 @@
+"""The discrete student built from a genotype, and weight inheritance from the supernet.
+
+The student has the supernet's embedding, cell output and head, but each edge holds only
+its chosen op ("none" edges hold nothing and contribute zeros). Module names mirror the
+supernet's (``cells.k.nodes.j.<input>.<op>``), so ``inherit_weights`` copies by name. The
+forward has no data-dependent control flow: it traces with ``torch.jit.trace``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adarec.errors import UserError
+from adarec.models.base import SeqOutput
+from adarec.nas.cells import Cell, CellNetwork
+from adarec.nas.genotype import Genotype
+from adarec.nas.operations import make_op
+
+
+class StudentCell(Cell):
+    """One cell of the genotype: ``nodes[j][str(input)][op]`` for every non-none edge."""
+
+    def __init__(self, genotype: Genotype):
+        super().__init__(len(genotype.nodes), genotype.width)
+        self.edges = [[(i, op) for i, op in node if op != "none"] for node in genotype.nodes]
+        self.nodes = nn.ModuleList(
+            nn.ModuleDict(
+                {str(i): nn.ModuleDict({op: make_op(op, genotype.width, genotype.op_set)})
+                 for i, op in edges}
+            )
+            for edges in self.edges
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        states = [F.relu(x)]
+        nodes = []
+        for edges, modules in zip(self.edges, self.nodes, strict=True):
+            node = torch.zeros_like(x)  # a node whose edges are all "none" stays zero
+            for i, op in edges:
+                node = node + modules[str(i)][op](states[i])
+            node = node * mask
+            nodes.append(node)
+            states.append(F.relu(node))
+        return self.combine(nodes, x)
+
+
+class Student(CellNetwork):
+    """The retrained network: ``genotype.cells`` copies of the searched cell (own weights)."""
+
+    def __init__(self, num_items: int, max_len: int, genotype: Genotype, dropout: float = 0.1):
+        super().__init__(
+            num_items, max_len, genotype.width, dropout,
+            [StudentCell(genotype) for _ in range(genotype.cells)],
+        )
+        self.genotype = genotype
+
+    def forward(self, items: torch.Tensor) -> SeqOutput:
+        return self.run_cells(items, lambda cell, x, mask: cell(x, mask))
+
+
+def inherit_weights(student: Student, supernet: nn.Module) -> int:
+    """Copy embeddings, the chosen ops, node weights, norms and head from the supernet.
+
+    Every tensor of the student (parameters and buffers such as BatchNorm statistics) is
+    taken from the supernet tensor of the same name; returns how many were copied.
+    """
+    genotype = student.genotype
+    if genotype.op_set != supernet.op_set:
+        raise UserError(f"the student uses the {genotype.op_set!r} op set but the supernet "
+                        f"searched {supernet.op_set!r}: it cannot inherit weights")
+    if student.width != supernet.width:
+        raise UserError(f"the student's width {student.width} differs from the supernet's "
+                        f"{supernet.width}: search and retrain at the same width to inherit")
+    if (student.num_items, student.max_len) != (supernet.num_items, supernet.max_len):
+        raise UserError("the student and the supernet were built for different data "
+                        f"(items, max length): {(student.num_items, student.max_len)} vs "
+                        f"{(supernet.num_items, supernet.max_len)}")
+    source = supernet.state_dict()
+    target = student.state_dict()
+    missing = [name for name in target if name not in source]
+    if missing:
+        raise UserError(f"the supernet has no {missing[0]} for the student (more cells or "
+                        f"nodes than were searched?)")
+    student.load_state_dict({name: source[name] for name in target})
+    return len(target)

@@ -1,0 +1,37 @@
+"""Re-evaluate a finished run directory (teacher or student) on its validation and test splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from adarec.config import Config, load_config
+from adarec.errors import UserError
+from adarec.pipeline.common import StageData, final_metrics, load_stage_data
+from adarec.runs import load_run_model, read_metrics
+from adarec.train import distributed as dist
+
+
+def load_run_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise UserError(f"{run_dir} is not an adarec run directory (no config.yaml)")
+    return load_config(path)
+
+
+def evaluate_run(run_dir: Path, exclude_seen: bool = False) -> dict[str, Any]:
+    """Fresh metrics for the run's saved model (written to ``evaluation.json``)."""
+    from adarec.io import atomic_write_json
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    cfg.eval.exclude_seen = exclude_seen
+    saved = read_metrics(run_dir)
+    device = dist.resolve_device(cfg.device)
+    model, _ = load_run_model(run_dir, device)
+    stage_data: StageData = load_stage_data(cfg)
+    metrics = final_metrics(model, cfg, stage_data, device, saved["model"],
+                            saved["train_seconds"], saved["epochs"])
+    if dist.is_main():
+        atomic_write_json(run_dir / "evaluation.json", metrics)
+    return metrics

@@ -1,0 +1,210 @@
+"""report.json and report.md: accuracy, size, MACs and latency of teacher, student, baselines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adarec.config import Config
+from adarec.data.splits import eval_split
+from adarec.io import atomic_write_json, atomic_write_text, read_json
+from adarec.nas.profile import count_macs
+from adarec.pipeline.common import load_stage_data
+from adarec.plots import plot_accuracy_latency
+from adarec.runs import load_run_model, read_metrics
+from adarec.serve.latency import latency_inputs, machine_description, measure_latency
+from adarec.train import distributed as dist
+
+log = logging.getLogger("adarec")
+
+# Targets of the method issue, checked and printed in every report.
+TARGETS = {"ndcg_ratio": 0.95, "body_params_ratio": 10.0, "speedup_256": 4.0}
+
+
+def _macs(model: torch.nn.Module, items: torch.Tensor) -> int:
+    with torch.no_grad():
+        return count_macs(model.full_sort_predict, items)
+
+
+def measure_models(cfg: Config, dirs: dict[str, Path]) -> dict[str, Any]:
+    """MACs per history and latency of every model, on CPU, in this one process."""
+    stage_data = load_stage_data(cfg)
+    test = eval_split(stage_data.data, "test", cfg.data.max_len)
+    batch_sizes = [int(b) for b in cfg.bench.batch_sizes]
+    inputs = latency_inputs(test.inputs, batch_sizes)
+    models = {name: load_run_model(d, "cpu")[0] for name, d in dirs.items()}
+    macs = {name: _macs(m, inputs[batch_sizes[0]][:1]) for name, m in models.items()}
+    latency = measure_latency(models, inputs, cfg.bench.repeats, cfg.bench.warmup,
+                              cfg.bench.threads, "cpu")
+    return {"macs": macs, "latency": latency, "threads": torch.get_num_threads()
+            if cfg.bench.threads <= 0 else cfg.bench.threads}
+
+
+def write_report(
+    cfg: Config, out: Path, teacher_dir: Path, search_dir: Path, student_dir: Path,
+    baseline_dirs: dict[str, Path],
+) -> dict[str, Any]:
+    """Measure, then write ``report.json`` (the contract) and ``report.md`` with plots."""
+    dirs = {"teacher": teacher_dir, "student": student_dir, **baseline_dirs}
+    metrics = {name: read_metrics(d) for name, d in dirs.items()}
+    log.info("measuring latency of %s (batches %s, %d repeats)", ", ".join(dirs),
+             cfg.bench.batch_sizes, cfg.bench.repeats)
+    measured = measure_models(cfg, dirs)
+    for name in metrics:
+        metrics[name]["macs"] = measured["macs"][name]
+    latency_ms = {name: {b: v["median_ms"] for b, v in per.items()}
+                  for name, per in measured["latency"].items()}
+    speedup = {b: round(latency_ms["teacher"][b] / latency_ms["student"][b], 3)
+               for b in latency_ms["teacher"]}
+    search_history = read_json(Path(search_dir) / "history.json")
+    report = {
+        "teacher": metrics["teacher"],
+        "student": metrics["student"],
+        "baselines": {name: metrics[name] for name in baseline_dirs},
+        "latency_ms": {"teacher": latency_ms["teacher"], "student": latency_ms["student"],
+                       **{n: latency_ms[n] for n in baseline_dirs}},
+        "latency_p95_ms": {name: {b: v["p95_ms"] for b, v in per.items()}
+                           for name, per in measured["latency"].items()},
+        "speedup": speedup,
+        "seconds": {"teacher": metrics["teacher"]["train_seconds"],
+                    "search": read_metrics(search_dir)["train_seconds"],
+                    "student": metrics["student"]["train_seconds"]},
+        "search": search_diagnostics(search_history),
+        "targets": check_targets(metrics["teacher"], metrics["student"], speedup),
+        "machine": machine_description(),
+        "threads": measured["threads"],
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    if dist.is_main():
+        largest = str(max(int(b) for b in speedup))
+        points = {name: (latency_ms[name][largest], metrics[name]["test"]["full"]["NDCG@10"])
+                  for name in metrics}
+        plot_accuracy_latency(points, out / "accuracy_latency.png", largest)
+        atomic_write_json(out / "report.json", report)
+        atomic_write_text(out / "report.md", render_markdown(report, out, search_dir))
+    log.info("report written to %s", out / "report.md")
+    return report
+
+
+def search_diagnostics(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Did the search actually search? Entropy and drift of alpha, first and last epoch."""
+    records = [h for h in history if "alpha_entropy" in h]
+    if not records:
+        return {}
+    first, last = records[0], records[-1]
+    return {
+        "epochs": len(records),
+        "uniform_entropy": first["alpha_uniform_entropy"],
+        "entropy_first": first["alpha_entropy"],
+        "entropy_last": last["alpha_entropy"],
+        "max_prob_last": last["alpha_max_prob"],
+        "drift_last": last["alpha_drift"],
+    }
+
+
+def check_targets(teacher: dict, student: dict, speedup: dict[str, float]) -> dict[str, Any]:
+    t_ndcg = teacher["test"]["full"]["NDCG@10"]
+    ndcg_ratio = student["test"]["full"]["NDCG@10"] / t_ndcg if t_ndcg > 0 else 0.0
+    params_ratio = teacher["params"]["body"] / max(student["params"]["body"], 1)
+    largest = str(max(int(b) for b in speedup))
+    return {
+        "ndcg_ratio": round(ndcg_ratio, 4),
+        "ndcg_ratio_met": ndcg_ratio >= TARGETS["ndcg_ratio"],
+        "body_params_ratio": round(params_ratio, 2),
+        "body_params_ratio_met": params_ratio >= TARGETS["body_params_ratio"],
+        f"speedup_{largest}": speedup[largest],
+        "speedup_met": speedup[largest] >= TARGETS["speedup_256"],
+    }
+
+
+def _row(name: str, m: dict[str, Any], lat: dict[str, float], teacher_lat: dict[str, float]
+         ) -> str:
+    full, sampled = m["test"]["full"], m["test"]["sampled"]
+    cells = [name, f"{full['NDCG@10']:.4f}", f"{full['HR@10']:.4f}", f"{sampled['NDCG@10']:.4f}",
+             f"{m['params']['body']:,}", f"{m['macs'] / 1e6:.2f}"]
+    for b in lat:
+        cells.append(f"{lat[b]:.2f}")
+    for b in lat:
+        cells.append(f"{teacher_lat[b] / lat[b]:.1f}x")
+    return "| " + " | ".join(cells) + " |"
+
+
+def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
+    teacher_lat = report["latency_ms"]["teacher"]
+    batches = list(teacher_lat)
+    header = (["model", "NDCG@10", "HR@10", "sampled NDCG@10", "body params", "MMACs/history"]
+              + [f"ms @{b}" for b in batches] + [f"speed-up @{b}" for b in batches])
+    lines = [
+        f"# AdaRec report: {report['teacher']['dataset']}",
+        "",
+        f"Machine: {report['machine']}; {report['threads']} threads; {report['date']}.",
+        "Metrics: test split, leave-one-out, full ranking over all items (ties count against",
+        "the target); the sampled column ranks the target among 100 fixed negatives.",
+        "Latency: median of repeated `full_sort_predict` calls (last-position scores), all",
+        "models in one process on the same real test histories.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    models = {"teacher (" + report["teacher"]["model"] + ")": ("teacher", report["teacher"]),
+              "AdaRec student": ("student", report["student"])}
+    models.update({name: (name, m) for name, m in report["baselines"].items()})
+    for label, (key, m) in models.items():
+        lines.append(_row(label, m, report["latency_ms"][key], teacher_lat))
+    t = report["targets"]
+    speed_key = next(k for k in t if k.startswith("speedup_") and k != "speedup_met")
+    lines += [
+        "",
+        "## Student against teacher",
+        "",
+        f"- Test NDCG@10 ratio: {t['ndcg_ratio']:.3f} (target >= 0.95: "
+        f"{'met' if t['ndcg_ratio_met'] else 'MISSED'})",
+        f"- Body parameters: {t['body_params_ratio']:.1f}x fewer (target >= 10x: "
+        f"{'met' if t['body_params_ratio_met'] else 'MISSED'})",
+        f"- Latency speed-up at batch {speed_key.split('_')[1]}: {t[speed_key]:.2f}x "
+        f"(target >= 4x: {'met' if t['speedup_met'] else 'MISSED'})",
+        f"- Wall time: teacher {report['seconds']['teacher']:.0f} s, search "
+        f"{report['seconds']['search']:.0f} s, student {report['seconds']['student']:.0f} s",
+        "",
+        "## Derived cell",
+        "",
+        "```",
+        (Path(search_dir) / "genotype.txt").read_text().rstrip(),
+        "```",
+        "",
+        f"![derived cell]({_rel(Path(search_dir) / 'genotype.png', out)})",
+        "",
+    ]
+    diag = report["search"]
+    if diag:
+        lines += [
+            "## Did the search search?",
+            "",
+            f"Mean entropy of softmax(alpha) per edge: {diag['entropy_first']:.3f} after the "
+            f"first epoch, {diag['entropy_last']:.3f} after the last (uniform: "
+            f"{diag['uniform_entropy']:.3f}); largest probability {diag['max_prob_last']:.3f}; "
+            f"largest alpha drift {diag['drift_last']:.3f}.",
+            "",
+            f"![alpha over epochs]({_rel(Path(search_dir) / 'alphas.png', out)})",
+            "",
+        ]
+    lines += [
+        "## Plots",
+        "",
+        "![accuracy against latency](accuracy_latency.png)",
+        "",
+        f"![search curves]({_rel(Path(search_dir) / 'curves.png', out)})",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(Path(path).resolve())

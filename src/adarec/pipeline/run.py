@@ -1,0 +1,128 @@
+"""The whole AdaRec pipeline: teacher, search, derivation, retraining, baselines, report.
+
+Layout of ``adarec run --out RUN_DIR`` (a contract other tools read):
+``teacher/``, ``search/``, ``student/``, ``baselines/NAME/``, ``report.md``, ``report.json``.
+Each stage is skipped when its ``metrics.json`` exists and resumed when it was interrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from adarec.config import Config
+from adarec.errors import UserError
+from adarec.logs import setup_logging
+from adarec.nas.genotype import random_genotype
+from adarec.pipeline.search import run_search
+from adarec.pipeline.student import run_student
+from adarec.pipeline.teacher import train_teacher
+from adarec.runs import read_metrics
+
+log = logging.getLogger("adarec")
+
+BASELINES = ("pop", "small_kd", "no_kd", "random_arch", "fixed_mapping", "no_cost")
+SMALL_STUDENTS = {
+    # METHOD.md section 5: hand-designed small students of the teacher's family.
+    "nextitnet": {"hidden_size": 64, "num_blocks": 8, "dilations": [1, 4]},
+    "sasrec": {"hidden_size": 32, "num_heads": 1, "num_blocks": 4, "inner_size": 128},
+    "bert4rec": {"hidden_size": 32, "num_heads": 1, "num_blocks": 4, "inner_size": 128},
+}
+
+
+def _stage(run_dir: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Reuse a finished stage; otherwise run (or resume) it."""
+    if (run_dir / "metrics.json").exists():
+        log.info("reusing finished stage %s", run_dir)
+        return read_metrics(run_dir)
+    return make()
+
+
+def run_pipeline(
+    cfg: Config,
+    out: Path,
+    teacher_dir: Path | None = None,
+    baselines: list[str] | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run every stage into ``out`` and write ``report.md`` / ``report.json``."""
+    from adarec.pipeline.report import write_report
+
+    out = Path(out)
+    baselines = list(cfg.run.baselines if baselines is None else baselines)
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise UserError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
+    if teacher_dir is None:
+        teacher_dir = out / "teacher"
+        _stage(teacher_dir, lambda: train_teacher(cfg, teacher_dir, quiet, resume=True))
+    elif not (Path(teacher_dir) / "metrics.json").exists():
+        raise UserError(f"--teacher {teacher_dir} is not a finished teacher run")
+    teacher_dir = Path(teacher_dir)
+    search_dir, student_dir = out / "search", out / "student"
+    _stage(search_dir, lambda: run_search(cfg, search_dir, teacher_dir, quiet, resume=True))
+    _stage(student_dir, lambda: run_student(cfg, student_dir, search_dir, quiet, resume=True))
+    baseline_dirs = {}
+    for name in baselines:
+        baseline_dirs[name] = run_baseline(name, cfg, out / "baselines", teacher_dir, search_dir,
+                                           quiet)
+    setup_logging(out, quiet)
+    return write_report(cfg, out, teacher_dir, search_dir, student_dir, baseline_dirs)
+
+
+def run_baseline(
+    name: str, cfg: Config, root: Path, teacher_dir: Path, search_dir: Path, quiet: bool
+) -> Path:
+    """Train one comparison model on the same data and teacher; returns its run directory."""
+    run_dir = root / name
+    variant = copy.deepcopy(cfg)
+    if name == "pop":
+        variant.model.name = "pop"
+        _stage(run_dir, lambda: train_teacher(variant, run_dir, quiet, resume=True))
+    elif name == "small_kd":
+        _small_kd(variant, run_dir, teacher_dir, search_dir, quiet)
+    elif name == "no_kd":
+        # The derived architecture trained without distillation, from scratch.
+        scratch_loop(variant)
+        variant.student.init, variant.student.loss = "scratch", "ce"
+        _stage(run_dir, lambda: run_student(variant, run_dir, search_dir, quiet, True,
+                                            name="no_kd"))
+    elif name == "random_arch":
+        s = cfg.search
+        genotype = random_genotype(s.ops, s.nodes, s.cells, s.width, seed=cfg.seed)
+        _stage(run_dir, lambda: run_student(variant, run_dir, search_dir, quiet, True,
+                                            genotype=genotype, name="random_arch"))
+    elif name in ("fixed_mapping", "no_cost"):
+        if name == "fixed_mapping":
+            variant.search.layer_mapping = "skip"
+        else:
+            variant.search.beta = 0.0
+        variant_search = run_dir / "search"
+        _stage(variant_search, lambda: run_search(variant, variant_search, teacher_dir, quiet,
+                                                  resume=True))
+        _stage(run_dir, lambda: run_student(variant, run_dir, variant_search, quiet, True,
+                                            name=name))
+    return run_dir
+
+
+def _small_kd(cfg: Config, run_dir: Path, teacher_dir: Path, search_dir: Path,
+              quiet: bool) -> None:
+    """A hand-designed small model of the teacher's family trained with standard KD."""
+    from adarec.pipeline.distill_baseline import train_small_kd
+
+    family = read_metrics(teacher_dir)["model"]
+    if family not in SMALL_STUDENTS:
+        raise UserError(f"no hand-designed small student for teacher {family!r}")
+    for key, value in SMALL_STUDENTS[family].items():
+        setattr(cfg.model, key, value)
+    cfg.model.name = family
+    _stage(run_dir, lambda: train_small_kd(cfg, run_dir, teacher_dir, quiet))
+
+
+def scratch_loop(cfg: Config) -> None:
+    """Models trained from scratch use the teacher's loop settings (lr, epochs, patience)."""
+    for key, value in vars(cfg.train).items():
+        setattr(cfg.student, key, value)

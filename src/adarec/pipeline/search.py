@@ -1,0 +1,139 @@
+"""Architecture search guided by a trained teacher, then derivation of the student cell."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adarec.config import Config
+from adarec.distill.cost import cost_table, format_cost_table, latency_cost_stats
+from adarec.errors import UserError
+from adarec.io import atomic_write_json, atomic_write_text, read_json
+from adarec.nas.genotype import derive_genotype, draw_genotype, genotype_to_text, save_genotype
+from adarec.nas.operations import OP_SETS
+from adarec.nas.profile import op_cost_stats
+from adarec.nas.supernet import Supernet
+from adarec.pipeline.common import (
+    StageData,
+    Timer,
+    final_metrics,
+    load_stage_data,
+    start_run,
+    write_data_files,
+    write_metrics,
+)
+from adarec.plots import plot_alpha_history, plot_training_curves
+from adarec.runs import load_run_model, save_model
+from adarec.train import distributed as dist
+from adarec.train.distill_stage import DistillStage
+from adarec.train.loop import run_training
+
+log = logging.getLogger("adarec")
+
+SUPERNET_FILE = "supernet.pt"
+HELD_OUT_FRACTION = 0.2  # bi-level search: share of training windows kept for alpha
+
+
+def check_same_data(teacher_dir: Path, stage_data: StageData) -> None:
+    """The teacher must have been trained on exactly this item catalogue."""
+    items = read_json(Path(teacher_dir) / "items.json")
+    if items != stage_data.data.item_ids:
+        raise UserError(
+            f"the teacher in {teacher_dir} was trained on another dataset or preprocessing "
+            f"({len(items) - 1} items, here {stage_data.data.num_items}); "
+            "use the teacher's data settings"
+        )
+
+
+def build_supernet(cfg: Config, num_items: int) -> Supernet:
+    s = cfg.search
+    return Supernet(num_items, cfg.data.max_len, s.width, s.cells, s.nodes, op_set=s.ops,
+                    dropout=s.dropout, mode=s.mode, alpha_init_std=s.alpha_init_std)
+
+
+def search_costs(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
+    """The cost table of the search space at this run's width and length, and its raw stats."""
+    ops = OP_SETS[cfg.search.ops]
+    if cfg.search.cost == "latency":
+        stats = latency_cost_stats(ops, cfg.search.width, cfg.data.max_len)
+    else:
+        stats = op_cost_stats(ops, cfg.search.width, cfg.data.max_len)
+    return cost_table(stats), stats
+
+
+def _split_held_out(windows: torch.utils.data.Dataset, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(windows), generator=generator).tolist()
+    cut = max(1, int(len(order) * HELD_OUT_FRACTION))
+    return (torch.utils.data.Subset(windows, order[cut:]),
+            torch.utils.data.Subset(windows, order[:cut]))
+
+
+def run_search(
+    cfg: Config, run_dir: Path, teacher_dir: Path, quiet: bool = False, resume: bool = False
+) -> dict[str, Any]:
+    """Search a student cell for this scene; writes genotype.json/.txt/.png and supernet.pt."""
+    run_dir, teacher_dir = Path(run_dir), Path(teacher_dir)
+    device = start_run(cfg, run_dir, resume, quiet)
+    stage_data = load_stage_data(cfg, quiet)
+    check_same_data(teacher_dir, stage_data)
+    write_data_files(run_dir, stage_data.data)
+    teacher, teacher_spec = load_run_model(teacher_dir, device)
+    if teacher_spec["model"]["name"] == "pop":
+        raise UserError("the popularity baseline cannot be a teacher; train a sequential model")
+    if dist.is_main():
+        atomic_write_json(run_dir / "teacher.json", {"run_dir": str(teacher_dir.resolve())})
+
+    costs, stats = search_costs(cfg)
+    log.info("cost table (%s, width %d, length %d):\n%s", cfg.search.cost, cfg.search.width,
+             cfg.data.max_len, format_cost_table(costs))
+    if dist.is_main():
+        atomic_write_json(run_dir / "cost_table.json", {"method": cfg.search.cost,
+                                                        "stats": stats, "cost": costs})
+
+    timer = Timer()
+    supernet = build_supernet(cfg, stage_data.data.num_items)
+    train_set, held_out = stage_data.train, None
+    if cfg.search.optimization == "bilevel":
+        train_set, held_out = _split_held_out(stage_data.train, cfg.seed)
+    stage = DistillStage(supernet, teacher, cfg.search, cfg.search, device, cfg.seed, costs,
+                         search=True, held_out=held_out, amp=cfg.amp)
+    # The architecture is derived from the final alpha (no early stopping in the search);
+    # validation is still computed every epoch to watch the derived cell.
+    result = run_training(stage, train_set, stage_data.valid, cfg.search, cfg.eval, run_dir,
+                          cfg.seed, device, quiet, resume, select_on_valid=False, desc="search")
+    genotype = derive_genotype(list(supernet.alphas), supernet.op_names, cfg.search.ops,
+                               cfg.search.cells, cfg.search.width)
+    text = genotype_to_text(genotype)
+    log.info("derived cell:\n%s", text)
+    if dist.is_main():
+        save_genotype(genotype, run_dir / "genotype.json")
+        atomic_write_text(run_dir / "genotype.txt", text + "\n")
+        draw_genotype(genotype, run_dir / "genotype.png")
+        plot_alpha_history(result.history, supernet.op_names, run_dir / "alphas.png")
+        plot_training_curves(result.history, run_dir / "curves.png", "architecture search")
+    spec = {"kind": "supernet", "num_items": stage_data.data.num_items,
+            "max_len": cfg.data.max_len, "width": cfg.search.width, "cells": cfg.search.cells,
+            "nodes": cfg.search.nodes, "op_set": cfg.search.ops, "dropout": cfg.search.dropout,
+            "mode": cfg.search.mode}
+    save_model(run_dir, supernet, spec, filename=SUPERNET_FILE)
+    metrics = final_metrics(supernet, cfg, stage_data, device, "supernet", timer.seconds(),
+                            result.epochs, extra={"architecture": genotype_dict(genotype),
+                                                  "cost": architecture_cost(genotype, costs)})
+    write_metrics(run_dir, metrics)
+    return metrics
+
+
+def genotype_dict(genotype: Any) -> dict[str, Any]:
+    from adarec.nas.genotype import genotype_to_dict
+
+    return genotype_to_dict(genotype)
+
+
+def architecture_cost(genotype: Any, costs: dict[str, float]) -> dict[str, Any]:
+    """The cost-loss value of the derived cell (sum of its edges' costs) and the table."""
+    total = sum(costs[op] for node in genotype.nodes for _, op in node)
+    return {"cell_cost": round(total, 4), "table": costs}

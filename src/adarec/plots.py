@@ -1,0 +1,88 @@
+"""Plots a person would rather look at than read: training curves and more."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from adarec.io import atomic_write  # noqa: E402
+from adarec.train import distributed as dist  # noqa: E402
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a figure atomically (rank 0 only) and release it."""
+    if dist.is_main():
+        atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110,
+                                                         bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_training_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Training losses and validation NDCG@10 / HR@10 (full ranking) per epoch."""
+    if not history:
+        return
+    epochs = [h["epoch"] + 1 for h in history]
+    loss_keys = [k for k in history[-1] if k in ("loss", "ce", "emb", "hid", "logit", "cost")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in loss_keys:
+        left.plot(epochs, [h.get(key, float("nan")) for h in history], label=key)
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss")
+    left.legend(fontsize=8)
+    evaluated = [h for h in history if "valid" in h]
+    for metric in ("NDCG@10", "HR@10"):
+        right.plot([h["epoch"] + 1 for h in evaluated],
+                   [h["valid"]["full"][metric] for h in evaluated], marker=".", label=metric)
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation (full ranking)")
+    right.legend(fontsize=8)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_alpha_history(history: list[dict[str, Any]], op_names: list[str], path: Path) -> None:
+    """softmax(alpha) of every edge over the search epochs: one small panel per edge."""
+    records = [h for h in history if "alpha_probs" in h]
+    if not records:
+        return
+    edges = records[-1]["alpha_probs"]
+    epochs = [h["epoch"] + 1 for h in records]
+    cols = min(3, len(edges))
+    rows = (len(edges) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for index, edge in enumerate(edges):
+        ax = axes[index // cols][index % cols]
+        for op_index, op in enumerate(op_names):
+            ax.plot(epochs, [h["alpha_probs"][index]["probs"][op_index] for h in records],
+                    label=op)
+        ax.set_title(edge["name"], fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("epoch", fontsize=8)
+    for index in range(len(edges), rows * cols):
+        axes[index // cols][index % cols].axis("off")
+    axes[0][0].set_ylabel("softmax(alpha)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(op_names), 5), fontsize=8,
+               bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(op_names) > 5)))
+    fig.suptitle("architecture weights over the search")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    save_figure(fig, path)
+
+
+def plot_accuracy_latency(points: dict[str, tuple[float, float]], path: Path, batch: str) -> None:
+    """Full-ranking test NDCG@10 against latency (log scale) for every model."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, (latency, ndcg) in points.items():
+        ax.scatter([latency], [ndcg], s=40)
+        ax.annotate(name, (latency, ndcg), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"median latency at batch {batch} (ms, log scale)")
+    ax.set_ylabel("test NDCG@10 (full ranking)")
+    ax.grid(True, alpha=0.3)
+    ax.set_title("accuracy against serving latency")
+    save_figure(fig, path)

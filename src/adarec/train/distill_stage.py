@@ -1,0 +1,262 @@
+"""The distillation stage: architecture search (AdaRec) and distillation-guided retraining.
+
+One step computes  L = (1 - gamma) CE + gamma (L_emb + L_hid + L_logit) + beta L_E  on a
+training batch, with the frozen teacher under no_grad in eval mode. In search mode the
+student is the supernet: every step samples one architecture by hard Gumbel-softmax (the
+same on every rank: the noise comes from a generator seeded by seed, epoch and step) and
+the architecture parameters alpha are stepped either on the same batch (single-level, the
+paper) or on held-out training batches (first-order bi-level).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from adarec.config import LoopConfig, SearchConfig
+from adarec.distill.cost import cost_loss
+from adarec.distill.emd import EMDLayerMapper
+from adarec.distill.losses import (
+    embedding_loss,
+    fixed_mapping_loss,
+    hidden_distance_matrix,
+    logit_kd_loss,
+)
+from adarec.nas.supernet import Supernet, alpha_summary, temperature
+from adarec.train import distributed as dist
+from adarec.train.losses import next_item_loss, target_mask
+from adarec.train.optim import make_optimizer, make_scheduler
+from adarec.train.supervised import autocast, next_item_batch, wrap_ddp
+
+
+class StudentWithProjections(nn.Module):
+    """Student plus the linear maps C_s -> C_t used by the embedding and hidden-layer losses.
+
+    Everything trainable runs inside this module's forward, as DistributedDataParallel needs.
+    """
+
+    def __init__(self, student: nn.Module, student_width: int, teacher_width: int):
+        super().__init__()
+        self.student = student
+        self.embedding_proj = nn.Linear(student_width, teacher_width)
+        self.hidden_proj = nn.Linear(student_width, teacher_width)
+
+    def forward(self, items: torch.Tensor, weights: list[torch.Tensor] | None = None):
+        out = self.student(items, weights) if weights is not None else self.student(items)
+        logits = self.student.logits(out.output)
+        embedding = self.embedding_proj(out.embedding)
+        hidden = [self.hidden_proj(h) for h in out.hidden_states]
+        return out, logits, embedding, hidden
+
+
+class DistillStage:
+    """Search (``search=True``, student is a Supernet) or retrain a fixed student with KD."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        search_cfg: SearchConfig,
+        loop: LoopConfig,
+        device: torch.device,
+        seed: int,
+        costs: dict[str, float] | None = None,
+        search: bool = True,
+        held_out: Dataset | None = None,
+        amp: bool = False,
+    ):
+        self.cfg, self.loop, self.device, self.seed, self.amp = search_cfg, loop, device, seed, amp
+        self.search = search
+        self.model = student.to(device)
+        self.teacher = teacher.to(device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.kd = StudentWithProjections(
+            self.model, self.model.hidden_size, self.teacher.hidden_size
+        ).to(device)
+        # single_path leaves the ops that were not sampled without gradients.
+        self.net = wrap_ddp(self.kd, device, find_unused=search)
+        alpha_ids = {id(p) for p in self._alphas()}
+        weights = [p for p in self.kd.parameters() if id(p) not in alpha_ids]
+        self.optimizer = make_optimizer(weights, loop)
+        self.scheduler = make_scheduler(self.optimizer, loop)
+        self.alpha_optimizer = (
+            torch.optim.Adam(self._alphas(), lr=search_cfg.alpha_lr, betas=(0.5, 0.999),
+                             weight_decay=search_cfg.alpha_weight_decay)
+            if search else None
+        )
+        self.mapper = EMDLayerMapper(self._layer_count(self.model),
+                                     self._layer_count(self.teacher),
+                                     distance=search_cfg.hid_distance).to(device)
+        self.costs = None
+        if search and costs is not None:
+            ops = self.model.op_names
+            self.costs = torch.tensor([costs[o] for o in ops], dtype=torch.float32, device=device)
+        self.held_out_iter = None
+        if search and search_cfg.optimization == "bilevel":
+            if held_out is None or len(held_out) == 0:
+                raise ValueError("bi-level search needs held-out training windows")
+            sampler = DistributedSampler(held_out, num_replicas=dist.world_size(),
+                                         rank=dist.rank(), shuffle=True, seed=seed + 1)
+            self.held_out_sampler = sampler
+            self.held_out_loader = DataLoader(held_out, batch_size=loop.batch_size, sampler=sampler)
+        self.epoch_tau = search_cfg.tau_initial
+        self.epoch_gamma = search_cfg.gamma
+        self.initial_alphas = [a.detach().clone() for a in self._alphas()]
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _alphas(self) -> list[nn.Parameter]:
+        return list(self.model.arch_parameters()) if isinstance(self.model, Supernet) else []
+
+    def _layer_count(self, model: nn.Module) -> int:
+        """How many hidden states a model exposes for distillation (one probe forward)."""
+        probe = torch.zeros(1, model.max_len, dtype=torch.long, device=self.device)
+        probe[0, -1] = 1
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            count = len(model(probe).hidden_states)
+        model.train(was_training)
+        return count
+
+    def _sample(self, epoch: int, step: int, salt: int = 0) -> list[torch.Tensor] | None:
+        if not self.search:
+            return None
+        generator = torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + epoch * 100_003 + step * 7 + salt) % (2**63 - 1)
+        )
+        return self.model.sample_architecture(self.epoch_tau, generator)
+
+    def loss_terms(
+        self, inputs: torch.Tensor, targets: torch.Tensor, weights: list[torch.Tensor] | None
+    ) -> dict[str, torch.Tensor]:
+        """Each loss term of the objective (only the switched-on ones), unweighted."""
+        cfg = self.cfg
+        mask = target_mask(targets)
+        with torch.no_grad():
+            t_out = self.teacher(inputs)
+            t_logits = self.teacher.logits(t_out.output)
+        with autocast(self.device, self.amp):
+            out, logits, embedding, hidden = self.net(inputs, weights)
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.use_ce:
+            terms["ce"] = next_item_loss(logits, targets)
+        if cfg.use_emb:
+            terms["emb"] = embedding_loss(embedding.float(), t_out.embedding, nn.Identity(), mask)
+        if cfg.use_hid:
+            hidden = [h.float() for h in hidden]
+            if cfg.layer_mapping == "emd":
+                terms["hid"], _ = self.mapper(hidden, t_out.hidden_states, mask)
+            else:
+                dist_matrix = hidden_distance_matrix(hidden, t_out.hidden_states, mask,
+                                                     cfg.hid_distance)
+                terms["hid"] = fixed_mapping_loss(dist_matrix, cfg.layer_mapping)
+        if cfg.use_logit:
+            terms["logit"] = logit_kd_loss(logits.float(), t_logits, mask, cfg.kd_temperature)
+        if self.search and cfg.use_cost and self.costs is not None and weights is not None:
+            terms["cost"] = cost_loss(weights, self.costs)
+        return terms
+
+    def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        gamma = self.epoch_gamma
+        kd = sum(terms[k] for k in ("emb", "hid", "logit") if k in terms)
+        total = torch.zeros((), device=self.device)
+        if "ce" in terms:
+            total = total + (1 - gamma) * terms["ce"]
+        if any(k in terms for k in ("emb", "hid", "logit")):
+            total = total + gamma * kd
+        if "cost" in terms:
+            total = total + self.cfg.beta * terms["cost"]
+        return total
+
+    # -- the Stage protocol ----------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> dict[str, float]:
+        cfg = self.cfg
+        self.epoch_tau = temperature(epoch, cfg.tau_initial, cfg.tau_decay, cfg.tau_every)
+        self.epoch_gamma = cfg.gamma * cfg.gamma_decay**epoch
+        if self.held_out_iter is not None or hasattr(self, "held_out_loader"):
+            self.held_out_sampler.set_epoch(epoch)
+            self.held_out_iter = itertools.cycle(self.held_out_loader)
+        record = {"gamma": self.epoch_gamma, "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.search:
+            record["tau"] = self.epoch_tau
+        return record
+
+    def train_step(self, batch: torch.Tensor, epoch: int, step: int) -> dict[str, float]:
+        self.net.train()
+        self.mapper.train()
+        inputs, targets = next_item_batch(batch.to(self.device), epoch, step)
+        weights = self._sample(epoch, step)
+        bilevel = self.search and self.cfg.optimization == "bilevel"
+        terms = self.loss_terms(inputs, targets, weights)
+        loss = self.total_loss(terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.alpha_optimizer is not None:
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.loop.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], self.loop.clip_grad
+            )
+        self.optimizer.step()
+        if self.alpha_optimizer is not None:
+            if bilevel:
+                # First-order bi-level: alpha follows the loss on windows the weights never fit.
+                self.alpha_optimizer.zero_grad(set_to_none=True)
+                held = next(self.held_out_iter).to(self.device)
+                h_inputs, h_targets = next_item_batch(held, epoch, step)
+                h_weights = self._sample(epoch, step, salt=1)
+                self.mapper.eval()  # the held-out pass must not move the EMD layer weights
+                h_loss = self.total_loss(self.loss_terms(h_inputs, h_targets, h_weights))
+                self.optimizer.zero_grad(set_to_none=True)
+                h_loss.backward()
+            self.alpha_optimizer.step()
+        values = {k: v.item() for k, v in terms.items()}
+        values["loss"] = loss.item()
+        return values
+
+    def on_epoch_end(self, epoch: int) -> dict[str, Any]:
+        if self.scheduler is not None:
+            self.scheduler.step()
+        record: dict[str, Any] = {}
+        if self.cfg.use_hid and self.cfg.layer_mapping == "emd":
+            record["emd_student_weights"] = self.mapper.student_weights.tolist()
+            record["emd_teacher_weights"] = self.mapper.teacher_weights.tolist()
+        if self.search:
+            alphas = self._alphas()
+            summary = alpha_summary(alphas)
+            drift = max(float((a.detach() - a0).abs().max())
+                        for a, a0 in zip(alphas, self.initial_alphas, strict=True))
+            record["alpha_entropy"] = summary["mean_entropy"]
+            record["alpha_max_prob"] = summary["max_prob"]
+            record["alpha_drift"] = drift
+            record["alpha_uniform_entropy"] = math.log(len(self.model.op_names))
+            record["alpha_probs"] = summary["edges"]
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "alpha_optimizer": self.alpha_optimizer.state_dict() if self.alpha_optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "projections": {k: v for k, v in self.kd.state_dict().items()
+                            if not k.startswith("student.")},
+            "mapper": self.mapper.state_dict(),
+            "initial_alphas": self.initial_alphas,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.alpha_optimizer is not None and state["alpha_optimizer"] is not None:
+            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.kd.load_state_dict(state["projections"], strict=False)
+        self.mapper.load_state_dict(state["mapper"])
+        self.initial_alphas = [a.to(self.device) for a in state["initial_alphas"]]

@@ -1,0 +1,190 @@
+"""The one training loop used by every stage: teacher, architecture search, student.
+
+A stage (see ``Stage``) owns its model, optimisers and per-step logic; this loop owns
+everything around it: the distributed sampler, epochs, progress bars, evaluation on the
+validation split, early stopping, atomic checkpoints, resuming, the training history and
+restoring the best weights at the end. The same code runs single-process and under torchrun.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from adarec.config import EvalConfig, LoopConfig
+from adarec.evaluate.evaluator import evaluate
+from adarec.io import atomic_write_json
+from adarec.train import distributed as dist
+from adarec.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+log = logging.getLogger("adarec")
+
+SELECTION_METRIC = "NDCG@10"
+
+
+class Stage(Protocol):
+    """What the loop needs from a stage."""
+
+    model: nn.Module  # the unwrapped model that is evaluated and checkpointed
+
+    def on_epoch_start(self, epoch: int) -> dict[str, float]: ...
+
+    def train_step(self, batch: torch.Tensor, epoch: int, step: int) -> dict[str, float]: ...
+
+    def on_epoch_end(self, epoch: int) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_valid: dict[str, Any] | None
+    epochs: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _loader(dataset: Dataset, batch_size: int, seed: int) -> tuple[DataLoader, DistributedSampler]:
+    # DistributedSampler also serves the single-process case: it shuffles with seed + epoch,
+    # which makes every epoch's order reproducible and resumable.
+    sampler = DistributedSampler(
+        dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True, seed=seed
+    )
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler), sampler
+
+
+def _selection_value(valid: dict[str, Any]) -> float:
+    return float(valid["full"][SELECTION_METRIC])
+
+
+def run_training(
+    stage: Stage,
+    train_data: Dataset,
+    valid_split: Any,
+    loop: LoopConfig,
+    eval_cfg: EvalConfig,
+    run_dir: Path,
+    seed: int,
+    device: torch.device,
+    quiet: bool = False,
+    resume: bool = False,
+    select_on_valid: bool = True,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``stage`` for ``loop.epochs`` epochs with early stopping on validation NDCG@10.
+
+    With ``select_on_valid`` False (e.g. masked-item pretraining) every epoch is kept and the
+    last one counts as best. Checkpoints go to ``run_dir/checkpoints``; only rank 0 writes.
+    """
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    loader, sampler = _loader(train_data, loop.batch_size, seed)
+    history: list[dict[str, Any]] = []
+    start_epoch, best_value, best_epoch, bad_epochs, seconds = 0, -math.inf, -1, 0, 0.0
+    best_valid: dict[str, Any] | None = None
+    best_state: dict[str, Any] | None = None
+    finished = False
+
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path, map_location=device)
+        stage.model.load_state_dict(state["model"])
+        stage.load_state_dict(state["stage"])
+        set_rng_state(state["rng"])
+        history = state["history"]
+        start_epoch = state["epoch"] + 1
+        best_value, best_epoch = state["best_value"], state["best_epoch"]
+        bad_epochs, seconds, best_valid = state["bad_epochs"], state["seconds"], state["best_valid"]
+        finished = state["finished"]
+        if best_path.exists():
+            best_state = load_checkpoint(best_path, map_location=device)["model"]
+        log.info("%s: resumed after epoch %d from %s", desc, start_epoch - 1, last_path)
+
+    show = not quiet and dist.is_main()
+    for epoch in range(start_epoch, 0 if finished else loop.epochs):
+        started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        record: dict[str, Any] = {"epoch": epoch, **stage.on_epoch_start(epoch)}
+        totals: dict[str, float] = {}
+        steps = len(loader) if loop.max_steps_per_epoch <= 0 else min(
+            len(loader), loop.max_steps_per_epoch
+        )
+        bar = tqdm(total=steps, desc=f"{desc} {epoch + 1}/{loop.epochs}", disable=not show,
+                   leave=False, dynamic_ncols=True)
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            values = stage.train_step(batch, epoch, step)
+            for key, value in values.items():
+                totals[key] = totals.get(key, 0.0) + value
+            bar.set_postfix({k: f"{v:.4f}" for k, v in values.items() if k in ("loss", "ce")})
+            bar.update(1)
+        bar.close()
+        record.update({k: v / max(steps, 1) for k, v in totals.items()})
+        record.update(stage.on_epoch_end(epoch))
+
+        evaluate_now = (epoch + 1) % loop.eval_every == 0 or epoch + 1 == loop.epochs
+        improved = False
+        if evaluate_now:
+            valid = evaluate(stage.model, valid_split, eval_cfg.ks, eval_cfg.batch_size, device,
+                             eval_cfg.exclude_seen)
+            record["valid"] = valid
+            value = _selection_value(valid) if select_on_valid else float(epoch)
+            if value > best_value:
+                best_value, best_epoch, best_valid, improved = value, epoch, valid, True
+                bad_epochs = 0
+                best_state = copy.deepcopy(stage.model.state_dict())
+            else:
+                bad_epochs += 1
+        seconds += time.perf_counter() - started
+        record["seconds"] = seconds
+        history.append(record)
+        _log_epoch(desc, record, loop.epochs)
+
+        stop = select_on_valid and loop.patience > 0 and bad_epochs >= loop.patience
+        if dist.is_main():
+            if improved:
+                save_checkpoint(best_path, {"model": best_state, "epoch": epoch})
+            save_checkpoint(last_path, {
+                "model": stage.model.state_dict(), "stage": stage.state_dict(),
+                "rng": rng_state(), "history": history, "epoch": epoch,
+                "best_value": best_value, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                "seconds": seconds, "best_valid": best_valid, "finished": stop,
+            })
+            atomic_write_json(Path(run_dir) / "history.json", history)
+        dist.barrier()
+        if stop:
+            log.info("%s: early stop after epoch %d (best epoch %d)", desc, epoch + 1,
+                     best_epoch + 1)
+            break
+
+    if best_state is not None:
+        stage.model.load_state_dict(best_state)
+    return TrainResult(best_epoch + 1, best_valid, len(history), seconds, history)
+
+
+def _log_epoch(desc: str, record: dict[str, Any], epochs: int) -> None:
+    parts = [f"{desc} epoch {record['epoch'] + 1}/{epochs}"]
+    for key, value in record.items():
+        if key in ("epoch", "valid", "seconds") or not isinstance(value, int | float):
+            continue
+        parts.append(f"{key} {value:.4f}")
+    if "valid" in record:
+        full, sampled = record["valid"]["full"], record["valid"]["sampled"]
+        parts.append(f"valid NDCG@10 {full['NDCG@10']:.4f} HR@10 {full['HR@10']:.4f}"
+                     f" (sampled NDCG@10 {sampled['NDCG@10']:.4f})")
+    parts.append(f"{record['seconds']:.0f}s")
+    log.info(" | ".join(parts))

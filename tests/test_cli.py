@@ -1,0 +1,50 @@
+"""The command line: user mistakes give one clear message and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adarec.cli import main
+
+
+def test_data_stats_prints_a_table(capsys):
+    assert main(["data", "stats", "synthetic", "--set", "data.synthetic_users=40", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "users" in out and "40" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "stats", "no-such-dataset"], "ml-100k"),
+        (["data", "stats", "synthetic", "--set", "data.max_lenn=5"], "did you mean 'data.max_len'"),
+        (["teacher", "--model", "sasrec", "--dataset", "synthetic", "--config", "/nope.yaml"],
+         "not found"),
+        (["evaluate", "/no/such/run"], "not an adarec run directory"),
+        (["search", "--teacher", "/no/such/run"], "not an adarec run directory"),
+    ],
+)
+def test_user_errors_exit_2_with_one_message(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.startswith("adarec: error:")
+
+
+def test_bad_data_file_names_the_line(tmp_path: Path, capsys):
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,ts\nu1,i1,100\nu1,i2,oops\n")
+    argv = ["data", "stats", str(path), "--set", "data.format=csv", "--set", "data.user_col=user",
+            "--set", "data.item_col=item", "--set", "data.time_col=ts"]
+    assert main(argv) == 2
+    assert "line 3" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "adarec", "--help"], capture_output=True,
+                            text=True, check=True)
+    assert "teacher" in result.stdout and "search" in result.stdout

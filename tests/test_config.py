@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from adarec.config import all_keys, load_config, save_config
+from adarec.errors import UserError
+
+
+def test_defaults_then_file_then_set(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.01\n  epochs: 3\nmodel:\n  name: nextitnet\n")
+    cfg = load_config(path, ["train.epochs=7", "model.dilations=[1,2,4]", "eval.exclude_seen=true"])
+    assert cfg.train.lr == 0.01  # from the file
+    assert cfg.train.epochs == 7  # --set wins over the file
+    assert cfg.model.name == "nextitnet"
+    assert cfg.model.dilations == [1, 2, 4]
+    assert cfg.eval.exclude_seen is True
+    assert cfg.search.cells == 4  # untouched default
+
+
+def test_unknown_key_names_the_closest_valid_key(tmp_path: Path):
+    with pytest.raises(UserError, match="did you mean 'train.lr'"):
+        load_config(None, ["train.lrr=0.1"])
+    path = tmp_path / "c.yaml"
+    path.write_text("serch:\n  cells: 2\n")
+    with pytest.raises(UserError, match="did you mean 'search'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("train.epochs=abc", "expected int"),
+        ("model.name=gru", "must be one of"),
+        ("search.gamma=1.5", "search.gamma"),
+        ("model.num_heads=3", "divisible"),
+        ("trainlr", "key=value"),
+    ],
+)
+def test_bad_values_are_user_errors(item: str, message: str):
+    with pytest.raises(UserError, match=message):
+        load_config(None, [item])
+
+
+def test_missing_and_malformed_files(tmp_path: Path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_saved_config_reloads_identically(tmp_path: Path):
+    cfg = load_config(None, ["seed=7", "search.ops=paper", "data.rating_threshold=3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+    assert "search.layer_mapping" in all_keys()
+
+
+def test_presets_load():
+    for preset in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
+        load_config(preset)

@@ -1,0 +1,66 @@
+"""The one training loop: determinism, resume, early stopping, best-weight restore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from adarec.models.factory import build_model
+from adarec.pipeline.common import load_stage_data
+from adarec.seed import seed_everything
+from adarec.train.loop import run_training
+from adarec.train.supervised import SupervisedStage, next_item_batch
+from tests.conftest import tiny_config
+
+
+def _train(run_dir: Path, epochs: int, resume: bool = False, **loop_overrides):
+    cfg = tiny_config(f"train.epochs={epochs}", "model.name=sasrec")
+    for key, value in loop_overrides.items():
+        setattr(cfg.train, key, value)
+    seed_everything(cfg.seed)
+    data = load_stage_data(cfg)
+    model = build_model(cfg.model, data.data.num_items, cfg.data.max_len)
+    stage = SupervisedStage(model, cfg.train, torch.device("cpu"))
+    result = run_training(stage, data.train, data.valid, cfg.train, cfg.eval, run_dir, cfg.seed,
+                          torch.device("cpu"), quiet=True, resume=resume)
+    return model, result
+
+
+def test_same_seed_same_weights(tmp_path: Path):
+    a, _ = _train(tmp_path / "a", 2)
+    b, _ = _train(tmp_path / "b", 2)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_resume_continues_exactly(tmp_path: Path):
+    # Early stopping off and no best-restore difference: compare the last epoch's weights.
+    full, full_result = _train(tmp_path / "full", 3, patience=0)
+    _train(tmp_path / "part", 2, patience=0)
+    resumed, resumed_result = _train(tmp_path / "part", 3, resume=True, patience=0)
+    assert resumed_result.epochs == 3 == full_result.epochs
+    last = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=False)
+    last_resumed = torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=False)
+    for key, value in last["model"].items():
+        assert torch.allclose(value, last_resumed["model"][key], atol=1e-6), key
+    assert [h["loss"] for h in full_result.history] == [h["loss"] for h in resumed_result.history]
+
+
+def test_early_stopping_restores_best_epoch(tmp_path: Path):
+    model, result = _train(tmp_path / "es", 8, patience=1, lr=0.05)
+    values = [h["valid"]["full"]["NDCG@10"] for h in result.history]
+    best = max(range(len(values)), key=values.__getitem__)
+    assert result.best_epoch == best + 1
+    if result.epochs < 8:  # stopped early: exactly `patience` epochs after the best
+        assert result.epochs == best + 2
+    saved = torch.load(tmp_path / "es" / "checkpoints" / "best.pt", weights_only=False)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved["model"][key]), key
+
+
+def test_first_window_item_is_never_a_target():
+    window = torch.tensor([[0, 0, 5, 6, 7]])
+    inputs, targets = next_item_batch(window, 0, 0)
+    assert inputs.tolist() == [[0, 0, 5, 6]]
+    assert targets.tolist() == [[0, 0, 6, 7]]
