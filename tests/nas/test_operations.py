@@ -73,8 +73,9 @@ def test_causal_average_pool_divides_by_three_with_zero_padding():
     x = torch.arange(1.0, 5.0).view(1, 4, 1)
     out = make_op("causal_avg_pool3", 1)(x).flatten()
     torch.testing.assert_close(out, torch.tensor([1 / 3, 1.0, 2.0, 3.0]))
-    torch.testing.assert_close(make_op("causal_max_pool3", 1)(-x).flatten(),
-                               torch.tensor([0.0, 0.0, -1.0, -2.0]))
+    torch.testing.assert_close(
+        make_op("causal_max_pool3", 1)(-x).flatten(), torch.tensor([0.0, 0.0, -1.0, -2.0])
+    )
 
 
 def test_shared_names_take_the_norm_of_their_set():
@@ -84,8 +85,9 @@ def test_shared_names_take_the_norm_of_their_set():
     assert isinstance(make_op("conv3", 4).norm, nn.BatchNorm1d)
 
 
-@pytest.mark.parametrize(("name", "op_set"), [("conv7", None), ("conv3", "causal"),
-                                              ("skip", "other")])
+@pytest.mark.parametrize(
+    ("name", "op_set"), [("conv7", None), ("conv3", "causal"), ("skip", "other")]
+)
 def test_unknown_op_or_set_is_a_user_error(name, op_set):
     with pytest.raises(UserError, match="unknown"):
         make_op(name, 4, op_set)

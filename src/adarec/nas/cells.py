@@ -43,13 +43,12 @@ class CellNetwork(SequentialRecommender):
     how many pads precede it.
     """
 
-    def __init__(
-        self, num_items: int, max_len: int, width: int, dropout: float, cells: list[Cell]
-    ):
+    def __init__(self, num_items: int, max_len: int, width: int, dropout: float, cells: list[Cell]):
         super().__init__()
         self.num_items = num_items
         self.max_len = max_len
         self.width = width
+        self.hidden_size = width  # the name the teachers use for their width
         self.item_embedding = nn.Embedding(num_items + 1, width, padding_idx=0)
         self.position_embedding = PositionEmbedding(max_len, width)
         self.embedding_dropout = nn.Dropout(dropout)

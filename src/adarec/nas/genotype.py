@@ -88,9 +88,7 @@ def _edge(edge: Any, node: int, ops: tuple[str, ...]) -> tuple[int, str]:
         raise UserError(f"node_{node}: every edge must be an object with 'input' and 'op'")
     inputs = {input_name(i): i for i in range(node + 1)}
     if edge["input"] not in inputs:
-        raise UserError(
-            f"node_{node}: input {edge['input']!r} is not one of {', '.join(inputs)}"
-        )
+        raise UserError(f"node_{node}: input {edge['input']!r} is not one of {', '.join(inputs)}")
     if edge["op"] not in ops:
         raise UserError(f"node_{node}: unknown op {edge['op']!r}; this op set has {', '.join(ops)}")
     return inputs[edge["input"]], edge["op"]
@@ -140,8 +138,9 @@ def load_genotype(path: Path) -> Genotype:
 
 def genotype_to_text(genotype: Genotype) -> str:
     """One line per node (``node_1 = skip(cell_input) + causal_conv3(node_0)``) and the output."""
-    lines = [f"cell ({genotype.op_set} ops), used in {genotype.cells} cells of width "
-             f"{genotype.width}:"]
+    lines = [
+        f"cell ({genotype.op_set} ops), used in {genotype.cells} cells of width {genotype.width}:"
+    ]
     for j, node in enumerate(genotype.nodes):
         terms = " + ".join(f"{op}({input_name(i)})" for i, op in node) or "0"
         lines.append(f"  node_{j} = {terms}")
@@ -165,16 +164,37 @@ def draw_genotype(genotype: Genotype, png_path: Path) -> None:
         ax.text(x, 0, name, ha="center", va="center", fontsize=10, bbox=box, zorder=3)
 
     def arrow(source: int, target: int, rad: float, label: str, style: str) -> None:
-        ax.annotate("", xy=(target, 0), xytext=(source, 0), zorder=2,
-                    arrowprops={"arrowstyle": "-|>", "linestyle": style, "color": "#333333",
-                                "shrinkA": 28, "shrinkB": 28,
-                                "connectionstyle": f"arc3,rad={rad}"})
+        ax.annotate(
+            "",
+            xy=(target, 0),
+            xytext=(source, 0),
+            zorder=2,
+            arrowprops={
+                "arrowstyle": "-|>",
+                "linestyle": style,
+                "color": "#333333",
+                "shrinkA": 28,
+                "shrinkB": 28,
+                "connectionstyle": f"arc3,rad={rad}",
+            },
+        )
         if label:
-            # The middle of an arc3 curve lies rad * length / 2 off the chord.
-            ax.text((source + target) / 2, -rad * (target - source) / 2, label, ha="center",
-                    va="center", fontsize=8, zorder=4,
-                    bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "linewidth": 0})
+            # The middle of an arc3 curve lies rad * length / 2 off the chord, measured on
+            # the screen (display coordinates), below a left-to-right chord for rad > 0.
+            (x0, y0), (x1, _) = ax.transData.transform([(source, 0), (target, 0)])
+            middle = ax.transData.inverted().transform(((x0 + x1) / 2, y0 - rad * (x1 - x0) / 2))
+            ax.text(
+                *middle,
+                label,
+                ha="center",
+                va="center",
+                fontsize=8,
+                zorder=4,
+                bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "linewidth": 0},
+            )
 
+    ax.set_xlim(-0.7, count + 1.7)
+    ax.set_ylim(-1.0, 1.4)  # fixed before the labels: they are placed on screen
     for j, node in enumerate(genotype.nodes):
         for i, op in node:
             if op != "none":
@@ -182,9 +202,10 @@ def draw_genotype(genotype: Genotype, png_path: Path) -> None:
     for j in range(count):  # every node feeds the weighted sum of the cell output
         arrow(j + 1, count + 1, 0.0 if j + 1 == count else 0.3, "", "--")
     arrow(0, count + 1, 0.3, "+ residual", ":")
-    ax.set_xlim(-0.7, count + 1.7)
-    ax.set_ylim(-0.15 * (count + 1) - 0.5, 0.225 * (count + 1) + 0.5)
     ax.axis("off")
-    ax.set_title(f"{genotype.op_set} cell (x{genotype.cells}, width {genotype.width}); "
-                 "dashed: weighted sum into the output", fontsize=10)
+    ax.set_title(
+        f"{genotype.op_set} cell (x{genotype.cells}, width {genotype.width}); "
+        "dashed: weighted sum into the output",
+        fontsize=10,
+    )
     save_figure(fig, Path(png_path))

@@ -132,6 +132,9 @@ def make_op(name: str, channels: int, op_set: str | None = None) -> nn.Module:
     causal = name.startswith("causal_")
     base = name.removeprefix("causal_")
     if base in _CONVS:
+        # Causal set: LayerNorm, per position over channels. BatchNorm's statistics in
+        # training mode are taken over every position of the batch, later ones included,
+        # so it would leak the future even after a left-padded conv (paper set only).
         norm = "batch" if op_set == "paper" or name not in CAUSAL_OPS else "layer"
         return ConvOp(channels, *_CONVS[base], causal=causal, norm=norm)
     return PoolOp(base.split("_")[0], causal)

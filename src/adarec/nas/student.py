@@ -17,6 +17,7 @@ from adarec.models.base import SeqOutput
 from adarec.nas.cells import Cell, CellNetwork
 from adarec.nas.genotype import Genotype
 from adarec.nas.operations import make_op
+from adarec.nas.supernet import Supernet
 
 
 class StudentCell(Cell):
@@ -27,8 +28,10 @@ class StudentCell(Cell):
         self.edges = [[(i, op) for i, op in node if op != "none"] for node in genotype.nodes]
         self.nodes = nn.ModuleList(
             nn.ModuleDict(
-                {str(i): nn.ModuleDict({op: make_op(op, genotype.width, genotype.op_set)})
-                 for i, op in edges}
+                {
+                    str(i): nn.ModuleDict({op: make_op(op, genotype.width, genotype.op_set)})
+                    for i, op in edges
+                }
             )
             for edges in self.edges
         )
@@ -51,7 +54,10 @@ class Student(CellNetwork):
 
     def __init__(self, num_items: int, max_len: int, genotype: Genotype, dropout: float = 0.1):
         super().__init__(
-            num_items, max_len, genotype.width, dropout,
+            num_items,
+            max_len,
+            genotype.width,
+            dropout,
             [StudentCell(genotype) for _ in range(genotype.cells)],
         )
         self.genotype = genotype
@@ -60,7 +66,7 @@ class Student(CellNetwork):
         return self.run_cells(items, lambda cell, x, mask: cell(x, mask))
 
 
-def inherit_weights(student: Student, supernet: nn.Module) -> int:
+def inherit_weights(student: Student, supernet: Supernet) -> int:
     """Copy embeddings, the chosen ops, node weights, norms and head from the supernet.
 
     Every tensor of the student (parameters and buffers such as BatchNorm statistics) is
@@ -68,20 +74,28 @@ def inherit_weights(student: Student, supernet: nn.Module) -> int:
     """
     genotype = student.genotype
     if genotype.op_set != supernet.op_set:
-        raise UserError(f"the student uses the {genotype.op_set!r} op set but the supernet "
-                        f"searched {supernet.op_set!r}: it cannot inherit weights")
+        raise UserError(
+            f"the student uses the {genotype.op_set!r} op set but the supernet "
+            f"searched {supernet.op_set!r}: it cannot inherit weights"
+        )
     if student.width != supernet.width:
-        raise UserError(f"the student's width {student.width} differs from the supernet's "
-                        f"{supernet.width}: search and retrain at the same width to inherit")
+        raise UserError(
+            f"the student's width {student.width} differs from the supernet's "
+            f"{supernet.width}: search and retrain at the same width to inherit"
+        )
     if (student.num_items, student.max_len) != (supernet.num_items, supernet.max_len):
-        raise UserError("the student and the supernet were built for different data "
-                        f"(items, max length): {(student.num_items, student.max_len)} vs "
-                        f"{(supernet.num_items, supernet.max_len)}")
+        raise UserError(
+            "the student and the supernet were built for different data "
+            f"(items, max length): {(student.num_items, student.max_len)} vs "
+            f"{(supernet.num_items, supernet.max_len)}"
+        )
     source = supernet.state_dict()
     target = student.state_dict()
     missing = [name for name in target if name not in source]
     if missing:
-        raise UserError(f"the supernet has no {missing[0]} for the student (more cells or "
-                        f"nodes than were searched?)")
+        raise UserError(
+            f"the supernet has no {missing[0]} for the student (more cells or "
+            f"nodes than were searched?)"
+        )
     student.load_state_dict({name: source[name] for name in target})
     return len(target)

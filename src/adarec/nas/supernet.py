@@ -93,7 +93,10 @@ class Supernet(CellNetwork):
             raise UserError(f"unknown supernet mode {mode!r}; choose one of {', '.join(MODES)}")
         op_names = OP_SETS[op_set]
         super().__init__(
-            num_items, max_len, width, dropout,
+            num_items,
+            max_len,
+            width,
+            dropout,
             [SearchCell(nodes, width, op_names, op_set) for _ in range(cells)],
         )
         self.op_set = op_set
@@ -162,8 +165,13 @@ def alpha_summary(alphas: list[torch.Tensor]) -> dict:
         probs = torch.softmax(alpha.detach().float().cpu(), dim=-1)
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1)
         for i, row in enumerate(probs):
-            edges.append({"name": f"{input_name(i)} -> node_{j}", "probs": row.tolist(),
-                          "entropy": float(entropy[i])})
+            edges.append(
+                {
+                    "name": f"{input_name(i)} -> node_{j}",
+                    "probs": row.tolist(),
+                    "entropy": float(entropy[i]),
+                }
+            )
     maxima = [max(e["probs"]) for e in edges]
     return {
         "edges": edges,

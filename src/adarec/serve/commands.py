@@ -1,0 +1,163 @@
+"""The serving commands of the CLI: ``export``, ``bench``, ``serve`` and ``recommend``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from adarec.errors import UserError
+
+BACKEND_CHOICES = ("eager", "torchscript", "onnx")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [n for n in names if n not in BACKEND_CHOICES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {','.join(BACKEND_CHOICES)}, got {text!r}"
+        )
+    return names
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from adarec.serve.export import MODEL_FILES, export_run
+
+    out = export_run(Path(args.run_dir), args.format, Path(args.out) if args.out else None)
+    print(f"exported {args.format} artefact: {out} ({MODEL_FILES[args.format]}, items.json, "
+          "popularity.json, metadata.json)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from adarec.io import atomic_write_json
+    from adarec.serve.bench import bench_runs, format_bench_table
+
+    result = bench_runs(
+        [Path(r) for r in args.run_dirs],
+        threads=args.threads,
+        batch_sizes=args.batch_sizes,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        backends=args.backends,
+        device=args.device,
+    )
+    print(format_bench_table(result))
+    if args.out:
+        atomic_write_json(Path(args.out), result)
+        print(f"results: {args.out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from adarec.serve.app import bind_socket, create_app, serve
+    from adarec.serve.predictor import Predictor
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535; got {args.port}")
+    if args.threads < 0:
+        raise UserError(f"--threads must be 0 (the default) or more; got {args.threads}")
+    try:
+        predictor = Predictor.from_run(Path(args.run_dir), args.backend, args.device,
+                                       args.threads)
+        sock = bind_socket(args.host, args.port)
+        host, port = sock.getsockname()[:2]
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        print(f"serving {predictor.info.get('model')} ({predictor.info.get('kind')}, "
+              f"{predictor.info['backend']}) on {url}; Ctrl-C stops", flush=True)
+        serve(create_app(predictor), sock, access_log=not args.no_access_log)
+    except KeyboardInterrupt:
+        pass  # stopped before the server was up: nothing to shut down
+    print("server stopped", flush=True)
+    return 0
+
+
+def format_recommendations(response: dict[str, Any]) -> str:
+    """A ranked list with the notes of the response (unknown items, fallback, truncation)."""
+    lines = [f"{'rank':>4}  {'item':<20}{'score':>12}"]
+    for rank, (item, score) in enumerate(zip(response["items"], response["scores"],
+                                             strict=True), 1):
+        lines.append(f"{rank:>4}  {item!s:<20}{score:>12.4f}")
+    if response["unknown_items"]:
+        lines.append("ignored unknown items: " + ", ".join(map(str, response["unknown_items"])))
+    if response["fallback"]:
+        lines.append("no known item in the history: most popular items instead")
+    if response["truncated"]:
+        lines.append("history longer than the model's max_len: only the most recent items used")
+    return "\n".join(lines)
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from adarec.serve.predictor import Predictor
+
+    history = [item.strip() for item in args.history.split(",") if item.strip()]
+    predictor = Predictor.from_run(Path(args.run_dir), args.backend, args.device)
+    response = predictor.recommend(history, args.k, args.exclude_seen)
+    print(json.dumps(response, indent=2) if args.json else format_recommendations(response))
+    return 0
+
+
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKEND_CHOICES,
+                        help="eager PyTorch, TorchScript or ONNX Runtime (default: eager for a "
+                        "run directory, the export's format for an artefact)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+
+
+def add_serve_commands(subparsers: Any) -> None:
+    """Register ``export``, ``bench``, ``serve`` and ``recommend`` on the CLI's subparsers."""
+    run_help = "a run directory (or, for serve/recommend, an exported artefact directory)"
+
+    export = subparsers.add_parser("export", help="write a self-contained TorchScript/ONNX model")
+    export.add_argument("run_dir", help="a finished run directory")
+    export.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    export.add_argument("--out", help="artefact directory (default RUN_DIR/export/FORMAT)")
+    export.set_defaults(func=cmd_export)
+
+    bench = subparsers.add_parser(
+        "bench", help="parameters, MACs and latency of runs under every serving backend"
+    )
+    bench.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                       help="finished runs of one dataset; speed-ups are over the first")
+    bench.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    bench.add_argument("--batch-sizes", type=_int_list, default=(1, 32, 256),
+                       help="comma-separated (default 1,32,256)")
+    bench.add_argument("--repeats", type=int, default=30, help="timed calls per batch size")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed calls first")
+    bench.add_argument("--backends", type=_name_list, default=BACKEND_CHOICES,
+                       help="comma-separated (default eager,torchscript,onnx)")
+    bench.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    bench.add_argument("--out", help="write the results as JSON here")
+    bench.set_defaults(func=cmd_bench)
+
+    serve = subparsers.add_parser("serve", help="serve recommendations over HTTP")
+    serve.add_argument("run_dir", help=run_help)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    serve.add_argument("--threads", type=int, default=0, help="CPU threads (0: the default)")
+    serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    _add_backend(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    recommend = subparsers.add_parser("recommend", help="recommend items for one history")
+    recommend.add_argument("run_dir", help=run_help)
+    recommend.add_argument("--history", required=True,
+                           help='comma-separated raw item ids, oldest first: "i1,i2,i3"')
+    recommend.add_argument("--k", type=int, default=10, help="how many items (default 10)")
+    recommend.add_argument("--exclude-seen", action="store_true",
+                           help="never recommend an item of the history")
+    recommend.add_argument("--json", action="store_true", help="print the response as JSON")
+    _add_backend(recommend)
+    recommend.set_defaults(func=cmd_recommend)

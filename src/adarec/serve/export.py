@@ -1,0 +1,217 @@
+"""Self-contained serving artefacts of a run: a TorchScript or ONNX model plus what serving needs.
+
+An artefact directory holds the model file (``model.ts`` or ``model.onnx``, computing
+``full_sort_predict``: int64 ``items`` [batch, max_len] left-padded with 0 -> float
+``scores`` [batch, num_items + 1], column 0 = padding), ``items.json`` (raw item ids),
+``popularity.json`` (training item counts, the fallback for empty histories) and
+``metadata.json``. Serving it needs neither the dataset nor adarec's model classes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from adarec.config import Config, load_config
+from adarec.errors import UserError
+from adarec.io import atomic_write_json, read_json
+from adarec.models.base import count_parameters
+from adarec.runs import MODEL_FILE, load_run_model
+
+FORMATS = ("torchscript", "onnx")
+MODEL_FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}
+ITEMS_FILE = "items.json"
+POPULARITY_FILE = "popularity.json"
+METADATA_FILE = "metadata.json"
+INPUT_NAME, OUTPUT_NAME = "items", "scores"
+
+
+class ScorePredict(nn.Module):
+    """``full_sort_predict`` as ``forward``: the shape that tracing and ONNX export expect."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.model.full_sort_predict(items)
+
+
+def is_artefact(path: Path) -> bool:
+    return (Path(path) / METADATA_FILE).is_file()
+
+
+def default_export_dir(run_dir: Path, fmt: str) -> Path:
+    return Path(run_dir) / "export" / fmt
+
+
+def run_config(run_dir: Path) -> Config:
+    """The resolved configuration saved in a run directory."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not an adarec run directory (no config.yaml)")
+    return load_config(None, None, base=yaml.safe_load(path.read_text()))
+
+
+def run_items(run_dir: Path) -> list[str]:
+    path = Path(run_dir) / ITEMS_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no {ITEMS_FILE} (the item id mapping)")
+    return read_json(path)
+
+
+def training_popularity(run_dir: Path) -> list[int]:
+    """Training interaction counts [num_items + 1] of the run's dataset (index 0 is padding)."""
+    from adarec.data.preprocess import prepare
+    from adarec.data.splits import item_counts
+
+    cfg = run_config(run_dir)
+    try:
+        data = prepare(cfg.data, cfg.seed)
+    except UserError as exc:
+        raise UserError(
+            f"cannot read the training data of {run_dir} for the popularity fallback ({exc}); "
+            "serve an artefact exported where the data is available (adarec export)"
+        ) from None
+    if data.item_ids != run_items(run_dir):
+        raise UserError(
+            f"the dataset {cfg.data.dataset!r} no longer matches the items of {run_dir}"
+        )
+    return [int(c) for c in item_counts(data)]
+
+
+def _metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    keep = ("valid", "test", "train_seconds", "epochs", "cost")
+    return {key: metrics[key] for key in keep if key in metrics}
+
+
+def model_info(run_dir: Path, model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
+    """What a served model is: kind, name, dataset, sizes, architecture, parameters, metrics."""
+    metrics_path = Path(run_dir) / "metrics.json"
+    saved = read_json(metrics_path) if metrics_path.is_file() else {}
+    if spec["kind"] == "teacher":
+        name, architecture = spec["model"]["name"], spec["model"]
+    else:
+        name = saved.get("model", spec["kind"])
+        architecture = saved.get("architecture", spec.get("genotype"))
+    dataset = saved.get("dataset") or run_config(run_dir).data.dataset
+    return {
+        "kind": spec["kind"],
+        "model": name,
+        "dataset": dataset,
+        "max_len": spec["max_len"],
+        "num_items": spec["num_items"],
+        "architecture": architecture,
+        "params": count_parameters(model),
+        "metrics": _metrics_summary(saved),
+    }
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def example_histories(num_items: int, max_len: int) -> torch.Tensor:
+    """Two histories [2, max_len]: one full, one left-padded (the export traces both cases)."""
+    generator = torch.Generator().manual_seed(0)
+    items = torch.randint(1, num_items + 1, (2, max_len), generator=generator)
+    items[1, : max_len // 2] = 0
+    return items
+
+
+def _write_model(predict: ScorePredict, example: torch.Tensor, fmt: str, path: Path) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracing warns about Python values it freezes (shapes, the max_len); the parity
+        # tests check the traced graph on other batches instead.
+        warnings.simplefilter("ignore")
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(predict, example), str(path))
+        else:
+            torch.onnx.export(
+                predict,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamo=False,
+            )
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move the finished ``tmp`` to ``out_dir``; an earlier artefact there is replaced."""
+    if out_dir.exists():
+        if not is_artefact(out_dir) and any(out_dir.iterdir()):
+            raise UserError(f"{out_dir} exists and is not an adarec export; choose another --out")
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
+
+
+def export_run(run_dir: Path, fmt: str, out_dir: Path | None = None) -> Path:
+    """Write the serving artefact of ``run_dir`` in ``fmt``; returns its directory."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    run_dir = Path(run_dir)
+    if is_artefact(run_dir):
+        raise UserError(f"{run_dir} is already an exported artefact; export a run directory")
+    model, spec = load_run_model(run_dir, "cpu")
+    items = run_items(run_dir)
+    if len(items) != spec["num_items"] + 1:
+        raise UserError(f"{run_dir}: {ITEMS_FILE} does not match the model's item count")
+    popularity = training_popularity(run_dir)
+    metadata = {
+        **model_info(run_dir, model, spec),
+        "format": fmt,
+        "model_file": MODEL_FILES[fmt],
+        "input": {"name": INPUT_NAME, "dtype": "int64", "shape": ["batch", spec["max_len"]],
+                  "padding": "left, id 0"},
+        "output": {"name": OUTPUT_NAME, "dtype": "float32",
+                   "shape": ["batch", spec["num_items"] + 1], "column_0": "padding"},
+        "torch_version": torch.__version__,
+        "source": {"run_dir": str(run_dir.resolve()),
+                   "model_sha256": file_sha256(run_dir / MODEL_FILE)},
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    out_dir = Path(out_dir) if out_dir is not None else default_export_dir(run_dir, fmt)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        example = example_histories(spec["num_items"], spec["max_len"])
+        _write_model(ScorePredict(model).eval(), example, fmt, tmp / MODEL_FILES[fmt])
+        atomic_write_json(tmp / ITEMS_FILE, items)
+        atomic_write_json(tmp / POPULARITY_FILE, popularity)
+        atomic_write_json(tmp / METADATA_FILE, metadata)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def current_export(run_dir: Path, fmt: str) -> Path:
+    """The run's default artefact in ``fmt``, exported again when missing or out of date."""
+    out_dir = default_export_dir(run_dir, fmt)
+    if is_artefact(out_dir):
+        source = read_json(out_dir / METADATA_FILE).get("source", {})
+        model_path = Path(run_dir) / MODEL_FILE
+        if model_path.is_file() and source.get("model_sha256") == file_sha256(model_path):
+            return out_dir
+    return export_run(run_dir, fmt, out_dir)

@@ -1,0 +1,225 @@
+"""Top-k next-item recommendations for raw item histories, from a run or an exported artefact.
+
+The same ``Predictor`` answers the CLI (``adarec recommend``) and the HTTP service; only the
+scorer differs by backend (eager PyTorch, TorchScript, ONNX Runtime).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adarec.data.splits import left_pad
+from adarec.errors import UserError
+from adarec.io import read_json
+from adarec.serve.export import (
+    INPUT_NAME,
+    ITEMS_FILE,
+    METADATA_FILE,
+    MODEL_FILES,
+    OUTPUT_NAME,
+    POPULARITY_FILE,
+    current_export,
+    is_artefact,
+    model_info,
+    run_items,
+    training_popularity,
+)
+from adarec.train.distributed import resolve_device
+
+BACKENDS = ("eager", "torchscript", "onnx")
+
+# LongTensor [B, max_len] (left-padded) -> float scores [B, num_items + 1] on any device.
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EncodedHistory:
+    """A raw history mapped to internal ids."""
+
+    items: list[int]  # internal ids of the known items, oldest first
+    unknown: list[Any]  # raw ids not in the catalogue, each once, in order of appearance
+    truncated: bool  # more known items than the model's max_len
+
+
+def _torch_scorer(predict: Scorer, device: torch.device) -> Scorer:
+    def score(items: torch.Tensor) -> torch.Tensor:
+        return predict(items.to(device))
+
+    return score
+
+
+def onnx_scorer(path: Path, device: torch.device, threads: int) -> Scorer:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), options, providers=providers)
+
+    def score(items: torch.Tensor) -> torch.Tensor:
+        (scores,) = session.run([OUTPUT_NAME], {INPUT_NAME: items.cpu().numpy()})
+        return torch.from_numpy(scores)
+
+    return score
+
+
+class Predictor:
+    """Maps raw item ids to the model's ids, scores the histories and returns top-k raw ids."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        item_ids: list[Any],
+        popularity: Sequence[float],
+        max_len: int,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        if len(popularity) != len(item_ids):
+            raise ValueError("popularity must have one count per item id (index 0: padding)")
+        self.scorer = scorer
+        self.item_ids = item_ids
+        self.max_len = max_len
+        self.info = info or {}
+        self.index = {str(raw): internal for internal, raw in enumerate(item_ids) if internal > 0}
+        self.popularity = torch.as_tensor(popularity, dtype=torch.float32)
+        self.popularity[0] = float("-inf")
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids) - 1
+
+    @classmethod
+    def from_run(
+        cls, path: Path, backend: str | None = None, device: str = "cpu", threads: int = 0
+    ) -> Predictor:
+        """A predictor for a run directory or an exported artefact directory.
+
+        ``backend`` None: eager for a run directory, the artefact's own format for an export.
+        A run directory served by TorchScript or ONNX uses its artefact in ``export/FORMAT``,
+        exported first when it is missing or older than the run's model.
+        """
+        if backend is not None and backend not in BACKENDS:
+            raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        path = Path(path)
+        if not path.is_dir():
+            raise UserError(f"{path} is not a directory (give a run or export directory)")
+        torch_device = resolve_device(device)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        if is_artefact(path):
+            return cls._from_artefact(path, backend, torch_device, threads)
+        if backend not in (None, "eager"):
+            return cls._from_artefact(current_export(path, backend), backend, torch_device,
+                                      threads)
+        from adarec.runs import load_run_model
+
+        model, spec = load_run_model(path, torch_device)
+        info = {**model_info(path, model, spec), "backend": "eager"}
+        return cls(_torch_scorer(model.full_sort_predict, torch_device), run_items(path), training_popularity(path),
+                   spec["max_len"], info)
+
+    @classmethod
+    def _from_artefact(
+        cls, path: Path, backend: str | None, device: torch.device, threads: int
+    ) -> Predictor:
+        metadata = read_json(path / METADATA_FILE)
+        backend = backend or metadata["format"]
+        if backend != metadata["format"]:
+            raise UserError(
+                f"{path} holds the {metadata['format']} export of a run; use backend "
+                f"{metadata['format']} (or give the run directory for {backend})"
+            )
+        model_path = path / MODEL_FILES[backend]
+        if backend == "onnx":
+            scorer = onnx_scorer(model_path, device, threads)
+        else:
+            scorer = _torch_scorer(torch.jit.load(str(model_path), map_location=device), device)
+        info = {**metadata, "backend": backend}
+        return cls(scorer, read_json(path / ITEMS_FILE), read_json(path / POPULARITY_FILE),
+                   metadata["max_len"], info)
+
+    def check_k(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:
+            raise UserError(f"k must be an integer between 1 and {self.num_items}; got {k!r}")
+
+    def encode(self, history: Sequence[Any]) -> EncodedHistory:
+        """Known items (internal ids) and unknown raw ids of one history."""
+        if isinstance(history, str | bytes) or not isinstance(history, Sequence):
+            raise UserError(f"a history must be a list of item ids; got {history!r}")
+        known, unknown = [], []
+        for raw in history:
+            if isinstance(raw, bool) or not isinstance(raw, str | int):
+                raise UserError(f"item ids must be strings or integers; got {raw!r}")
+            internal = self.index.get(str(raw))
+            if internal is not None:
+                known.append(internal)
+            elif raw not in unknown:
+                unknown.append(raw)
+        return EncodedHistory(known, unknown, len(known) > self.max_len)
+
+    def recommend(
+        self, history: Sequence[Any], k: int = 10, exclude_seen: bool = False
+    ) -> dict[str, Any]:
+        """``{"items", "scores", "unknown_items", "fallback", "truncated"}`` for one history."""
+        return self.recommend_batch([history], k, exclude_seen)[0]
+
+    def recommend_batch(
+        self, histories: Sequence[Sequence[Any]], k: int = 10, exclude_seen: bool = False
+    ) -> list[dict[str, Any]]:
+        """One response per history, scored in one model call.
+
+        A history with no known item gets the most popular training items
+        (``"fallback": "popularity"``). With ``exclude_seen``, the history's items are never
+        recommended, so fewer than ``k`` items come back when too few are left.
+        """
+        self.check_k(k)
+        if isinstance(histories, str | bytes) or not isinstance(histories, Sequence):
+            raise UserError("histories must be a list of histories (lists of item ids)")
+        encoded = [self.encode(history) for history in histories]
+        rows = [row for row, e in enumerate(encoded) if e.items]
+        top: dict[int, tuple[list[int], list[float]]] = {}
+        fallback: tuple[list[int], list[float]] = ([], [])
+        if rows:
+            inputs = left_pad([np.asarray(encoded[r].items) for r in rows], self.max_len)
+            with torch.inference_mode():
+                scores = self.scorer(torch.from_numpy(inputs)).float()
+                scores[:, 0] = float("-inf")
+                if exclude_seen:
+                    seen_rows = [i for i, r in enumerate(rows) for _ in encoded[r].items]
+                    seen_items = [item for r in rows for item in encoded[r].items]
+                    scores[seen_rows, seen_items] = float("-inf")
+                ranked = _top_k(scores, k)
+            top = dict(zip(rows, ranked, strict=True))
+        if len(rows) < len(encoded):
+            (fallback,) = _top_k(self.popularity.unsqueeze(0), k)
+        results = []
+        for row, e in enumerate(encoded):
+            items, scores_k = top[row] if e.items else fallback
+            results.append({
+                "items": [self.item_ids[i] for i in items],
+                "scores": scores_k,
+                "unknown_items": e.unknown,
+                "fallback": None if e.items else "popularity",
+                "truncated": e.truncated,
+            })
+        return results
+
+
+def _top_k(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[float]]]:
+    """Per row: the ``k`` best internal ids and their scores, masked (-inf) items left out."""
+    values, indices = torch.topk(scores, k, dim=1)
+    values, indices = values.cpu(), indices.cpu()
+    out = []
+    for row_values, row_indices in zip(values, indices, strict=True):
+        keep = torch.isfinite(row_values)
+        out.append((row_indices[keep].tolist(), row_values[keep].tolist()))
+    return out

@@ -1,0 +1,128 @@
+"""The student: built from a genotype, inherits the supernet's weights, causal, traceable."""
+
+import pytest
+import torch
+
+from adarec.errors import UserError
+from adarec.nas.genotype import Genotype, derive_genotype, random_genotype
+from adarec.nas.student import Student, inherit_weights
+from adarec.serve.export import ScorePredict
+from tests.nas.helpers import (
+    MAX_LEN,
+    NUM_ITEMS,
+    WIDTH,
+    add_noise,
+    all_states,
+    change_after,
+    left_pad,
+    random_items,
+    tiny_supernet,
+)
+
+
+def _searched(op_set: str):
+    """A noisy supernet whose derived cell has a "none" edge, a conv and a pool, and its genotype.
+
+    BatchNorm statistics (paper set) are moved off their initial values by training passes.
+    """
+    net = tiny_supernet(op_set)
+    ops = net.op_names
+    picks = {
+        (0, 0): [o for o in ops if "conv5" in o][0],
+        (1, 1): "none",
+        (2, 0): [o for o in ops if "max_pool" in o][0],
+        (2, 2): "skip",
+    }
+    with torch.no_grad():
+        for (j, i), op in picks.items():
+            net.alphas[j][i, ops.index(op)] += 3.0
+        for seed in range(2):
+            net(left_pad(random_items(4, MAX_LEN - 3, seed), 3))
+    genotype = derive_genotype(list(net.alphas), ops, op_set, cells=2, width=WIDTH)
+    assert genotype.nodes[1][1] == (1, "none")
+    return net.eval(), genotype
+
+
+@pytest.mark.parametrize("op_set", ("causal", "paper"))
+def test_inherited_student_matches_the_derived_supernet(op_set):
+    supernet, genotype = _searched(op_set)
+    student = Student(NUM_ITEMS, MAX_LEN, genotype, dropout=0.0)
+    copied = inherit_weights(student, supernet)
+    assert copied == len(student.state_dict()) > 0
+    student.eval()
+    items = left_pad(random_items(3, MAX_LEN - 2, seed=5), 2)
+    with torch.no_grad():
+        expected = all_states(supernet, items, weights=supernet.derived_weights())
+        got = all_states(student, items)
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+
+def test_student_holds_only_the_chosen_ops():
+    supernet, genotype = _searched("causal")
+    student = Student(NUM_ITEMS, MAX_LEN, genotype)
+    names = {name for name, _ in student.named_modules()}
+    assert "cells.0.nodes.0.0.causal_conv5" in names
+    assert not any(".nodes.1.1." in name for name in names)  # the "none" edge
+    assert not any("causal_conv3" in name for name in names)
+    assert sum(p.numel() for p in student.parameters()) < sum(
+        p.numel() for p in supernet.weight_parameters()
+    )
+
+
+def _student(seed: int = 0) -> Student:
+    torch.manual_seed(seed)
+    genotype = Genotype(
+        "causal",
+        (
+            ((0, "causal_dil_conv3"),),
+            ((0, "causal_conv5"), (1, "causal_avg_pool3")),
+            ((0, "none"), (1, "skip"), (2, "causal_max_pool3")),
+        ),
+        2,
+        WIDTH,
+    )
+    return add_noise(Student(NUM_ITEMS, MAX_LEN, genotype, dropout=0.0), seed)
+
+
+def test_student_never_sees_later_items():
+    student = _student().train()
+    items = random_items(3, MAX_LEN)
+    for t in (0, 3, MAX_LEN - 2):
+        with torch.no_grad():
+            before = all_states(student, items)
+            after = all_states(student, change_after(items, t))
+        for a, b in zip(before, after, strict=True):
+            torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], atol=1e-6, rtol=0)
+        assert not torch.allclose(before[-1][:, t + 1 :], after[-1][:, t + 1 :])
+
+
+def test_student_output_structure():
+    student = _student()
+    out = student(random_items(2, MAX_LEN))
+    assert out.embedding.shape == (2, MAX_LEN, WIDTH)
+    assert len(out.hidden_states) == 2 and out.output is out.hidden_states[-1]
+    assert student.full_sort_predict(random_items(2, 4)).shape == (2, NUM_ITEMS + 1)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_student_traces_and_generalises_to_other_inputs():
+    predict = ScorePredict(_student()).eval()
+    example = left_pad(random_items(2, 6, seed=1), 4)
+    other = left_pad(random_items(5, 3, seed=2), 5)  # other batch, length and padding
+    with torch.no_grad():
+        traced = torch.jit.trace(predict, example)
+        torch.testing.assert_close(traced(other), predict(other))
+
+
+def test_inheritance_refuses_a_mismatched_supernet():
+    supernet = tiny_supernet("causal")
+    wide = random_genotype("causal", 3, 2, WIDTH * 2, seed=0)
+    with pytest.raises(UserError, match="width"):
+        inherit_weights(Student(NUM_ITEMS, MAX_LEN, wide), supernet)
+    paper = random_genotype("paper", 3, 2, WIDTH, seed=0)
+    with pytest.raises(UserError, match="op set"):
+        inherit_weights(Student(NUM_ITEMS, MAX_LEN, paper), supernet)
+    deeper = random_genotype("causal", 3, 3, WIDTH, seed=0)
+    with pytest.raises(UserError, match="more cells"):
+        inherit_weights(Student(NUM_ITEMS, MAX_LEN, deeper), supernet)

@@ -1,0 +1,59 @@
+"""Tiny trained runs (synthetic data, one short epoch) shared by all serving tests."""
+
+from pathlib import Path
+
+import pytest
+
+from adarec.config import load_config
+
+TEACHERS = ("sasrec", "nextitnet", "bert4rec", "pop")
+STUDENTS = ("student-causal", "student-paper")
+
+# Small enough that the whole session trains in seconds; the runs are real run directories.
+TINY = [
+    "data.dataset=synthetic",
+    "data.synthetic_users=80",
+    "data.synthetic_items=60",
+    "data.max_len=10",
+    "device=cpu",
+    "model.hidden_size=16",
+    "model.num_heads=1",
+    "model.num_blocks=1",
+    "model.inner_size=32",
+    "model.pretrain_epochs=1",
+    "search.width=16",
+    "search.cells=2",
+    "search.nodes=2",
+] + [
+    f"{stage}.{key}"
+    for stage in ("train", "search", "student")
+    for key in ("epochs=1", "max_steps_per_epoch=2")
+]
+
+
+def tiny_config(*extra: str):
+    return load_config(None, TINY + list(extra))
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Run directories: one per teacher type and a derived student of each op set."""
+    from adarec.pipeline.search import run_search
+    from adarec.pipeline.student import run_student
+    from adarec.pipeline.teacher import train_teacher
+
+    root = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:
+        # The prepared-data cache of these runs stays in the test's temporary directory
+        # (servers started as subprocesses inherit it).
+        mp.setenv("ADAREC_CACHE_DIR", str(root / "cache"))
+        out = {}
+        for name in TEACHERS:
+            out[name] = root / name
+            train_teacher(tiny_config(f"model.name={name}"), out[name], quiet=True)
+        for name in STUDENTS:
+            cfg = tiny_config("model.name=sasrec", f"search.ops={name.split('-')[1]}")
+            run_search(cfg, root / f"search-{name}", out["sasrec"], quiet=True)
+            out[name] = root / name
+            run_student(cfg, out[name], root / f"search-{name}", quiet=True)
+        yield out
