@@ -3,5 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/adarec teacher --dataset ml-100k --model sasrec --config configs/quick.yaml \
-  --out runs/ml-100k-quick "$@"
+exec .venv/bin/adarec run --dataset ml-100k --config configs/ml-100k.yaml --out runs/ml-100k "$@"

@@ -94,8 +94,10 @@ def cmd_run(args: argparse.Namespace, ablate: bool = False) -> int:
     from adarec.pipeline.run import BASELINES, run_pipeline
 
     if args.teacher and (args.dataset or args.teacher_model):
-        raise UserError("--teacher fixes the dataset and teacher model; drop --dataset and "
-                        "--teacher-model, or drop --teacher")
+        raise UserError(
+            "--teacher fixes the dataset and teacher model; drop --dataset and "
+            "--teacher-model, or drop --teacher"
+        )
     if args.teacher:
         cfg = _config_from_run(args, args.teacher)
     else:
@@ -180,7 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.set_defaults(func=cmd_search)
 
     for name in ("finetune", "student"):
-        finetune = sub.add_parser(name, help="retrain the derived student of a search")
+        finetune = sub.add_parser(
+            name,
+            help="retrain the derived student of a search"
+            + (" (alias of finetune)" if name == "student" else ""),
+        )
         finetune.add_argument("--search", required=True, help="a finished search run directory")
         finetune.add_argument("--out", help="run directory (default: beside the search)")
         finetune.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -205,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--exclude-seen", action="store_true", help="drop the user's history items from the ranking"
     )
     evaluate.set_defaults(func=cmd_evaluate)
+
+    from adarec.serve.commands import add_serve_commands
+
+    add_serve_commands(sub)
     return parser
 
 

@@ -105,7 +105,7 @@ class SearchConfig(LoopConfig):
     dropout: float = 0.1
     mode: str = "single_path"  # single_path | full
     optimization: str = "single"  # single (paper) | bilevel (first-order, held-out batches)
-    alpha_lr: float = 3e-3
+    alpha_lr: float = 1e-2  # Adam, betas (0.5, 0.999); the paper's 2e-5 barely moves alpha
     alpha_weight_decay: float = 1e-4
     alpha_init_std: float = 1e-2
     tau_initial: float = 1.0

@@ -70,7 +70,8 @@ def test_exclude_seen_changes_full_ranks_only():
 def test_evaluate_result_shape():
     model, split = _hand_case()
     result = evaluate(model, split, ks=[1, 5], batch_size=8, device="cpu", exclude_seen=True)
-    assert set(result) == {"full", "sampled", "exclude_seen", "num_users"}
+    assert set(result) == {"full", "sampled", "exclude_seen", "num_users", "standard_error"}
+    assert set(result["standard_error"]["full"]) == set(result["full"])
     assert result["exclude_seen"] is True
     assert result["num_users"] == 3
     assert result["full"] == metrics_from_ranks(np.array([0, 1, 2]), [1, 5])

@@ -161,3 +161,13 @@ def test_metrics_reject_empty_input_and_bad_k():
         metrics_from_ranks(np.array([], dtype=np.int64), [1])
     with pytest.raises(ValueError):
         metrics_from_ranks(np.array([0]), [0])
+
+
+def test_standard_errors_match_the_textbook_formula():
+    from adarec.evaluate.metrics import standard_errors
+
+    ranks = np.array([0, 3, 12, 1, 50])
+    hits = (ranks < 10).astype(float)
+    se = standard_errors(ranks, [10])
+    assert se["HR@10"] == pytest.approx(hits.std(ddof=1) / np.sqrt(len(hits)))
+    assert standard_errors(np.zeros(4), [5])["NDCG@5"] == 0.0

@@ -27,7 +27,7 @@ TINY = [
 ] + [
     f"{stage}.{key}"
     for stage in ("train", "search", "student")
-    for key in ("epochs=1", "max_steps_per_epoch=2")
+    for key in ("epochs=1", "max_steps_per_epoch=2", "batch_size=16")
 ]
 
 
@@ -38,9 +38,7 @@ def tiny_config(*extra: str):
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Run directories: one per teacher type and a derived student of each op set."""
-    from adarec.pipeline.search import run_search
-    from adarec.pipeline.student import run_student
-    from adarec.pipeline.teacher import train_teacher
+    from adarec.pipeline import search, student, teacher
 
     root = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as mp:
@@ -48,12 +46,17 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         # (servers started as subprocesses inherit it).
         mp.setenv("ADAREC_CACHE_DIR", str(root / "cache"))
         out = {}
-        for name in TEACHERS:
-            out[name] = root / name
-            train_teacher(tiny_config(f"model.name={name}"), out[name], quiet=True)
-        for name in STUDENTS:
-            cfg = tiny_config("model.name=sasrec", f"search.ops={name.split('-')[1]}")
-            run_search(cfg, root / f"search-{name}", out["sasrec"], quiet=True)
-            out[name] = root / name
-            run_student(cfg, out[name], root / f"search-{name}", quiet=True)
+        with pytest.MonkeyPatch.context() as no_plots:
+            # Figures are not what these tests check, and drawing them takes seconds.
+            for module in (search, student, teacher):
+                for plot in ("plot_training_curves", "plot_alpha_history", "draw_genotype"):
+                    no_plots.setattr(module, plot, lambda *args, **kwargs: None, raising=False)
+            for name in TEACHERS:
+                out[name] = root / name
+                teacher.train_teacher(tiny_config(f"model.name={name}"), out[name], quiet=True)
+            for name in STUDENTS:
+                cfg = tiny_config("model.name=sasrec", f"search.ops={name.split('-')[1]}")
+                search.run_search(cfg, root / f"search-{name}", out["sasrec"], quiet=True)
+                out[name] = root / name
+                student.run_student(cfg, out[name], root / f"search-{name}", quiet=True)
         yield out

@@ -101,8 +101,13 @@ def test_k_out_of_range_is_a_user_error(predictor, k):
 
 @pytest.mark.parametrize(
     "history, message",
-    [("10,20", "must be a list"), (None, "must be a list"), (["10", 2.5], "strings or integers"),
-     (["10", None], "strings or integers"), ([True], "strings or integers")],
+    [
+        ("10,20", "must be a list"),
+        (None, "must be a list"),
+        (["10", 2.5], "strings or integers"),
+        (["10", None], "strings or integers"),
+        ([True], "strings or integers"),
+    ],
 )
 def test_malformed_history_is_a_user_error(predictor, history, message):
     with pytest.raises(UserError, match=message):
@@ -134,3 +139,13 @@ def test_from_run_rejects_bad_paths_and_backends(runs, tmp_path):
         Predictor.from_run(runs["sasrec"], backend="tensorrt")
     with pytest.raises(UserError, match="no trained model"):
         Predictor.from_run(tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["eager", "torchscript", "onnx"])
+def test_cuda_serving_matches_cpu(runs, backend):
+    history = Predictor.from_run(runs["sasrec"]).item_ids[1:8]
+    on_cpu = Predictor.from_run(runs["sasrec"], backend).recommend(history, k=5)
+    on_gpu = Predictor.from_run(runs["sasrec"], backend, device="cuda").recommend(history, k=5)
+    assert on_gpu["items"] == on_cpu["items"]
+    assert on_gpu["scores"] == pytest.approx(on_cpu["scores"], abs=1e-4)

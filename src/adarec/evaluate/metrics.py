@@ -119,12 +119,28 @@ def metrics_from_ranks(ranks: np.ndarray | torch.Tensor, ks: Iterable[int]) -> d
     ks = sorted(set(int(k) for k in ks))
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
-    result: dict[str, float] = {}
+    return {key: float(values.mean()) for key, values in per_example_gains(ranks, ks).items()}
+
+
+def per_example_gains(ranks: np.ndarray, ks: list[int]) -> dict[str, np.ndarray]:
+    """Every metric's value for each example (the mean of which is the metric)."""
+    result: dict[str, np.ndarray] = {}
     for name, gain in (
         ("NDCG", 1.0 / np.log2(ranks + 2.0)),
         ("HR", np.ones_like(ranks)),
         ("MRR", 1.0 / (ranks + 1.0)),
     ):
         for k in ks:
-            result[f"{name}@{k}"] = float(np.where(ranks < k, gain, 0.0).mean())
+            result[f"{name}@{k}"] = np.where(ranks < k, gain, 0.0)
     return result
+
+
+def standard_errors(ranks: np.ndarray | torch.Tensor, ks: Iterable[int]) -> dict[str, float]:
+    """Standard error of each metric's mean over examples (how much of a gap is noise)."""
+    if isinstance(ranks, torch.Tensor):
+        ranks = ranks.detach().cpu().numpy()
+    ranks = np.asarray(ranks, dtype=np.float64).reshape(-1)
+    ks = sorted(set(int(k) for k in ks))
+    n = max(len(ranks), 2)
+    return {key: float(values.std(ddof=1) / np.sqrt(n)) if len(values) > 1 else 0.0
+            for key, values in per_example_gains(ranks, ks).items()}

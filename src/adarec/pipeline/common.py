@@ -118,6 +118,8 @@ def final_metrics(
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     if dist.is_main():
         atomic_write_json(Path(run_dir) / "metrics.json", metrics)
+    # metrics.json marks a finished stage: no rank may go on to read it before it exists.
+    dist.barrier()
     test = metrics["test"]
     log.info(
         "%s test: NDCG@10 %.4f HR@10 %.4f (sampled NDCG@10 %.4f HR@10 %.4f)",

@@ -28,6 +28,7 @@ def evaluate_run(run_dir: Path, exclude_seen: bool = False) -> dict[str, Any]:
     cfg.eval.exclude_seen = exclude_seen
     saved = read_metrics(run_dir)
     device = dist.resolve_device(cfg.device)
+    dist.init_distributed(device)  # under torchrun every rank scores its shard of users
     model, _ = load_run_model(run_dir, device)
     stage_data: StageData = load_stage_data(cfg)
     metrics = final_metrics(model, cfg, stage_data, device, saved["model"],

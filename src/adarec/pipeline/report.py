@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from adarec.config import Config
+from adarec.data.preprocess import prepare
 from adarec.data.splits import eval_split
 from adarec.io import atomic_write_json, atomic_write_text, read_json
 from adarec.nas.profile import count_macs
-from adarec.pipeline.common import load_stage_data
 from adarec.plots import plot_accuracy_latency
 from adarec.runs import load_run_model, read_metrics
 from adarec.serve.latency import latency_inputs, machine_description, measure_latency
@@ -32,8 +32,8 @@ def _macs(model: torch.nn.Module, items: torch.Tensor) -> int:
 
 def measure_models(cfg: Config, dirs: dict[str, Path]) -> dict[str, Any]:
     """MACs per history and latency of every model, on CPU, in this one process."""
-    stage_data = load_stage_data(cfg)
-    test = eval_split(stage_data.data, "test", cfg.data.max_len)
+    # The data is cached by now; no collective here, as under torchrun only rank 0 measures.
+    test = eval_split(prepare(cfg.data, cfg.seed), "test", cfg.data.max_len)
     batch_sizes = [int(b) for b in cfg.bench.batch_sizes]
     inputs = latency_inputs(test.inputs, batch_sizes)
     models = {name: load_run_model(d, "cpu")[0] for name, d in dirs.items()}
@@ -53,7 +53,8 @@ def write_report(
     metrics = {name: read_metrics(d) for name, d in dirs.items()}
     log.info("measuring latency of %s (batches %s, %d repeats)", ", ".join(dirs),
              cfg.bench.batch_sizes, cfg.bench.repeats)
-    measured = measure_models(cfg, dirs)
+    # Rank 0 alone times the models (other ranks would compete for its cores) and shares it.
+    measured = dist.broadcast_object(measure_models(cfg, dirs) if dist.is_main() else None)
     for name in metrics:
         metrics[name]["macs"] = measured["macs"][name]
     latency_ms = {name: {b: v["median_ms"] for b, v in per.items()}
@@ -124,7 +125,9 @@ def check_targets(teacher: dict, student: dict, speedup: dict[str, float]) -> di
 def _row(name: str, m: dict[str, Any], lat: dict[str, float], teacher_lat: dict[str, float]
          ) -> str:
     full, sampled = m["test"]["full"], m["test"]["sampled"]
-    cells = [name, f"{full['NDCG@10']:.4f}", f"{full['HR@10']:.4f}", f"{sampled['NDCG@10']:.4f}",
+    se = m["test"].get("standard_error", {}).get("full", {})
+    ndcg = f"{full['NDCG@10']:.4f}" + (f" ± {se['NDCG@10']:.4f}" if se else "")
+    cells = [name, ndcg, f"{full['HR@10']:.4f}", f"{sampled['NDCG@10']:.4f}",
              f"{m['params']['body']:,}", f"{m['macs'] / 1e6:.2f}"]
     for b in lat:
         cells.append(f"{lat[b]:.2f}")
@@ -144,6 +147,7 @@ def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
         f"Machine: {report['machine']}; {report['threads']} threads; {report['date']}.",
         "Metrics: test split, leave-one-out, full ranking over all items (ties count against",
         "the target); the sampled column ranks the target among 100 fixed negatives.",
+        "± is the standard error over test users: gaps smaller than about twice it are noise.",
         "Latency: median of repeated `full_sort_predict` calls (last-position scores), all",
         "models in one process on the same real test histories.",
         "",
@@ -169,6 +173,12 @@ def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
         f"(target >= 4x: {'met' if t['speedup_met'] else 'MISSED'})",
         f"- Wall time: teacher {report['seconds']['teacher']:.0f} s, search "
         f"{report['seconds']['search']:.0f} s, student {report['seconds']['student']:.0f} s",
+        "",
+        "## Cost table of the search space (mean 1; from MACs and parameters)",
+        "",
+        "| op | cost |",
+        "|---|---|",
+        *[f"| {op} | {c:.3f} |" for op, c in report["student"]["cost"]["table"].items()],
         "",
         "## Derived cell",
         "",

@@ -30,7 +30,6 @@ MAX_BATCH = 1024  # histories per request
 MAX_HISTORY = 10_000  # items per history (only the most recent max_len are scored)
 
 
-
 def _item_id(value: Any) -> str | int:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"an item id must be a string or an integer; got {value!r}")
@@ -67,8 +66,7 @@ def _field_errors(exc: RequestValidationError) -> str:
     for error in exc.errors():
         if error.get("type") == "json_invalid":
             reason = error.get("ctx", {}).get("error", "")
-            parts.append(f"request body: not valid JSON ({reason} at character "
-                         f"{error['loc'][-1]})")
+            parts.append(f"request body: not valid JSON ({reason} at character {error['loc'][-1]})")
             continue
         loc = [str(p) for p in error.get("loc", ()) if p != "body"]
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
@@ -90,12 +88,16 @@ def create_app(predictor: Predictor) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "model": predictor.info.get("model"),
-                "backend": predictor.info.get("backend")}
+        return {
+            "status": "ok",
+            "model": predictor.info.get("model"),
+            "backend": predictor.info.get("backend"),
+        }
 
     @app.get("/model")
     def model() -> dict[str, Any]:
-        return predictor.info
+        # The export's provenance holds local file paths: not for clients.
+        return {key: value for key, value in predictor.info.items() if key != "source"}
 
     # A plain (sync) endpoint: FastAPI runs it in its thread pool, so scoring never blocks
     # the event loop and concurrent requests are served side by side.
@@ -104,8 +106,10 @@ def create_app(predictor: Predictor) -> FastAPI:
         if body.histories is not None and len(body.histories) > MAX_BATCH:
             return JSONResponse(
                 status_code=413,
-                content={"detail": f"histories: at most {MAX_BATCH} histories per request; "
-                                   f"got {len(body.histories)}"},
+                content={
+                    "detail": f"histories: at most {MAX_BATCH} histories per request; "
+                    f"got {len(body.histories)}"
+                },
             )
         if body.history is not None:
             return predictor.recommend(body.history, body.k, body.exclude_seen)
@@ -118,7 +122,10 @@ def create_app(predictor: Predictor) -> FastAPI:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening-ready socket on ``host:port`` (port 0: a free one), or a UserError."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must be IPPROTO_TCP (not the default 0): asyncio only sets TCP_NODELAY on the
+    # connections of such sockets, and without it every response waits ~40 ms (Nagle's
+    # algorithm against delayed ACKs).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from adarec.errors import UserError
+from adarec.io import atomic_write_json, read_json
 from adarec.models.base import count_parameters
 from adarec.runs import load_run_model, read_metrics
 from adarec.serve.export import MODEL_FILES, export_run, run_config, run_items
 from adarec.serve.latency import latency_inputs, machine_description, measure_latency
-from adarec.serve.predictor import BACKENDS, Scorer, onnx_scorer
+from adarec.serve.predictor import BACKENDS, Scorer, load_torchscript, onnx_scorer
 from adarec.train.distributed import resolve_device
 
 
@@ -52,7 +53,11 @@ def _labels(names: list[str], run_dirs: list[Path]) -> list[str]:
 
 
 def _backend_models(
-    model: nn.Module, run_dir: Path, backends: list[str], tmp: Path, device: torch.device,
+    model: nn.Module,
+    run_dir: Path,
+    backends: list[str],
+    tmp: Path,
+    device: torch.device,
     threads: int,
 ) -> dict[str, nn.Module]:
     models: dict[str, nn.Module] = {}
@@ -60,10 +65,10 @@ def _backend_models(
         if backend == "eager":
             models[backend] = model
             continue
-        out = export_run(run_dir, backend, tmp / backend)
+        out = export_run(run_dir, backend, tmp / backend, device)
         path = out / MODEL_FILES[backend]
         if backend == "torchscript":
-            models[backend] = ScorerModule(torch.jit.load(str(path), map_location=device))
+            models[backend] = ScorerModule(load_torchscript(path, device))
         else:
             models[backend] = ScorerModule(onnx_scorer(path, device, threads))
     return models
@@ -111,25 +116,28 @@ def bench_runs(
     timed: dict[str, nn.Module] = {}
     with tempfile.TemporaryDirectory(prefix="adarec-bench-") as tmp:
         for label, run_dir, (model, _) in zip(labels, run_dirs, loaded, strict=True):
-            per_backend = _backend_models(model, run_dir, list(backends), Path(tmp) / label,
-                                          torch_device, threads)
+            per_backend = _backend_models(
+                model, run_dir, list(backends), Path(tmp) / label, torch_device, threads
+            )
             timed.update({f"{label}/{b}": m for b, m in per_backend.items()})
         latency = measure_latency(timed, inputs, repeats, warmup, threads, torch_device)
 
     one = inputs[min(inputs)][:1].to(torch_device)
     runs = []
     for label, run_dir, (model, spec), m in zip(labels, run_dirs, loaded, metrics, strict=True):
-        runs.append({
-            "label": label,
-            "run_dir": str(run_dir),
-            "kind": spec["kind"],
-            "model": m["model"],
-            "dataset": m["dataset"],
-            "params": count_parameters(model),
-            "macs_per_history": count_macs(model.full_sort_predict, one),
-            "test_ndcg10": m["test"]["full"]["NDCG@10"],
-            "latency": {b: latency[f"{label}/{b}"] for b in backends},
-        })
+        runs.append(
+            {
+                "label": label,
+                "run_dir": str(run_dir),
+                "kind": spec["kind"],
+                "model": m["model"],
+                "dataset": m["dataset"],
+                "params": count_parameters(model),
+                "macs_per_history": count_macs(model.full_sort_predict, one),
+                "test_ndcg10": m["test"]["full"].get("NDCG@10"),
+                "latency": {b: latency[f"{label}/{b}"] for b in backends},
+            }
+        )
     for run in runs:
         run["speedup"] = {
             b: {
@@ -175,3 +183,13 @@ def format_bench_table(result: dict[str, Any]) -> str:
         f"speed-up: the first run's median over each run's, per backend"
     )
     return "\n".join(lines)
+
+
+def merge_results(path: Path, key: str, value: Any) -> None:
+    """Set ``key`` of the JSON object in ``path`` (created if missing), keeping other keys."""
+    path = Path(path)
+    results = read_json(path) if path.is_file() else {}
+    if not isinstance(results, dict):
+        raise UserError(f"{path} does not hold a JSON object; choose another output file")
+    results[key] = value
+    atomic_write_json(path, results)

@@ -16,7 +16,9 @@ def _int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas, got {text!r}"
+        ) from None
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
@@ -35,9 +37,13 @@ def _name_list(text: str) -> tuple[str, ...]:
 def cmd_export(args: argparse.Namespace) -> int:
     from adarec.serve.export import MODEL_FILES, export_run
 
-    out = export_run(Path(args.run_dir), args.format, Path(args.out) if args.out else None)
-    print(f"exported {args.format} artefact: {out} ({MODEL_FILES[args.format]}, items.json, "
-          "popularity.json, metadata.json)")
+    out = export_run(
+        Path(args.run_dir), args.format, Path(args.out) if args.out else None, args.device
+    )
+    print(
+        f"exported {args.format} artefact: {out} ({MODEL_FILES[args.format]}, items.json, "
+        "popularity.json, metadata.json)"
+    )
     return 0
 
 
@@ -70,13 +76,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise UserError(f"--threads must be 0 (the default) or more; got {args.threads}")
     try:
-        predictor = Predictor.from_run(Path(args.run_dir), args.backend, args.device,
-                                       args.threads)
+        predictor = Predictor.from_run(Path(args.run_dir), args.backend, args.device, args.threads)
         sock = bind_socket(args.host, args.port)
         host, port = sock.getsockname()[:2]
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        print(f"serving {predictor.info.get('model')} ({predictor.info.get('kind')}, "
-              f"{predictor.info['backend']}) on {url}; Ctrl-C stops", flush=True)
+        print(
+            f"serving {predictor.info.get('model')} ({predictor.info.get('kind')}, "
+            f"{predictor.info['backend']}) on {url}; Ctrl-C stops",
+            flush=True,
+        )
         serve(create_app(predictor), sock, access_log=not args.no_access_log)
     except KeyboardInterrupt:
         pass  # stopped before the server was up: nothing to shut down
@@ -87,8 +95,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def format_recommendations(response: dict[str, Any]) -> str:
     """A ranked list with the notes of the response (unknown items, fallback, truncation)."""
     lines = [f"{'rank':>4}  {'item':<20}{'score':>12}"]
-    for rank, (item, score) in enumerate(zip(response["items"], response["scores"],
-                                             strict=True), 1):
+    for rank, (item, score) in enumerate(
+        zip(response["items"], response["scores"], strict=True), 1
+    ):
         lines.append(f"{rank:>4}  {item!s:<20}{score:>12.4f}")
     if response["unknown_items"]:
         lines.append("ignored unknown items: " + ", ".join(map(str, response["unknown_items"])))
@@ -110,9 +119,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _add_backend(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKEND_CHOICES,
-                        help="eager PyTorch, TorchScript or ONNX Runtime (default: eager for a "
-                        "run directory, the export's format for an artefact)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        help="eager PyTorch, TorchScript or ONNX Runtime (default: eager for a "
+        "run directory, the export's format for an artefact)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
 
 
@@ -124,20 +136,37 @@ def add_serve_commands(subparsers: Any) -> None:
     export.add_argument("run_dir", help="a finished run directory")
     export.add_argument("--format", required=True, choices=("torchscript", "onnx"))
     export.add_argument("--out", help="artefact directory (default RUN_DIR/export/FORMAT)")
+    export.add_argument(
+        "--device",
+        default="cpu",
+        help="torchscript only: the device it will run on (cpu, cuda, cuda:N); default cpu",
+    )
     export.set_defaults(func=cmd_export)
 
     bench = subparsers.add_parser(
         "bench", help="parameters, MACs and latency of runs under every serving backend"
     )
-    bench.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                       help="finished runs of one dataset; speed-ups are over the first")
+    bench.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="finished runs of one dataset; speed-ups are over the first",
+    )
     bench.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    bench.add_argument("--batch-sizes", type=_int_list, default=(1, 32, 256),
-                       help="comma-separated (default 1,32,256)")
+    bench.add_argument(
+        "--batch-sizes",
+        type=_int_list,
+        default=(1, 32, 256),
+        help="comma-separated (default 1,32,256)",
+    )
     bench.add_argument("--repeats", type=int, default=30, help="timed calls per batch size")
     bench.add_argument("--warmup", type=int, default=5, help="untimed calls first")
-    bench.add_argument("--backends", type=_name_list, default=BACKEND_CHOICES,
-                       help="comma-separated (default eager,torchscript,onnx)")
+    bench.add_argument(
+        "--backends",
+        type=_name_list,
+        default=BACKEND_CHOICES,
+        help="comma-separated (default eager,torchscript,onnx)",
+    )
     bench.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     bench.add_argument("--out", help="write the results as JSON here")
     bench.set_defaults(func=cmd_bench)
@@ -153,11 +182,13 @@ def add_serve_commands(subparsers: Any) -> None:
 
     recommend = subparsers.add_parser("recommend", help="recommend items for one history")
     recommend.add_argument("run_dir", help=run_help)
-    recommend.add_argument("--history", required=True,
-                           help='comma-separated raw item ids, oldest first: "i1,i2,i3"')
+    recommend.add_argument(
+        "--history", required=True, help='comma-separated raw item ids, oldest first: "i1,i2,i3"'
+    )
     recommend.add_argument("--k", type=int, default=10, help="how many items (default 10)")
-    recommend.add_argument("--exclude-seen", action="store_true",
-                           help="never recommend an item of the history")
+    recommend.add_argument(
+        "--exclude-seen", action="store_true", help="never recommend an item of the history"
+    )
     recommend.add_argument("--json", action="store_true", help="print the response as JSON")
     _add_backend(recommend)
     recommend.set_defaults(func=cmd_recommend)

@@ -26,6 +26,7 @@ from adarec.errors import UserError
 from adarec.io import atomic_write_json, read_json
 from adarec.models.base import count_parameters
 from adarec.runs import MODEL_FILE, load_run_model
+from adarec.train.distributed import resolve_device
 
 FORMATS = ("torchscript", "onnx")
 MODEL_FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}
@@ -50,8 +51,19 @@ def is_artefact(path: Path) -> bool:
     return (Path(path) / METADATA_FILE).is_file()
 
 
-def default_export_dir(run_dir: Path, fmt: str) -> Path:
-    return Path(run_dir) / "export" / fmt
+def trace_device(fmt: str, device: str | torch.device = "cpu") -> torch.device:
+    """Where the export traces the model: ONNX anywhere (CPU), TorchScript where it will run.
+
+    A traced TorchScript graph keeps the device of tensors created inside the model (e.g.
+    position indices) as constants, so it only runs on the device it was traced on.
+    """
+    return resolve_device(str(device)) if fmt == "torchscript" else torch.device("cpu")
+
+
+def default_export_dir(run_dir: Path, fmt: str, device: str | torch.device = "cpu") -> Path:
+    traced_on = trace_device(fmt, device)
+    suffix = "" if traced_on.type == "cpu" else f"-{traced_on}".replace(":", "")
+    return Path(run_dir) / "export" / f"{fmt}{suffix}"
 
 
 def run_config(run_dir: Path) -> Config:
@@ -134,11 +146,12 @@ def example_histories(num_items: int, max_len: int) -> torch.Tensor:
 
 def _write_model(predict: ScorePredict, example: torch.Tensor, fmt: str, path: Path) -> None:
     with torch.no_grad(), warnings.catch_warnings():
-        # Tracing warns about Python values it freezes (shapes, the max_len); the parity
-        # tests check the traced graph on other batches instead.
+        # Tracing warns about Python values it freezes (shapes, the max_len). Its own check
+        # (a second trace, seconds for a big cell) is skipped: the parity tests compare the
+        # exported graph with eager PyTorch on other batch sizes and paddings instead.
         warnings.simplefilter("ignore")
         if fmt == "torchscript":
-            torch.jit.save(torch.jit.trace(predict, example), str(path))
+            torch.jit.save(torch.jit.trace(predict, example, check_trace=False), str(path))
         else:
             torch.onnx.export(
                 predict,
@@ -165,14 +178,20 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
         tmp.rename(out_dir)
 
 
-def export_run(run_dir: Path, fmt: str, out_dir: Path | None = None) -> Path:
-    """Write the serving artefact of ``run_dir`` in ``fmt``; returns its directory."""
+def export_run(
+    run_dir: Path, fmt: str, out_dir: Path | None = None, device: str | torch.device = "cpu"
+) -> Path:
+    """Write the serving artefact of ``run_dir`` in ``fmt``; returns its directory.
+
+    ``device`` matters for TorchScript only: its artefact runs on that device alone.
+    """
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     if is_artefact(run_dir):
         raise UserError(f"{run_dir} is already an exported artefact; export a run directory")
-    model, spec = load_run_model(run_dir, "cpu")
+    traced_on = trace_device(fmt, device)
+    model, spec = load_run_model(run_dir, traced_on)
     items = run_items(run_dir)
     if len(items) != spec["num_items"] + 1:
         raise UserError(f"{run_dir}: {ITEMS_FILE} does not match the model's item count")
@@ -181,20 +200,31 @@ def export_run(run_dir: Path, fmt: str, out_dir: Path | None = None) -> Path:
         **model_info(run_dir, model, spec),
         "format": fmt,
         "model_file": MODEL_FILES[fmt],
-        "input": {"name": INPUT_NAME, "dtype": "int64", "shape": ["batch", spec["max_len"]],
-                  "padding": "left, id 0"},
-        "output": {"name": OUTPUT_NAME, "dtype": "float32",
-                   "shape": ["batch", spec["num_items"] + 1], "column_0": "padding"},
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "int64",
+            "shape": ["batch", spec["max_len"]],
+            "padding": "left, id 0",
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "dtype": "float32",
+            "shape": ["batch", spec["num_items"] + 1],
+            "column_0": "padding",
+        },
+        "traced_on": str(traced_on) if fmt == "torchscript" else "any",
         "torch_version": torch.__version__,
-        "source": {"run_dir": str(run_dir.resolve()),
-                   "model_sha256": file_sha256(run_dir / MODEL_FILE)},
+        "source": {
+            "run_dir": str(run_dir.resolve()),
+            "model_sha256": file_sha256(run_dir / MODEL_FILE),
+        },
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    out_dir = Path(out_dir) if out_dir is not None else default_export_dir(run_dir, fmt)
+    out_dir = Path(out_dir) if out_dir is not None else default_export_dir(run_dir, fmt, device)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        example = example_histories(spec["num_items"], spec["max_len"])
+        example = example_histories(spec["num_items"], spec["max_len"]).to(traced_on)
         _write_model(ScorePredict(model).eval(), example, fmt, tmp / MODEL_FILES[fmt])
         atomic_write_json(tmp / ITEMS_FILE, items)
         atomic_write_json(tmp / POPULARITY_FILE, popularity)
@@ -206,12 +236,12 @@ def export_run(run_dir: Path, fmt: str, out_dir: Path | None = None) -> Path:
     return out_dir
 
 
-def current_export(run_dir: Path, fmt: str) -> Path:
+def current_export(run_dir: Path, fmt: str, device: str | torch.device = "cpu") -> Path:
     """The run's default artefact in ``fmt``, exported again when missing or out of date."""
-    out_dir = default_export_dir(run_dir, fmt)
+    out_dir = default_export_dir(run_dir, fmt, device)
     if is_artefact(out_dir):
         source = read_json(out_dir / METADATA_FILE).get("source", {})
         model_path = Path(run_dir) / MODEL_FILE
         if model_path.is_file() and source.get("model_sha256") == file_sha256(model_path):
             return out_dir
-    return export_run(run_dir, fmt, out_dir)
+    return export_run(run_dir, fmt, out_dir, device)

@@ -6,6 +6,7 @@ scorer differs by backend (eager PyTorch, TorchScript, ONNX Runtime).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,14 @@ def onnx_scorer(path: Path, device: torch.device, threads: int) -> Scorer:
     return score
 
 
+def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.export, but still the format that
+        # serves without Python model code; the warning would repeat on every load.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location=device)
+
+
 class Predictor:
     """Maps raw item ids to the model's ids, scores the histories and returns top-k raw ids."""
 
@@ -118,14 +127,14 @@ class Predictor:
         if is_artefact(path):
             return cls._from_artefact(path, backend, torch_device, threads)
         if backend not in (None, "eager"):
-            return cls._from_artefact(current_export(path, backend), backend, torch_device,
-                                      threads)
+            artefact = current_export(path, backend, torch_device)
+            return cls._from_artefact(artefact, backend, torch_device, threads)
         from adarec.runs import load_run_model
 
         model, spec = load_run_model(path, torch_device)
         info = {**model_info(path, model, spec), "backend": "eager"}
-        return cls(_torch_scorer(model.full_sort_predict, torch_device), run_items(path), training_popularity(path),
-                   spec["max_len"], info)
+        scorer = _torch_scorer(model.full_sort_predict, torch_device)
+        return cls(scorer, run_items(path), training_popularity(path), spec["max_len"], info)
 
     @classmethod
     def _from_artefact(
@@ -142,10 +151,21 @@ class Predictor:
         if backend == "onnx":
             scorer = onnx_scorer(model_path, device, threads)
         else:
-            scorer = _torch_scorer(torch.jit.load(str(model_path), map_location=device), device)
+            traced_on = metadata.get("traced_on", "cpu")
+            if traced_on != str(device):
+                raise UserError(
+                    f"{path} holds TorchScript traced on {traced_on}, which runs there only; "
+                    f"export the run with --device {device} to serve it on {device}"
+                )
+            scorer = _torch_scorer(load_torchscript(model_path, device), device)
         info = {**metadata, "backend": backend}
-        return cls(scorer, read_json(path / ITEMS_FILE), read_json(path / POPULARITY_FILE),
-                   metadata["max_len"], info)
+        return cls(
+            scorer,
+            read_json(path / ITEMS_FILE),
+            read_json(path / POPULARITY_FILE),
+            metadata["max_len"],
+            info,
+        )
 
     def check_k(self, k: int) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:
@@ -204,13 +224,15 @@ class Predictor:
         results = []
         for row, e in enumerate(encoded):
             items, scores_k = top[row] if e.items else fallback
-            results.append({
-                "items": [self.item_ids[i] for i in items],
-                "scores": scores_k,
-                "unknown_items": e.unknown,
-                "fallback": None if e.items else "popularity",
-                "truncated": e.truncated,
-            })
+            results.append(
+                {
+                    "items": [self.item_ids[i] for i in items],
+                    "scores": scores_k,
+                    "unknown_items": e.unknown,
+                    "fallback": None if e.items else "popularity",
+                    "truncated": e.truncated,
+                }
+            )
         return results
 
 

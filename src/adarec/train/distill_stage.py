@@ -39,19 +39,31 @@ class StudentWithProjections(nn.Module):
     """Student plus the linear maps C_s -> C_t used by the embedding and hidden-layer losses.
 
     Everything trainable runs inside this module's forward, as DistributedDataParallel needs.
+    A projection whose loss is switched off is not built (``None`` in its output slot):
+    DistributedDataParallel fails on parameters that produce an output the loss never uses.
     """
 
-    def __init__(self, student: nn.Module, student_width: int, teacher_width: int):
+    def __init__(
+        self,
+        student: nn.Module,
+        student_width: int,
+        teacher_width: int,
+        embedding: bool = True,
+        hidden: bool = True,
+    ):
         super().__init__()
         self.student = student
-        self.embedding_proj = nn.Linear(student_width, teacher_width)
-        self.hidden_proj = nn.Linear(student_width, teacher_width)
+        self.embedding_proj = nn.Linear(student_width, teacher_width) if embedding else None
+        self.hidden_proj = nn.Linear(student_width, teacher_width) if hidden else None
 
     def forward(self, items: torch.Tensor, weights: list[torch.Tensor] | None = None):
         out = self.student(items, weights) if weights is not None else self.student(items)
         logits = self.student.logits(out.output)
-        embedding = self.embedding_proj(out.embedding)
-        hidden = [self.hidden_proj(h) for h in out.hidden_states]
+        embedding, hidden = None, None
+        if self.embedding_proj is not None:
+            embedding = self.embedding_proj(out.embedding)
+        if self.hidden_proj is not None:
+            hidden = [self.hidden_proj(h) for h in out.hidden_states]
         return out, logits, embedding, hidden
 
 
@@ -78,7 +90,8 @@ class DistillStage:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.kd = StudentWithProjections(
-            self.model, self.model.hidden_size, self.teacher.hidden_size
+            self.model, self.model.hidden_size, self.teacher.hidden_size,
+            embedding=search_cfg.use_emb, hidden=search_cfg.use_hid,
         ).to(device)
         # single_path leaves the ops that were not sampled without gradients.
         self.net = wrap_ddp(self.kd, device, find_unused=search)
@@ -96,6 +109,8 @@ class DistillStage:
                                      distance=search_cfg.hid_distance).to(device)
         self.costs = None
         if search and costs is not None:
+            # Measured (latency) costs differ per process: every rank uses rank 0's table.
+            costs = dist.broadcast_object(costs)
             ops = self.model.op_names
             self.costs = torch.tensor([costs[o] for o in ops], dtype=torch.float32, device=device)
         self.held_out_iter = None

@@ -6,11 +6,14 @@ run is rank 0 of 1 and needs no process group.
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from adarec.errors import UserError
 
 
 def world_size() -> int:
@@ -32,7 +35,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise UserError(
+                f"process {local_rank} of this machine has no GPU ({gpus} visible); "
+                f"start at most {gpus} processes per machine (--nproc-per-node)"
+            )
+        device = torch.device("cuda", local_rank)
     return device
 
 
@@ -44,7 +53,14 @@ def init_distributed(device: torch.device) -> bool:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend=backend)
+    atexit.register(_leave_process_group)
     return True
+
+
+def _leave_process_group() -> None:
+    # NCCL warns about (and may leak) a process group still alive when the process exits.
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

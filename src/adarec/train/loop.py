@@ -93,6 +93,10 @@ def run_training(
     ckpt_dir = Path(run_dir) / "checkpoints"
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     loader, sampler = _loader(train_data, loop.batch_size, seed)
+    # batch_size is per process: every optimiser step averages world_size batches.
+    log.info("%s: %d training windows, batch %d per process x %d processes = global batch %d",
+             desc, len(train_data), loop.batch_size, dist.world_size(),
+             loop.batch_size * dist.world_size())
     history: list[dict[str, Any]] = []
     start_epoch, best_value, best_epoch, bad_epochs, seconds = 0, -math.inf, -1, 0, 0.0
     best_valid: dict[str, Any] | None = None
@@ -103,7 +107,7 @@ def run_training(
         state = load_checkpoint(last_path, map_location=device)
         stage.model.load_state_dict(state["model"])
         stage.load_state_dict(state["stage"])
-        set_rng_state(state["rng"])
+        set_rng_state(_own_rng_state(state["rng"]))
         history = state["history"]
         start_epoch = state["epoch"] + 1
         best_value, best_epoch = state["best_value"], state["best_epoch"]
@@ -133,7 +137,7 @@ def run_training(
             bar.set_postfix({k: f"{v:.4f}" for k, v in values.items() if k in ("loss", "ce")})
             bar.update(1)
         bar.close()
-        record.update({k: v / max(steps, 1) for k, v in totals.items()})
+        record.update(_mean_over_ranks({k: v / max(steps, 1) for k, v in totals.items()}))
         record.update(stage.on_epoch_end(epoch))
 
         evaluate_now = (epoch + 1) % loop.eval_every == 0 or epoch + 1 == loop.epochs
@@ -155,12 +159,14 @@ def run_training(
         _log_epoch(desc, record, loop.epochs)
 
         stop = select_on_valid and loop.patience > 0 and bad_epochs >= loop.patience
+        # Each rank has its own generators (dropout masks): all are saved, each resumes its own.
+        rng_states = dist.all_gather_objects(rng_state())
         if dist.is_main():
             if improved:
                 save_checkpoint(best_path, {"model": best_state, "epoch": epoch})
             save_checkpoint(last_path, {
                 "model": stage.model.state_dict(), "stage": stage.state_dict(),
-                "rng": rng_state(), "history": history, "epoch": epoch,
+                "rng": rng_states, "history": history, "epoch": epoch,
                 "best_value": best_value, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                 "seconds": seconds, "best_valid": best_valid, "finished": stop,
             })
@@ -174,6 +180,17 @@ def run_training(
     if best_state is not None:
         stage.model.load_state_dict(best_state)
     return TrainResult(best_epoch + 1, best_valid, len(history), seconds, history)
+
+
+def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each epoch-mean value averaged over the ranks, so the history covers the global batch."""
+    per_rank = dist.all_gather_objects(values)
+    return {k: sum(r[k] for r in per_rank) / len(per_rank) for k in values}
+
+
+def _own_rng_state(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """This rank's saved RNG state (rank 0's when resuming on more processes than saved)."""
+    return states[dist.rank()] if dist.rank() < len(states) else states[0]
 
 
 def _log_epoch(desc: str, record: dict[str, Any], epochs: int) -> None:

@@ -1,0 +1,171 @@
+"""Exported artefacts: parity with eager PyTorch, contents, and atomic, safe writes."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from adarec.data import preprocess
+from adarec.data.preprocess import prepare
+from adarec.data.splits import eval_split, item_counts
+from adarec.errors import UserError
+from adarec.io import read_json
+from adarec.nas.genotype import genotype_from_dict
+from adarec.nas.operations import OP_SETS
+from adarec.nas.student import Student
+from adarec.pipeline.student import student_spec
+from adarec.runs import load_run_model, save_model
+from adarec.serve import export as export_module
+from adarec.serve.export import current_export, export_run, run_config
+from adarec.serve.predictor import Predictor, load_torchscript
+from tests.serve.conftest import STUDENTS, TEACHERS
+
+FORMATS = ("torchscript", "onnx")
+
+
+def exported_scores(out_dir, fmt: str, items: torch.Tensor) -> np.ndarray:
+    """Scores of the artefact alone, loaded the way a third party would."""
+    if fmt == "torchscript":
+        with torch.no_grad():
+            return load_torchscript(out_dir / "model.ts", torch.device("cpu"))(items).numpy()
+    session = ort.InferenceSession(str(out_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(["scores"], {"items": items.numpy()})[0]
+
+
+def parity_inputs(run_dir, num_items: int, max_len: int) -> list[torch.Tensor]:
+    """Random histories (other batch sizes, some left-padded) and the run's real test inputs."""
+    generator = torch.Generator().manual_seed(1)
+    random = torch.randint(1, num_items + 1, (7, max_len), generator=generator)
+    for row, pad in enumerate([0, 1, 3, 5, max_len - 1, 2, 0]):
+        random[row, :pad] = 0
+    cfg = run_config(run_dir)
+    real = torch.as_tensor(eval_split(prepare(cfg.data, cfg.seed), "test", max_len).inputs)
+    return [random, real, real[:1]]
+
+
+def check_parity(run_dir, fmt: str, out_dir) -> None:
+    model, spec = load_run_model(run_dir)
+    for items in parity_inputs(run_dir, spec["num_items"], spec["max_len"]):
+        with torch.no_grad():
+            expected = model.full_sort_predict(items).numpy()
+        np.testing.assert_allclose(
+            exported_scores(out_dir, fmt, items), expected, rtol=1e-4, atol=1e-4
+        )
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", TEACHERS + STUDENTS)
+def test_export_matches_eager(runs, name, fmt, tmp_path):
+    out = export_run(runs[name], fmt, tmp_path / "artefact")
+    check_parity(runs[name], fmt, out)
+
+
+def _all_ops_student(run_dir, op_set: str, target) -> None:
+    """A copy of a student run whose cell uses every op of ``op_set`` (10 edges, 4 nodes)."""
+    import shutil
+
+    shutil.copytree(run_dir, target)
+    ops = iter(OP_SETS[op_set] * 2)
+    inputs = ["cell_input", "node_0", "node_1", "node_2"]
+    nodes = [[{"input": inputs[i], "op": next(ops)} for i in range(j + 1)] for j in range(4)]
+    genotype = genotype_from_dict({"op_set": op_set, "cells": 1, "width": 16, "nodes": nodes})
+    _, spec = load_run_model(run_dir)
+    torch.manual_seed(0)
+    student = Student(spec["num_items"], spec["max_len"], genotype).eval()
+    with torch.no_grad():
+        for parameter in student.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    save_model(target, student, student_spec(genotype, spec["num_items"], spec["max_len"], 0.1))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("op_set", ("causal", "paper"))
+def test_export_matches_eager_for_every_op(runs, op_set, fmt, tmp_path):
+    run = tmp_path / "student"
+    _all_ops_student(runs[f"student-{op_set}"], op_set, run)
+    check_parity(run, fmt, export_run(run, fmt, tmp_path / "artefact"))
+
+
+def test_artefact_is_self_contained(runs, tmp_path):
+    run = runs["student-causal"]
+    out = export_run(run, "onnx", tmp_path / "artefact")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "items.json",
+        "metadata.json",
+        "model.onnx",
+        "popularity.json",
+    ]
+    metadata = read_json(out / "metadata.json")
+    _, spec = load_run_model(run)
+    metrics = read_json(run / "metrics.json")
+    assert metadata["kind"] == "student" and metadata["format"] == "onnx"
+    assert metadata["dataset"] == "synthetic"
+    assert (metadata["max_len"], metadata["num_items"]) == (spec["max_len"], spec["num_items"])
+    assert metadata["architecture"] == metrics["architecture"]
+    assert metadata["metrics"]["test"] == metrics["test"]
+    assert metadata["params"] == metrics["params"]
+    assert metadata["torch_version"] == torch.__version__
+    assert read_json(out / "items.json") == read_json(run / "items.json")
+    cfg = run_config(run)
+    assert read_json(out / "popularity.json") == item_counts(prepare(cfg.data, cfg.seed)).tolist()
+
+
+def test_artefact_serves_without_the_dataset(runs, tmp_path, monkeypatch):
+    out = export_run(runs["nextitnet"], "torchscript", tmp_path / "artefact")
+    expected = Predictor.from_run(runs["nextitnet"]).recommend([], k=4)
+    monkeypatch.setattr(preprocess, "prepare", _no_data)
+    predictor = Predictor.from_run(out)
+    assert predictor.info["backend"] == "torchscript"
+    assert predictor.recommend([], k=4) == expected
+    with pytest.raises(UserError, match="torchscript export"):
+        Predictor.from_run(out, backend="onnx")
+    assert predictor.info["traced_on"] == "cpu"
+    with pytest.raises(UserError, match="traced on cpu"):
+        Predictor.from_run(out, device="cuda:0")  # the graph holds CPU device constants
+
+
+def _no_data(*args, **kwargs):
+    raise AssertionError("the dataset was read")
+
+
+def test_reexport_replaces_and_failed_export_leaves_nothing(runs, tmp_path, monkeypatch):
+    out = tmp_path / "artefact"
+    export_run(runs["sasrec"], "onnx", out)
+    export_run(runs["sasrec"], "torchscript", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artefact"]
+    assert (out / "model.ts").exists() and not (out / "model.onnx").exists()
+
+    def broken(*args):
+        raise RuntimeError("export failed")
+
+    monkeypatch.setattr(export_module, "_write_model", broken)
+    with pytest.raises(RuntimeError):
+        export_run(runs["sasrec"], "onnx", tmp_path / "other")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artefact"]
+
+
+def test_export_refuses_to_overwrite_other_files(runs, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an adarec export"):
+        export_run(runs["sasrec"], "onnx", tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(UserError, match="unknown export format"):
+        export_run(runs["sasrec"], "tflite", tmp_path / "x")
+
+
+def test_run_backend_reuses_its_export_until_the_model_changes(runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["sasrec"], run)
+    first = current_export(run, "onnx")
+    stamp = (first / "metadata.json").stat().st_mtime_ns
+    assert current_export(run, "onnx") == first
+    assert (first / "metadata.json").stat().st_mtime_ns == stamp
+    model, spec = load_run_model(run)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1)
+    save_model(run, model, spec)
+    Predictor.from_run(run, backend="onnx")
+    check_parity(run, "onnx", first)  # exported again: a stale artefact would not match
