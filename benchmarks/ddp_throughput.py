@@ -1,6 +1,6 @@
 """Teacher training throughput (windows/s) in 1 process vs 2 processes (torchrun, DDP).
 
-Usage: python benchmarks/ddp_throughput.py [--steps 20] [--warmup 3] [--cores 2]
+Usage: python benchmarks/ddp_throughput.py [--steps 40] [--warmup 3] [--cores 2]
     [--device cpu] [--out benchmarks/results/ddp_throughput.json]
 
 Quick SASRec (configs/quick.yaml) on ml-100k, a fixed number of optimiser steps after a
@@ -34,7 +34,7 @@ CONFIG = ROOT / "configs" / "quick.yaml"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=20, help="timed optimiser steps")
+    parser.add_argument("--steps", type=int, default=40, help="timed optimiser steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--cores", type=int, default=2, help="threads in all, shared out")
     parser.add_argument("--device", default="cpu")
