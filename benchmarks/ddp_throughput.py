@@ -24,9 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-# benchmarks/adarec.py shares the package's name: keep this folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "ddp_throughput.json"
 CONFIG = ROOT / "configs" / "quick.yaml"

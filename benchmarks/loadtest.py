@@ -33,11 +33,8 @@ from typing import IO, Any
 import httpx
 import numpy as np
 
-# benchmarks/adarec.py shares the package's name: keep this folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from adarec.serve.bench import merge_results  # noqa: E402
-from adarec.serve.latency import machine_description  # noqa: E402
+from adarec.serve.bench import merge_results
+from adarec.serve.latency import machine_description
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "serving.json"
 SERVE = [sys.executable, "-m", "adarec", "serve"]  # the installed CLI, run by this Python

@@ -14,11 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-# benchmarks/adarec.py shares the package's name: keep this folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from adarec.errors import UserError  # noqa: E402
-from adarec.serve.bench import bench_runs, format_bench_table, merge_results  # noqa: E402
+from adarec.errors import UserError
+from adarec.serve.bench import bench_runs, format_bench_table, merge_results
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "serving.json"
 

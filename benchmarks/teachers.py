@@ -20,7 +20,7 @@ from adarec.serve.latency import machine_description
 ROOT = Path(__file__).resolve().parents[1]
 ENTRIES = [
     ("ml-100k", "pop", "configs/quick.yaml", []),
-    ("ml-100k", "nextitnet", "configs/quick.yaml", []),
+    ("ml-100k", "nextitnet", "configs/ml-100k.yaml", []),  # the main job's teacher
     ("ml-100k", "sasrec", "configs/quick.yaml", []),
     ("ml-100k", "bert4rec", "configs/quick.yaml", []),
     ("ml-1m", "sasrec", "configs/ml-1m.yaml", []),
@@ -31,8 +31,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/bench-teachers")
     parser.add_argument("--only", nargs="*", help="entries as DATASET:MODEL")
-    parser.add_argument("--reuse", nargs="*", default=[], metavar="DATASET:MODEL=RUN_DIR",
-                        help="take an entry from a finished run (e.g. an `adarec run` teacher)")
+    parser.add_argument(
+        "--reuse",
+        nargs="*",
+        default=[],
+        metavar="DATASET:MODEL=RUN_DIR",
+        help="take an entry from a finished run (e.g. an `adarec run` teacher)",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     reuse = dict(item.split("=", 1) for item in args.reuse)
@@ -46,8 +51,9 @@ def main() -> int:
         if (run_dir / "metrics.json").exists():
             metrics = read_metrics(run_dir)
         else:
-            cfg = load_config(ROOT / preset, [f"data.dataset={dataset}", f"model.name={model}",
-                                              *extra])
+            cfg = load_config(
+                ROOT / preset, [f"data.dataset={dataset}", f"model.name={model}", *extra]
+            )
             metrics = train_teacher(cfg, run_dir, quiet=args.quiet, resume=True)
         results["runs"][key] = {
             "preset": preset,
@@ -66,8 +72,11 @@ def main() -> int:
 
 
 def markdown_table(results: dict) -> str:
-    lines = ["| dataset | model | NDCG@10 | HR@10 | sampled NDCG@10 | sampled HR@10 | body params "
-             "| train time |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | model | NDCG@10 | HR@10 | sampled NDCG@10 | sampled HR@10 | body params "
+        "| train time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for key, r in results["runs"].items():
         dataset, model = key.split(":")
         lines.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Under torchrun every rank runs the command; only rank 0 prints results.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     try:
         return args.func(args)
     except UserError as exc:

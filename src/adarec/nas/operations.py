@@ -95,11 +95,16 @@ class PoolOp(nn.Module):
         self.causal = causal
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.transpose(1, 2)
         if self.causal:
-            x = F.pad(x, (2, 0))
-            pooled = F.max_pool1d(x, 3, 1) if self.kind == "max" else F.avg_pool1d(x, 3, 1)
-        elif self.kind == "max":
+            # Three shifted views of [B, L, C] instead of pool1d on a transposed tensor: the
+            # same values, several times faster on CPU (pool1d takes a slow strided path).
+            padded = F.pad(x, (0, 0, 2, 0))
+            now, prev, prev2 = padded[:, 2:], padded[:, 1:-1], padded[:, :-2]
+            if self.kind == "max":
+                return torch.maximum(torch.maximum(now, prev), prev2)
+            return (now + prev + prev2) / 3.0
+        x = x.transpose(1, 2)
+        if self.kind == "max":
             pooled = F.max_pool1d(x, 3, 1, padding=1)
         else:
             pooled = F.avg_pool1d(x, 3, 1, padding=1, count_include_pad=False)

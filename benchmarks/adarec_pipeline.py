@@ -1,6 +1,6 @@
 """The whole AdaRec pipeline on a dataset, with the method's targets checked.
 
-Usage: python benchmarks/adarec.py --dataset ml-100k [--config configs/ml-100k.yaml]
+Usage: python benchmarks/adarec_pipeline.py --dataset ml-100k [--config configs/ml-100k.yaml]
        [--out runs/bench-adarec-ml-100k] [--set key=value ...] [--ablate]
 Writes benchmarks/results/adarec_DATASET.json: accuracy, body parameters, MACs and CPU
 latency of teacher, student and baselines, the speed-ups and whether each target was met.
@@ -13,12 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-# This script shares the package's name: keep its own folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from adarec.config import load_config  # noqa: E402
-from adarec.io import atomic_write_json  # noqa: E402
-from adarec.pipeline.run import BASELINES, run_pipeline  # noqa: E402
+from adarec.config import load_config
+from adarec.io import atomic_write_json
+from adarec.pipeline.run import BASELINES, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,13 +32,14 @@ def main() -> int:
     config = args.config or ROOT / "configs" / f"{args.dataset}.yaml"
     cfg = load_config(config, [f"data.dataset={args.dataset}", *args.overrides])
     out = Path(args.out or f"runs/bench-adarec-{args.dataset}")
-    report = run_pipeline(cfg, out, baselines=list(BASELINES) if args.ablate else None,
-                          quiet=args.quiet)
+    report = run_pipeline(
+        cfg, out, baselines=list(BASELINES) if args.ablate else None, quiet=args.quiet
+    )
     summary = {
         "dataset": args.dataset,
         "config": str(config),
         "overrides": args.overrides,
-        "command": " ".join(["python benchmarks/adarec.py", *sys.argv[1:]]),
+        "command": " ".join(["python benchmarks/adarec_pipeline.py", *sys.argv[1:]]),
         "machine": report["machine"],
         "threads": report["threads"],
         "targets": report["targets"],
@@ -57,8 +55,11 @@ def main() -> int:
                 "params": m["params"],
                 "macs": m["macs"],
             }
-            for name, m in [("teacher", report["teacher"]), ("student", report["student"]),
-                            *report["baselines"].items()]
+            for name, m in [
+                ("teacher", report["teacher"]),
+                ("student", report["student"]),
+                *report["baselines"].items(),
+            ]
         },
     }
     path = ROOT / "benchmarks" / "results" / f"adarec_{args.dataset}.json"
