@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from adarec.config import load_config
-from adarec.io import atomic_write_json
+from adarec.io import atomic_write_json, read_json
 from adarec.pipeline.run import BASELINES, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,13 +28,18 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--ablate", action="store_true", help="every baseline and ablation")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--summarise-only", action="store_true",
+                        help="summarise OUT/report.json of a finished run without measuring")
     args = parser.parse_args()
     config = args.config or ROOT / "configs" / f"{args.dataset}.yaml"
     cfg = load_config(config, [f"data.dataset={args.dataset}", *args.overrides])
     out = Path(args.out or f"runs/bench-adarec-{args.dataset}")
-    report = run_pipeline(
-        cfg, out, baselines=list(BASELINES) if args.ablate else None, quiet=args.quiet
-    )
+    if args.summarise_only:
+        report = read_json(out / "report.json")
+    else:
+        report = run_pipeline(
+            cfg, out, baselines=list(BASELINES) if args.ablate else None, quiet=args.quiet
+        )
     summary = {
         "dataset": args.dataset,
         "config": str(config),

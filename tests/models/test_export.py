@@ -6,18 +6,8 @@ import torch
 from torch import nn
 
 from adarec.models.pop import Popularity
+from adarec.serve.export import ScorePredict as Predict
 from tests.models.helpers import NEURAL, NUM_ITEMS, left_pad, random_items, tiny_model
-
-
-class Predict(nn.Module):
-    """Wraps ``full_sort_predict`` as a module's forward, as export tools expect."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return self.model.full_sort_predict(items)
 
 
 def _model(name: str) -> nn.Module:
