@@ -28,8 +28,11 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--ablate", action="store_true", help="every baseline and ablation")
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--summarise-only", action="store_true",
-                        help="summarise OUT/report.json of a finished run without measuring")
+    parser.add_argument(
+        "--summarise-only",
+        action="store_true",
+        help="summarise OUT/report.json of a finished run without measuring",
+    )
     args = parser.parse_args()
     config = args.config or ROOT / "configs" / f"{args.dataset}.yaml"
     cfg = load_config(config, [f"data.dataset={args.dataset}", *args.overrides])

@@ -22,8 +22,10 @@ def test_data_stats_prints_a_table(capsys):
     [
         (["data", "stats", "no-such-dataset"], "ml-100k"),
         (["data", "stats", "synthetic", "--set", "data.max_lenn=5"], "did you mean 'data.max_len'"),
-        (["teacher", "--model", "sasrec", "--dataset", "synthetic", "--config", "/nope.yaml"],
-         "not found"),
+        (
+            ["teacher", "--model", "sasrec", "--dataset", "synthetic", "--config", "/nope.yaml"],
+            "not found",
+        ),
         (["evaluate", "/no/such/run"], "not an adarec run directory"),
         (["search", "--teacher", "/no/such/run"], "not an adarec run directory"),
     ],
@@ -38,13 +40,25 @@ def test_user_errors_exit_2_with_one_message(argv, message, capsys):
 def test_bad_data_file_names_the_line(tmp_path: Path, capsys):
     path = tmp_path / "log.csv"
     path.write_text("user,item,ts\nu1,i1,100\nu1,i2,oops\n")
-    argv = ["data", "stats", str(path), "--set", "data.format=csv", "--set", "data.user_col=user",
-            "--set", "data.item_col=item", "--set", "data.time_col=ts"]
+    argv = [
+        "data",
+        "stats",
+        str(path),
+        "--set",
+        "data.format=csv",
+        "--set",
+        "data.user_col=user",
+        "--set",
+        "data.item_col=item",
+        "--set",
+        "data.time_col=ts",
+    ]
     assert main(argv) == 2
     assert "line 3" in capsys.readouterr().err
 
 
 def test_console_script_runs():
-    result = subprocess.run([sys.executable, "-m", "adarec", "--help"], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "adarec", "--help"], capture_output=True, text=True, check=True
+    )
     assert "teacher" in result.stdout and "search" in result.stdout

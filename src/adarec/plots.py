@@ -17,8 +17,9 @@ from adarec.train import distributed as dist  # noqa: E402
 def save_figure(fig: Any, path: Path) -> None:
     """Write a figure atomically (rank 0 only) and release it."""
     if dist.is_main():
-        atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110,
-                                                         bbox_inches="tight"))
+        atomic_write(
+            Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        )
     plt.close(fig)
 
 
@@ -36,8 +37,12 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path, title: str) 
     left.legend(fontsize=8)
     evaluated = [h for h in history if "valid" in h]
     for metric in ("NDCG@10", "HR@10"):
-        right.plot([h["epoch"] + 1 for h in evaluated],
-                   [h["valid"]["full"][metric] for h in evaluated], marker=".", label=metric)
+        right.plot(
+            [h["epoch"] + 1 for h in evaluated],
+            [h["valid"]["full"][metric] for h in evaluated],
+            marker=".",
+            label=metric,
+        )
     right.set_xlabel("epoch")
     right.set_ylabel("validation (full ranking)")
     right.legend(fontsize=8)
@@ -58,8 +63,7 @@ def plot_alpha_history(history: list[dict[str, Any]], op_names: list[str], path:
     for index, edge in enumerate(edges):
         ax = axes[index // cols][index % cols]
         for op_index, op in enumerate(op_names):
-            ax.plot(epochs, [h["alpha_probs"][index]["probs"][op_index] for h in records],
-                    label=op)
+            ax.plot(epochs, [h["alpha_probs"][index]["probs"][op_index] for h in records], label=op)
         ax.set_title(edge["name"], fontsize=9)
         ax.set_ylim(0, 1)
         ax.set_xlabel("epoch", fontsize=8)
@@ -67,8 +71,14 @@ def plot_alpha_history(history: list[dict[str, Any]], op_names: list[str], path:
         axes[index // cols][index % cols].axis("off")
     axes[0][0].set_ylabel("softmax(alpha)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(op_names), 5), fontsize=8,
-               bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(op_names) > 5)))
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=min(len(op_names), 5),
+        fontsize=8,
+        bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(op_names) > 5)),
+    )
     fig.suptitle("architecture weights over the search")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     save_figure(fig, path)

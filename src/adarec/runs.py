@@ -28,8 +28,13 @@ def save_model(
 def teacher_spec(model_cfg: ModelConfig, num_items: int, max_len: int, **extra: Any) -> dict:
     from dataclasses import asdict
 
-    return {"kind": "teacher", "model": asdict(model_cfg), "num_items": num_items,
-            "max_len": max_len, **extra}
+    return {
+        "kind": "teacher",
+        "model": asdict(model_cfg),
+        "num_items": num_items,
+        "max_len": max_len,
+        **extra,
+    }
 
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
@@ -45,14 +50,25 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
         from adarec.nas.genotype import genotype_from_dict
         from adarec.nas.student import Student
 
-        return Student(spec["num_items"], spec["max_len"], genotype_from_dict(spec["genotype"]),
-                       dropout=spec.get("dropout", 0.1))
+        return Student(
+            spec["num_items"],
+            spec["max_len"],
+            genotype_from_dict(spec["genotype"]),
+            dropout=spec.get("dropout", 0.1),
+        )
     if spec["kind"] == "supernet":
         from adarec.nas.supernet import Supernet
 
-        return Supernet(spec["num_items"], spec["max_len"], spec["width"], spec["cells"],
-                        spec["nodes"], op_set=spec["op_set"], dropout=spec["dropout"],
-                        mode=spec["mode"])
+        return Supernet(
+            spec["num_items"],
+            spec["max_len"],
+            spec["width"],
+            spec["cells"],
+            spec["nodes"],
+            op_set=spec["op_set"],
+            dropout=spec["dropout"],
+            mode=spec["mode"],
+        )
     raise UserError(f"unknown model kind {spec['kind']!r} in model file")
 
 

@@ -22,11 +22,22 @@ def finished_run(tmp_path_factory) -> Path:
 
 def test_layout_contract(finished_run: Path):
     out = finished_run
-    for path in ("teacher/metrics.json", "search/genotype.json", "search/genotype.txt",
-                 "search/genotype.png", "search/alphas.png", "search/curves.png",
-                 "search/cost_table.json", "student/metrics.json", "student/model.pt",
-                 "baselines/pop/metrics.json", "baselines/no_kd/metrics.json",
-                 "report.md", "report.json", "accuracy_latency.png"):
+    for path in (
+        "teacher/metrics.json",
+        "search/genotype.json",
+        "search/genotype.txt",
+        "search/genotype.png",
+        "search/alphas.png",
+        "search/curves.png",
+        "search/cost_table.json",
+        "student/metrics.json",
+        "student/model.pt",
+        "baselines/pop/metrics.json",
+        "baselines/no_kd/metrics.json",
+        "report.md",
+        "report.json",
+        "accuracy_latency.png",
+    ):
         assert (out / path).exists(), path
     report = json.loads((out / "report.json").read_text())
     assert {"teacher", "student", "baselines", "latency_ms", "speedup", "seconds"} <= set(report)
@@ -44,7 +55,8 @@ def test_search_history_tracks_alpha(finished_run: Path):
     history = json.loads((finished_run / "search" / "history.json").read_text())
     for record in history:
         assert {"tau", "alpha_entropy", "alpha_max_prob", "alpha_drift", "alpha_probs"} <= set(
-            record)
+            record
+        )
         assert record["alpha_entropy"] <= record["alpha_uniform_entropy"] + 1e-9
 
 

@@ -60,8 +60,9 @@ def test_resume_finishes_an_interrupted_run(tmp_path: Path):
     run = tmp_path / "r"
     train_teacher(tiny_config("model.name=sasrec", "train.epochs=1"), run, quiet=True)
     (run / "metrics.json").unlink()  # as if it was killed before the end
-    metrics = train_teacher(tiny_config("model.name=sasrec", "train.epochs=2"), run, quiet=True,
-                            resume=True)
+    metrics = train_teacher(
+        tiny_config("model.name=sasrec", "train.epochs=2"), run, quiet=True, resume=True
+    )
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1]
     assert metrics["epochs"] == 2

@@ -22,8 +22,18 @@ def _train(run_dir: Path, epochs: int, resume: bool = False, **loop_overrides):
     data = load_stage_data(cfg)
     model = build_model(cfg.model, data.data.num_items, cfg.data.max_len)
     stage = SupervisedStage(model, cfg.train, torch.device("cpu"))
-    result = run_training(stage, data.train, data.valid, cfg.train, cfg.eval, run_dir, cfg.seed,
-                          torch.device("cpu"), quiet=True, resume=resume)
+    result = run_training(
+        stage,
+        data.train,
+        data.valid,
+        cfg.train,
+        cfg.eval,
+        run_dir,
+        cfg.seed,
+        torch.device("cpu"),
+        quiet=True,
+        resume=resume,
+    )
     return model, result
 
 

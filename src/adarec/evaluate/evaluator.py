@@ -106,6 +106,8 @@ def evaluate(
         "sampled": metrics_from_ranks(sampled, ks),
         "exclude_seen": bool(exclude_seen),
         "num_users": int(len(full)),
-        "standard_error": {"full": standard_errors(full, ks),
-                           "sampled": standard_errors(sampled, ks)},
+        "standard_error": {
+            "full": standard_errors(full, ks),
+            "sampled": standard_errors(sampled, ks),
+        },
     }

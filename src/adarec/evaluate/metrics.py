@@ -142,5 +142,7 @@ def standard_errors(ranks: np.ndarray | torch.Tensor, ks: Iterable[int]) -> dict
     ranks = np.asarray(ranks, dtype=np.float64).reshape(-1)
     ks = sorted(set(int(k) for k in ks))
     n = max(len(ranks), 2)
-    return {key: float(values.std(ddof=1) / np.sqrt(n)) if len(values) > 1 else 0.0
-            for key, values in per_example_gains(ranks, ks).items()}
+    return {
+        key: float(values.std(ddof=1) / np.sqrt(n)) if len(values) > 1 else 0.0
+        for key, values in per_example_gains(ranks, ks).items()
+    }

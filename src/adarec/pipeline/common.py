@@ -72,7 +72,11 @@ def load_stage_data(cfg: Config, quiet: bool = True) -> StageData:
         raise UserError("no training windows left: sequences are too short for leave-one-out")
     log.info(
         "data %s: %d users, %d items, %d interactions, %d training windows",
-        data.name, data.num_users, data.num_items, data.num_interactions, len(windows),
+        data.name,
+        data.num_users,
+        data.num_items,
+        data.num_interactions,
+        len(windows),
     )
     return StageData(
         data=data,
@@ -123,8 +127,11 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     test = metrics["test"]
     log.info(
         "%s test: NDCG@10 %.4f HR@10 %.4f (sampled NDCG@10 %.4f HR@10 %.4f)",
-        metrics["model"], test["full"]["NDCG@10"], test["full"]["HR@10"],
-        test["sampled"]["NDCG@10"], test["sampled"]["HR@10"],
+        metrics["model"],
+        test["full"]["NDCG@10"],
+        test["full"]["HR@10"],
+        test["sampled"]["NDCG@10"],
+        test["sampled"]["HR@10"],
     )
 
 

@@ -39,13 +39,32 @@ def train_small_kd(cfg: Config, run_dir: Path, teacher_dir: Path, quiet: bool) -
     kd = copy.deepcopy(cfg.search)
     kd.use_emb, kd.use_hid, kd.use_cost, kd.gamma_decay = False, False, False, 1.0
     timer = Timer()
-    stage = DistillStage(student, teacher, kd, cfg.train, device, cfg.seed, search=False,
-                         amp=cfg.amp)
-    result = run_training(stage, stage_data.train, stage_data.valid, cfg.train, cfg.eval,
-                          run_dir, cfg.seed, device, quiet, resume=True, desc="small_kd")
+    stage = DistillStage(
+        student, teacher, kd, cfg.train, device, cfg.seed, search=False, amp=cfg.amp
+    )
+    result = run_training(
+        stage,
+        stage_data.train,
+        stage_data.valid,
+        cfg.train,
+        cfg.eval,
+        run_dir,
+        cfg.seed,
+        device,
+        quiet,
+        resume=True,
+        desc="small_kd",
+    )
     plot_training_curves(result.history, run_dir / "curves.png", "small student with KD")
     save_model(run_dir, student, teacher_spec(cfg.model, num_items, max_len, **extra))
-    metrics = final_metrics(student, cfg, stage_data, device, f"small_{cfg.model.name}_kd",
-                            timer.seconds(), result.epochs)
+    metrics = final_metrics(
+        student,
+        cfg,
+        stage_data,
+        device,
+        f"small_{cfg.model.name}_kd",
+        timer.seconds(),
+        result.epochs,
+    )
     write_metrics(run_dir, metrics)
     return metrics

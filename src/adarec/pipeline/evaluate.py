@@ -31,8 +31,9 @@ def evaluate_run(run_dir: Path, exclude_seen: bool = False) -> dict[str, Any]:
     dist.init_distributed(device)  # under torchrun every rank scores its shard of users
     model, _ = load_run_model(run_dir, device)
     stage_data: StageData = load_stage_data(cfg)
-    metrics = final_metrics(model, cfg, stage_data, device, saved["model"],
-                            saved["train_seconds"], saved["epochs"])
+    metrics = final_metrics(
+        model, cfg, stage_data, device, saved["model"], saved["train_seconds"], saved["epochs"]
+    )
     if dist.is_main():
         atomic_write_json(run_dir / "evaluation.json", metrics)
     return metrics

@@ -38,42 +38,65 @@ def measure_models(cfg: Config, dirs: dict[str, Path]) -> dict[str, Any]:
     inputs = latency_inputs(test.inputs, batch_sizes)
     models = {name: load_run_model(d, "cpu")[0] for name, d in dirs.items()}
     macs = {name: _macs(m, inputs[batch_sizes[0]][:1]) for name, m in models.items()}
-    latency = measure_latency(models, inputs, cfg.bench.repeats, cfg.bench.warmup,
-                              cfg.bench.threads, "cpu")
-    return {"macs": macs, "latency": latency, "threads": torch.get_num_threads()
-            if cfg.bench.threads <= 0 else cfg.bench.threads}
+    latency = measure_latency(
+        models, inputs, cfg.bench.repeats, cfg.bench.warmup, cfg.bench.threads, "cpu"
+    )
+    return {
+        "macs": macs,
+        "latency": latency,
+        "threads": torch.get_num_threads() if cfg.bench.threads <= 0 else cfg.bench.threads,
+    }
 
 
 def write_report(
-    cfg: Config, out: Path, teacher_dir: Path, search_dir: Path, student_dir: Path,
+    cfg: Config,
+    out: Path,
+    teacher_dir: Path,
+    search_dir: Path,
+    student_dir: Path,
     baseline_dirs: dict[str, Path],
 ) -> dict[str, Any]:
     """Measure, then write ``report.json`` (the contract) and ``report.md`` with plots."""
     dirs = {"teacher": teacher_dir, "student": student_dir, **baseline_dirs}
     metrics = {name: read_metrics(d) for name, d in dirs.items()}
-    log.info("measuring latency of %s (batches %s, %d repeats)", ", ".join(dirs),
-             cfg.bench.batch_sizes, cfg.bench.repeats)
+    log.info(
+        "measuring latency of %s (batches %s, %d repeats)",
+        ", ".join(dirs),
+        cfg.bench.batch_sizes,
+        cfg.bench.repeats,
+    )
     # Rank 0 alone times the models (other ranks would compete for its cores) and shares it.
     measured = dist.broadcast_object(measure_models(cfg, dirs) if dist.is_main() else None)
     for name in metrics:
         metrics[name]["macs"] = measured["macs"][name]
-    latency_ms = {name: {b: v["median_ms"] for b, v in per.items()}
-                  for name, per in measured["latency"].items()}
-    speedup = {b: round(latency_ms["teacher"][b] / latency_ms["student"][b], 3)
-               for b in latency_ms["teacher"]}
+    latency_ms = {
+        name: {b: v["median_ms"] for b, v in per.items()}
+        for name, per in measured["latency"].items()
+    }
+    speedup = {
+        b: round(latency_ms["teacher"][b] / latency_ms["student"][b], 3)
+        for b in latency_ms["teacher"]
+    }
     search_history = read_json(Path(search_dir) / "history.json")
     report = {
         "teacher": metrics["teacher"],
         "student": metrics["student"],
         "baselines": {name: metrics[name] for name in baseline_dirs},
-        "latency_ms": {"teacher": latency_ms["teacher"], "student": latency_ms["student"],
-                       **{n: latency_ms[n] for n in baseline_dirs}},
-        "latency_p95_ms": {name: {b: v["p95_ms"] for b, v in per.items()}
-                           for name, per in measured["latency"].items()},
+        "latency_ms": {
+            "teacher": latency_ms["teacher"],
+            "student": latency_ms["student"],
+            **{n: latency_ms[n] for n in baseline_dirs},
+        },
+        "latency_p95_ms": {
+            name: {b: v["p95_ms"] for b, v in per.items()}
+            for name, per in measured["latency"].items()
+        },
         "speedup": speedup,
-        "seconds": {"teacher": metrics["teacher"]["train_seconds"],
-                    "search": read_metrics(search_dir)["train_seconds"],
-                    "student": metrics["student"]["train_seconds"]},
+        "seconds": {
+            "teacher": metrics["teacher"]["train_seconds"],
+            "search": read_metrics(search_dir)["train_seconds"],
+            "student": metrics["student"]["train_seconds"],
+        },
         "search": search_diagnostics(search_history),
         "targets": check_targets(metrics["teacher"], metrics["student"], speedup),
         "machine": machine_description(),
@@ -82,8 +105,10 @@ def write_report(
     }
     if dist.is_main():
         largest = str(max(int(b) for b in speedup))
-        points = {name: (latency_ms[name][largest], metrics[name]["test"]["full"]["NDCG@10"])
-                  for name in metrics}
+        points = {
+            name: (latency_ms[name][largest], metrics[name]["test"]["full"]["NDCG@10"])
+            for name in metrics
+        }
         plot_accuracy_latency(points, out / "accuracy_latency.png", largest)
         atomic_write_json(out / "report.json", report)
         atomic_write_text(out / "report.md", render_markdown(report, out, search_dir))
@@ -122,13 +147,18 @@ def check_targets(teacher: dict, student: dict, speedup: dict[str, float]) -> di
     }
 
 
-def _row(name: str, m: dict[str, Any], lat: dict[str, float], teacher_lat: dict[str, float]
-         ) -> str:
+def _row(name: str, m: dict[str, Any], lat: dict[str, float], teacher_lat: dict[str, float]) -> str:
     full, sampled = m["test"]["full"], m["test"]["sampled"]
     se = m["test"].get("standard_error", {}).get("full", {})
     ndcg = f"{full['NDCG@10']:.4f}" + (f" ± {se['NDCG@10']:.4f}" if se else "")
-    cells = [name, ndcg, f"{full['HR@10']:.4f}", f"{sampled['NDCG@10']:.4f}",
-             f"{m['params']['body']:,}", f"{m['macs'] / 1e6:.2f}"]
+    cells = [
+        name,
+        ndcg,
+        f"{full['HR@10']:.4f}",
+        f"{sampled['NDCG@10']:.4f}",
+        f"{m['params']['body']:,}",
+        f"{m['macs'] / 1e6:.2f}",
+    ]
     for b in lat:
         cells.append(f"{lat[b]:.2f}")
     for b in lat:
@@ -139,8 +169,11 @@ def _row(name: str, m: dict[str, Any], lat: dict[str, float], teacher_lat: dict[
 def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
     teacher_lat = report["latency_ms"]["teacher"]
     batches = list(teacher_lat)
-    header = (["model", "NDCG@10", "HR@10", "sampled NDCG@10", "body params", "MMACs/history"]
-              + [f"ms @{b}" for b in batches] + [f"speed-up @{b}" for b in batches])
+    header = (
+        ["model", "NDCG@10", "HR@10", "sampled NDCG@10", "body params", "MMACs/history"]
+        + [f"ms @{b}" for b in batches]
+        + [f"speed-up @{b}" for b in batches]
+    )
     lines = [
         f"# AdaRec report: {report['teacher']['dataset']}",
         "",
@@ -154,8 +187,10 @@ def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    models = {"teacher (" + report["teacher"]["model"] + ")": ("teacher", report["teacher"]),
-              "AdaRec student": ("student", report["student"])}
+    models = {
+        "teacher (" + report["teacher"]["model"] + ")": ("teacher", report["teacher"]),
+        "AdaRec student": ("student", report["student"]),
+    }
     models.update({name: (name, m) for name, m in report["baselines"].items()})
     for label, (key, m) in models.items():
         lines.append(_row(label, m, report["latency_ms"][key], teacher_lat))

@@ -67,8 +67,9 @@ def run_pipeline(
     _stage(student_dir, lambda: run_student(cfg, student_dir, search_dir, quiet, resume=True))
     baseline_dirs = {}
     for name in baselines:
-        baseline_dirs[name] = run_baseline(name, cfg, out / "baselines", teacher_dir, search_dir,
-                                           quiet)
+        baseline_dirs[name] = run_baseline(
+            name, cfg, out / "baselines", teacher_dir, search_dir, quiet
+        )
     setup_logging(out, quiet)
     return write_report(cfg, out, teacher_dir, search_dir, student_dir, baseline_dirs)
 
@@ -88,28 +89,35 @@ def run_baseline(
         # The derived architecture trained without distillation, from scratch.
         scratch_loop(variant)
         variant.student.init, variant.student.loss = "scratch", "ce"
-        _stage(run_dir, lambda: run_student(variant, run_dir, search_dir, quiet, True,
-                                            name="no_kd"))
+        _stage(
+            run_dir, lambda: run_student(variant, run_dir, search_dir, quiet, True, name="no_kd")
+        )
     elif name == "random_arch":
         s = cfg.search
         genotype = random_genotype(s.ops, s.nodes, s.cells, s.width, seed=cfg.seed)
-        _stage(run_dir, lambda: run_student(variant, run_dir, search_dir, quiet, True,
-                                            genotype=genotype, name="random_arch"))
+        _stage(
+            run_dir,
+            lambda: run_student(
+                variant, run_dir, search_dir, quiet, True, genotype=genotype, name="random_arch"
+            ),
+        )
     elif name in ("fixed_mapping", "no_cost"):
         if name == "fixed_mapping":
             variant.search.layer_mapping = "skip"
         else:
             variant.search.beta = 0.0
         variant_search = run_dir / "search"
-        _stage(variant_search, lambda: run_search(variant, variant_search, teacher_dir, quiet,
-                                                  resume=True))
-        _stage(run_dir, lambda: run_student(variant, run_dir, variant_search, quiet, True,
-                                            name=name))
+        _stage(
+            variant_search,
+            lambda: run_search(variant, variant_search, teacher_dir, quiet, resume=True),
+        )
+        _stage(
+            run_dir, lambda: run_student(variant, run_dir, variant_search, quiet, True, name=name)
+        )
     return run_dir
 
 
-def _small_kd(cfg: Config, run_dir: Path, teacher_dir: Path, search_dir: Path,
-              quiet: bool) -> None:
+def _small_kd(cfg: Config, run_dir: Path, teacher_dir: Path, search_dir: Path, quiet: bool) -> None:
     """A hand-designed small model of the teacher's family trained with standard KD."""
     from adarec.pipeline.distill_baseline import train_small_kd
 

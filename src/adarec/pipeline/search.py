@@ -50,8 +50,17 @@ def check_same_data(teacher_dir: Path, stage_data: StageData) -> None:
 
 def build_supernet(cfg: Config, num_items: int) -> Supernet:
     s = cfg.search
-    return Supernet(num_items, cfg.data.max_len, s.width, s.cells, s.nodes, op_set=s.ops,
-                    dropout=s.dropout, mode=s.mode, alpha_init_std=s.alpha_init_std)
+    return Supernet(
+        num_items,
+        cfg.data.max_len,
+        s.width,
+        s.cells,
+        s.nodes,
+        op_set=s.ops,
+        dropout=s.dropout,
+        mode=s.mode,
+        alpha_init_std=s.alpha_init_std,
+    )
 
 
 def search_costs(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
@@ -68,8 +77,10 @@ def _split_held_out(windows: torch.utils.data.Dataset, seed: int):
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(windows), generator=generator).tolist()
     cut = max(1, int(len(order) * HELD_OUT_FRACTION))
-    return (torch.utils.data.Subset(windows, order[cut:]),
-            torch.utils.data.Subset(windows, order[:cut]))
+    return (
+        torch.utils.data.Subset(windows, order[cut:]),
+        torch.utils.data.Subset(windows, order[:cut]),
+    )
 
 
 def run_search(
@@ -88,25 +99,54 @@ def run_search(
         atomic_write_json(run_dir / "teacher.json", {"run_dir": str(teacher_dir.resolve())})
 
     costs, stats = search_costs(cfg)
-    log.info("cost table (%s, width %d, length %d):\n%s", cfg.search.cost, cfg.search.width,
-             cfg.data.max_len, format_cost_table(costs))
+    log.info(
+        "cost table (%s, width %d, length %d):\n%s",
+        cfg.search.cost,
+        cfg.search.width,
+        cfg.data.max_len,
+        format_cost_table(costs),
+    )
     if dist.is_main():
-        atomic_write_json(run_dir / "cost_table.json", {"method": cfg.search.cost,
-                                                        "stats": stats, "cost": costs})
+        atomic_write_json(
+            run_dir / "cost_table.json", {"method": cfg.search.cost, "stats": stats, "cost": costs}
+        )
 
     timer = Timer()
     supernet = build_supernet(cfg, stage_data.data.num_items)
     train_set, held_out = stage_data.train, None
     if cfg.search.optimization == "bilevel":
         train_set, held_out = _split_held_out(stage_data.train, cfg.seed)
-    stage = DistillStage(supernet, teacher, cfg.search, cfg.search, device, cfg.seed, costs,
-                         search=True, held_out=held_out, amp=cfg.amp)
+    stage = DistillStage(
+        supernet,
+        teacher,
+        cfg.search,
+        cfg.search,
+        device,
+        cfg.seed,
+        costs,
+        search=True,
+        held_out=held_out,
+        amp=cfg.amp,
+    )
     # The architecture is derived from the final alpha (no early stopping in the search);
     # validation is still computed every epoch to watch the derived cell.
-    result = run_training(stage, train_set, stage_data.valid, cfg.search, cfg.eval, run_dir,
-                          cfg.seed, device, quiet, resume, select_on_valid=False, desc="search")
-    genotype = derive_genotype(list(supernet.alphas), supernet.op_names, cfg.search.ops,
-                               cfg.search.cells, cfg.search.width)
+    result = run_training(
+        stage,
+        train_set,
+        stage_data.valid,
+        cfg.search,
+        cfg.eval,
+        run_dir,
+        cfg.seed,
+        device,
+        quiet,
+        resume,
+        select_on_valid=False,
+        desc="search",
+    )
+    genotype = derive_genotype(
+        list(supernet.alphas), supernet.op_names, cfg.search.ops, cfg.search.cells, cfg.search.width
+    )
     text = genotype_to_text(genotype)
     log.info("derived cell:\n%s", text)
     if dist.is_main():
@@ -115,14 +155,28 @@ def run_search(
         draw_genotype(genotype, run_dir / "genotype.png")
         plot_alpha_history(result.history, supernet.op_names, run_dir / "alphas.png")
         plot_training_curves(result.history, run_dir / "curves.png", "architecture search")
-    spec = {"kind": "supernet", "num_items": stage_data.data.num_items,
-            "max_len": cfg.data.max_len, "width": cfg.search.width, "cells": cfg.search.cells,
-            "nodes": cfg.search.nodes, "op_set": cfg.search.ops, "dropout": cfg.search.dropout,
-            "mode": cfg.search.mode}
+    spec = {
+        "kind": "supernet",
+        "num_items": stage_data.data.num_items,
+        "max_len": cfg.data.max_len,
+        "width": cfg.search.width,
+        "cells": cfg.search.cells,
+        "nodes": cfg.search.nodes,
+        "op_set": cfg.search.ops,
+        "dropout": cfg.search.dropout,
+        "mode": cfg.search.mode,
+    }
     save_model(run_dir, supernet, spec, filename=SUPERNET_FILE)
-    metrics = final_metrics(supernet, cfg, stage_data, device, "supernet", timer.seconds(),
-                            result.epochs, extra={"architecture": genotype_dict(genotype),
-                                                  "cost": architecture_cost(genotype, costs)})
+    metrics = final_metrics(
+        supernet,
+        cfg,
+        stage_data,
+        device,
+        "supernet",
+        timer.seconds(),
+        result.epochs,
+        extra={"architecture": genotype_dict(genotype), "cost": architecture_cost(genotype, costs)},
+    )
     write_metrics(run_dir, metrics)
     return metrics
 

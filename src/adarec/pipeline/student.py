@@ -30,8 +30,13 @@ log = logging.getLogger("adarec")
 
 
 def student_spec(genotype: Genotype, num_items: int, max_len: int, dropout: float) -> dict:
-    return {"kind": "student", "genotype": genotype_to_dict(genotype), "num_items": num_items,
-            "max_len": max_len, "dropout": dropout}
+    return {
+        "kind": "student",
+        "genotype": genotype_to_dict(genotype),
+        "num_items": num_items,
+        "max_len": max_len,
+        "dropout": dropout,
+    }
 
 
 def run_student(
@@ -66,17 +71,39 @@ def run_student(
     if cfg.student.loss == "kd":
         teacher_dir = Path(read_json(search_dir / "teacher.json")["run_dir"])
         teacher, _ = load_run_model(teacher_dir, device)
-        stage = DistillStage(student, teacher, cfg.search, cfg.student, device, cfg.seed,
-                             search=False, amp=cfg.amp)
+        stage = DistillStage(
+            student, teacher, cfg.search, cfg.student, device, cfg.seed, search=False, amp=cfg.amp
+        )
     else:
         stage = SupervisedStage(student, cfg.student, device, cfg.amp)
-    result = run_training(stage, stage_data.train, stage_data.valid, cfg.student, cfg.eval,
-                          run_dir, cfg.seed, device, quiet, resume, desc=name)
+    result = run_training(
+        stage,
+        stage_data.train,
+        stage_data.valid,
+        cfg.student,
+        cfg.eval,
+        run_dir,
+        cfg.seed,
+        device,
+        quiet,
+        resume,
+        desc=name,
+    )
     plot_training_curves(result.history, run_dir / "curves.png", f"{name} retraining")
     save_model(run_dir, student, student_spec(genotype, num_items, max_len, cfg.search.dropout))
     costs = read_json(search_dir / "cost_table.json")["cost"]
-    metrics = final_metrics(student, cfg, stage_data, device, name, timer.seconds(),
-                            result.epochs, extra={"architecture": genotype_to_dict(genotype),
-                                                  "cost": architecture_cost(genotype, costs)})
+    metrics = final_metrics(
+        student,
+        cfg,
+        stage_data,
+        device,
+        name,
+        timer.seconds(),
+        result.epochs,
+        extra={
+            "architecture": genotype_to_dict(genotype),
+            "cost": architecture_cost(genotype, costs),
+        },
+    )
     write_metrics(run_dir, metrics)
     return metrics

@@ -53,15 +53,34 @@ def train_teacher(
         model = build_model(cfg.model, num_items, max_len)
         epochs = 0
         if cfg.model.name == "bert4rec":
-            epochs += _pretrain_bert4rec(model, cfg, stage_data, run_dir, device, quiet, resume,
-                                         run_pretrain=phase in ("all", "pretrain"))
+            epochs += _pretrain_bert4rec(
+                model,
+                cfg,
+                stage_data,
+                run_dir,
+                device,
+                quiet,
+                resume,
+                run_pretrain=phase in ("all", "pretrain"),
+            )
             if phase == "pretrain":
                 log.info("pretraining done; fine-tune with --phase finetune --resume")
                 return {}
             model.causal = True
         stage = SupervisedStage(model, cfg.train, device, cfg.amp)
-        result = run_training(stage, stage_data.train, stage_data.valid, cfg.train, cfg.eval,
-                              run_dir, cfg.seed, device, quiet, resume, desc=cfg.model.name)
+        result = run_training(
+            stage,
+            stage_data.train,
+            stage_data.valid,
+            cfg.train,
+            cfg.eval,
+            run_dir,
+            cfg.seed,
+            device,
+            quiet,
+            resume,
+            desc=cfg.model.name,
+        )
         epochs += result.epochs
         plot_training_curves(result.history, run_dir / "curves.png", cfg.model.name)
         extra = {"causal": True} if cfg.model.name == "bert4rec" else {}
@@ -75,8 +94,14 @@ def train_teacher(
 
 
 def _pretrain_bert4rec(
-    model: torch.nn.Module, cfg: Config, stage_data: StageData, run_dir: Path,
-    device: torch.device, quiet: bool, resume: bool, run_pretrain: bool,
+    model: torch.nn.Module,
+    cfg: Config,
+    stage_data: StageData,
+    run_dir: Path,
+    device: torch.device,
+    quiet: bool,
+    resume: bool,
+    run_pretrain: bool,
 ) -> int:
     """Masked-item pretraining (bidirectional) in ``run_dir/pretrain``; returns its epochs."""
     pre_dir = run_dir / "pretrain"
@@ -98,15 +123,28 @@ def _pretrain_bert4rec(
         # and differ across ranks because each rank sees other windows.
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)
         items = window[:, 1:]
-        inputs, labels = mask_items(items.cpu(), cfg.model.mask_prob, mask_token,
-                                    model.num_items, generator)
+        inputs, labels = mask_items(
+            items.cpu(), cfg.model.mask_prob, mask_token, model.num_items, generator
+        )
         return inputs.to(window.device), labels.to(window.device)
 
     stage = SupervisedStage(model, cfg.train, device, cfg.amp, make_batch=masked_batch)
-    loop = type(cfg.train)(**{**cfg.train.__dict__, "epochs": cfg.model.pretrain_epochs,
-                              "patience": 0})
+    loop = type(cfg.train)(
+        **{**cfg.train.__dict__, "epochs": cfg.model.pretrain_epochs, "patience": 0}
+    )
     if dist.is_main():
         pre_dir.mkdir(parents=True, exist_ok=True)
-    result = run_training(stage, stage_data.train, stage_data.valid, loop, cfg.eval, pre_dir,
-                          cfg.seed, device, quiet, resume, desc="bert4rec-pretrain")
+    result = run_training(
+        stage,
+        stage_data.train,
+        stage_data.valid,
+        loop,
+        cfg.eval,
+        pre_dir,
+        cfg.seed,
+        device,
+        quiet,
+        resume,
+        desc="bert4rec-pretrain",
+    )
     return result.epochs

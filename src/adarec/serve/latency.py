@@ -55,7 +55,7 @@ def measure_latency(
             calls = {}
             for name, model in models.items():
                 model.to(device).eval()
-                calls[name] = (lambda m=model, x=items: m.full_sort_predict(x))
+                calls[name] = lambda m=model, x=items: m.full_sort_predict(x)
             times: dict[str, list[float]] = {name: [] for name in models}
             with torch.inference_mode():
                 for _ in range(warmup):

@@ -90,8 +90,11 @@ class DistillStage:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.kd = StudentWithProjections(
-            self.model, self.model.hidden_size, self.teacher.hidden_size,
-            embedding=search_cfg.use_emb, hidden=search_cfg.use_hid,
+            self.model,
+            self.model.hidden_size,
+            self.teacher.hidden_size,
+            embedding=search_cfg.use_emb,
+            hidden=search_cfg.use_hid,
         ).to(device)
         # single_path leaves the ops that were not sampled without gradients.
         self.net = wrap_ddp(self.kd, device, find_unused=search)
@@ -100,13 +103,20 @@ class DistillStage:
         self.optimizer = make_optimizer(weights, loop)
         self.scheduler = make_scheduler(self.optimizer, loop)
         self.alpha_optimizer = (
-            torch.optim.Adam(self._alphas(), lr=search_cfg.alpha_lr, betas=(0.5, 0.999),
-                             weight_decay=search_cfg.alpha_weight_decay)
-            if search else None
+            torch.optim.Adam(
+                self._alphas(),
+                lr=search_cfg.alpha_lr,
+                betas=(0.5, 0.999),
+                weight_decay=search_cfg.alpha_weight_decay,
+            )
+            if search
+            else None
         )
-        self.mapper = EMDLayerMapper(self._layer_count(self.model),
-                                     self._layer_count(self.teacher),
-                                     distance=search_cfg.hid_distance).to(device)
+        self.mapper = EMDLayerMapper(
+            self._layer_count(self.model),
+            self._layer_count(self.teacher),
+            distance=search_cfg.hid_distance,
+        ).to(device)
         self.costs = None
         if search and costs is not None:
             # Measured (latency) costs differ per process: every rank uses rank 0's table.
@@ -117,8 +127,13 @@ class DistillStage:
         if search and search_cfg.optimization == "bilevel":
             if held_out is None or len(held_out) == 0:
                 raise ValueError("bi-level search needs held-out training windows")
-            sampler = DistributedSampler(held_out, num_replicas=dist.world_size(),
-                                         rank=dist.rank(), shuffle=True, seed=seed + 1)
+            sampler = DistributedSampler(
+                held_out,
+                num_replicas=dist.world_size(),
+                rank=dist.rank(),
+                shuffle=True,
+                seed=seed + 1,
+            )
             self.held_out_sampler = sampler
             self.held_out_loader = DataLoader(held_out, batch_size=loop.batch_size, sampler=sampler)
         self.epoch_tau = search_cfg.tau_initial
@@ -169,8 +184,9 @@ class DistillStage:
             if cfg.layer_mapping == "emd":
                 terms["hid"], _ = self.mapper(hidden, t_out.hidden_states, mask)
             else:
-                dist_matrix = hidden_distance_matrix(hidden, t_out.hidden_states, mask,
-                                                     cfg.hid_distance)
+                dist_matrix = hidden_distance_matrix(
+                    hidden, t_out.hidden_states, mask, cfg.hid_distance
+                )
                 terms["hid"] = fixed_mapping_loss(dist_matrix, cfg.layer_mapping)
         if cfg.use_logit:
             terms["logit"] = logit_kd_loss(logits.float(), t_logits, mask, cfg.kd_temperature)
@@ -246,8 +262,10 @@ class DistillStage:
         if self.search:
             alphas = self._alphas()
             summary = alpha_summary(alphas)
-            drift = max(float((a.detach() - a0).abs().max())
-                        for a, a0 in zip(alphas, self.initial_alphas, strict=True))
+            drift = max(
+                float((a.detach() - a0).abs().max())
+                for a, a0 in zip(alphas, self.initial_alphas, strict=True)
+            )
             record["alpha_entropy"] = summary["mean_entropy"]
             record["alpha_max_prob"] = summary["max_prob"]
             record["alpha_drift"] = drift
@@ -260,8 +278,9 @@ class DistillStage:
             "optimizer": self.optimizer.state_dict(),
             "alpha_optimizer": self.alpha_optimizer.state_dict() if self.alpha_optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "projections": {k: v for k, v in self.kd.state_dict().items()
-                            if not k.startswith("student.")},
+            "projections": {
+                k: v for k, v in self.kd.state_dict().items() if not k.startswith("student.")
+            },
             "mapper": self.mapper.state_dict(),
             "initial_alphas": self.initial_alphas,
         }

@@ -94,9 +94,14 @@ def run_training(
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     loader, sampler = _loader(train_data, loop.batch_size, seed)
     # batch_size is per process: every optimiser step averages world_size batches.
-    log.info("%s: %d training windows, batch %d per process x %d processes = global batch %d",
-             desc, len(train_data), loop.batch_size, dist.world_size(),
-             loop.batch_size * dist.world_size())
+    log.info(
+        "%s: %d training windows, batch %d per process x %d processes = global batch %d",
+        desc,
+        len(train_data),
+        loop.batch_size,
+        dist.world_size(),
+        loop.batch_size * dist.world_size(),
+    )
     history: list[dict[str, Any]] = []
     start_epoch, best_value, best_epoch, bad_epochs, seconds = 0, -math.inf, -1, 0, 0.0
     best_valid: dict[str, Any] | None = None
@@ -123,11 +128,18 @@ def run_training(
         sampler.set_epoch(epoch)
         record: dict[str, Any] = {"epoch": epoch, **stage.on_epoch_start(epoch)}
         totals: dict[str, float] = {}
-        steps = len(loader) if loop.max_steps_per_epoch <= 0 else min(
-            len(loader), loop.max_steps_per_epoch
+        steps = (
+            len(loader)
+            if loop.max_steps_per_epoch <= 0
+            else min(len(loader), loop.max_steps_per_epoch)
         )
-        bar = tqdm(total=steps, desc=f"{desc} {epoch + 1}/{loop.epochs}", disable=not show,
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=steps,
+            desc=f"{desc} {epoch + 1}/{loop.epochs}",
+            disable=not show,
+            leave=False,
+            dynamic_ncols=True,
+        )
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
@@ -143,8 +155,14 @@ def run_training(
         evaluate_now = (epoch + 1) % loop.eval_every == 0 or epoch + 1 == loop.epochs
         improved = False
         if evaluate_now:
-            valid = evaluate(stage.model, valid_split, eval_cfg.ks, eval_cfg.batch_size, device,
-                             eval_cfg.exclude_seen)
+            valid = evaluate(
+                stage.model,
+                valid_split,
+                eval_cfg.ks,
+                eval_cfg.batch_size,
+                device,
+                eval_cfg.exclude_seen,
+            )
             record["valid"] = valid
             value = _selection_value(valid) if select_on_valid else float(epoch)
             if value > best_value:
@@ -164,17 +182,28 @@ def run_training(
         if dist.is_main():
             if improved:
                 save_checkpoint(best_path, {"model": best_state, "epoch": epoch})
-            save_checkpoint(last_path, {
-                "model": stage.model.state_dict(), "stage": stage.state_dict(),
-                "rng": rng_states, "history": history, "epoch": epoch,
-                "best_value": best_value, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                "seconds": seconds, "best_valid": best_valid, "finished": stop,
-            })
+            save_checkpoint(
+                last_path,
+                {
+                    "model": stage.model.state_dict(),
+                    "stage": stage.state_dict(),
+                    "rng": rng_states,
+                    "history": history,
+                    "epoch": epoch,
+                    "best_value": best_value,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "seconds": seconds,
+                    "best_valid": best_valid,
+                    "finished": stop,
+                },
+            )
             atomic_write_json(Path(run_dir) / "history.json", history)
         dist.barrier()
         if stop:
-            log.info("%s: early stop after epoch %d (best epoch %d)", desc, epoch + 1,
-                     best_epoch + 1)
+            log.info(
+                "%s: early stop after epoch %d (best epoch %d)", desc, epoch + 1, best_epoch + 1
+            )
             break
 
     if best_state is not None:
@@ -201,7 +230,9 @@ def _log_epoch(desc: str, record: dict[str, Any], epochs: int) -> None:
         parts.append(f"{key} {value:.4f}")
     if "valid" in record:
         full, sampled = record["valid"]["full"], record["valid"]["sampled"]
-        parts.append(f"valid NDCG@10 {full['NDCG@10']:.4f} HR@10 {full['HR@10']:.4f}"
-                     f" (sampled NDCG@10 {sampled['NDCG@10']:.4f})")
+        parts.append(
+            f"valid NDCG@10 {full['NDCG@10']:.4f} HR@10 {full['HR@10']:.4f}"
+            f" (sampled NDCG@10 {sampled['NDCG@10']:.4f})"
+        )
     parts.append(f"{record['seconds']:.0f}s")
     log.info(" | ".join(parts))

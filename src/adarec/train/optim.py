@@ -10,7 +10,9 @@ from adarec.config import LoopConfig
 
 
 def make_optimizer(
-    params: Iterable[torch.nn.Parameter], cfg: LoopConfig, lr: float | None = None,
+    params: Iterable[torch.nn.Parameter],
+    cfg: LoopConfig,
+    lr: float | None = None,
     weight_decay: float | None = None,
 ) -> torch.optim.Optimizer:
     lr = cfg.lr if lr is None else lr
