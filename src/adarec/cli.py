@@ -58,16 +58,11 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_from_run(args: argparse.Namespace, run_dir: str, **fixed: Any) -> Config:
+def _config_from_run(args: argparse.Namespace, run_dir: str) -> Config:
     """A stage that follows another starts from that run's resolved config (same data)."""
-    import yaml
+    from adarec.runs import load_run_config
 
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise UserError(f"{run_dir} is not an adarec run directory (no config.yaml)")
-    base = yaml.safe_load(path.read_text())
-    overrides = list(args.overrides) + [f"{k}={v}" for k, v in fixed.items() if v is not None]
-    return load_config(args.config, overrides, base=base)
+    return load_run_config(Path(run_dir), args.config, list(args.overrides))
 
 
 def cmd_search(args: argparse.Namespace) -> int:

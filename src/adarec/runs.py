@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adarec.config import ModelConfig
+from adarec.config import Config, ModelConfig, load_config
 from adarec.errors import UserError
 from adarec.io import read_json
 from adarec.train import distributed as dist
@@ -83,6 +83,18 @@ def load_run_model(
     model = build_from_spec(state["spec"])
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval(), state["spec"]
+
+
+def load_run_config(
+    run_dir: Path, config_file: str | Path | None = None, overrides: list[str] | None = None
+) -> Config:
+    """A run directory's resolved config, optionally layered with a YAML file and ``--set``s."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not an adarec run directory (no config.yaml)")
+    return load_config(config_file, overrides, base=yaml.safe_load(path.read_text()))
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:

@@ -14,9 +14,10 @@ from adarec.nas.genotype import genotype_from_dict
 from adarec.nas.operations import OP_SETS
 from adarec.nas.student import Student
 from adarec.pipeline.student import student_spec
+from adarec.runs import load_run_config as run_config
 from adarec.runs import load_run_model, save_model
 from adarec.serve import export as export_module
-from adarec.serve.export import current_export, export_run, run_config
+from adarec.serve.export import current_export, export_run
 from adarec.serve.predictor import Predictor, load_torchscript
 from tests.serve.conftest import STUDENTS, TEACHERS
 

@@ -6,8 +6,8 @@ import torch
 from adarec.data.preprocess import prepare
 from adarec.data.splits import item_counts
 from adarec.errors import UserError
+from adarec.runs import load_run_config as run_config
 from adarec.runs import load_run_model
-from adarec.serve.export import run_config
 from adarec.serve.predictor import Predictor
 
 ITEMS = ["<pad>", "10", "20", "30", "40", "50"]

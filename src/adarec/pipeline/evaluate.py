@@ -5,18 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adarec.config import Config, load_config
-from adarec.errors import UserError
 from adarec.pipeline.common import StageData, final_metrics, load_stage_data
-from adarec.runs import load_run_model, read_metrics
+from adarec.runs import load_run_config, load_run_model, read_metrics
 from adarec.train import distributed as dist
-
-
-def load_run_config(run_dir: Path) -> Config:
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise UserError(f"{run_dir} is not an adarec run directory (no config.yaml)")
-    return load_config(path)
 
 
 def evaluate_run(run_dir: Path, exclude_seen: bool = False) -> dict[str, Any]:

@@ -12,7 +12,13 @@ from adarec.config import Config
 from adarec.distill.cost import cost_table, format_cost_table, latency_cost_stats
 from adarec.errors import UserError
 from adarec.io import atomic_write_json, atomic_write_text, read_json
-from adarec.nas.genotype import derive_genotype, draw_genotype, genotype_to_text, save_genotype
+from adarec.nas.genotype import (
+    derive_genotype,
+    draw_genotype,
+    genotype_to_dict,
+    genotype_to_text,
+    save_genotype,
+)
 from adarec.nas.operations import OP_SETS
 from adarec.nas.profile import op_cost_stats
 from adarec.nas.supernet import Supernet
@@ -175,16 +181,13 @@ def run_search(
         "supernet",
         timer.seconds(),
         result.epochs,
-        extra={"architecture": genotype_dict(genotype), "cost": architecture_cost(genotype, costs)},
+        extra={
+            "architecture": genotype_to_dict(genotype),
+            "cost": architecture_cost(genotype, costs),
+        },
     )
     write_metrics(run_dir, metrics)
     return metrics
-
-
-def genotype_dict(genotype: Any) -> dict[str, Any]:
-    from adarec.nas.genotype import genotype_to_dict
-
-    return genotype_to_dict(genotype)
 
 
 def architecture_cost(genotype: Any, costs: dict[str, float]) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from torch import nn
 from adarec.errors import UserError
 from adarec.io import atomic_write_json, read_json
 from adarec.models.base import count_parameters
-from adarec.runs import load_run_model, read_metrics
-from adarec.serve.export import MODEL_FILES, export_run, run_config, run_items
+from adarec.runs import load_run_config, load_run_model, read_metrics
+from adarec.serve.export import MODEL_FILES, export_run, run_items
 from adarec.serve.latency import latency_inputs, machine_description, measure_latency
 from adarec.serve.predictor import BACKENDS, Scorer, load_torchscript, onnx_scorer
 from adarec.train.distributed import resolve_device
@@ -40,7 +40,7 @@ def real_histories(run_dir: Path, max_len: int) -> np.ndarray:
     from adarec.data.preprocess import prepare
     from adarec.data.splits import eval_split
 
-    cfg = run_config(run_dir)
+    cfg = load_run_config(run_dir)
     return eval_split(prepare(cfg.data, cfg.seed), "test", max_len).inputs
 
 

@@ -18,14 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
-from adarec.config import Config, load_config
 from adarec.errors import UserError
 from adarec.io import atomic_write_json, read_json
 from adarec.models.base import count_parameters
-from adarec.runs import MODEL_FILE, load_run_model
+from adarec.runs import MODEL_FILE, load_run_config, load_run_model
 from adarec.train.distributed import resolve_device
 
 FORMATS = ("torchscript", "onnx")
@@ -66,14 +64,6 @@ def default_export_dir(run_dir: Path, fmt: str, device: str | torch.device = "cp
     return Path(run_dir) / "export" / f"{fmt}{suffix}"
 
 
-def run_config(run_dir: Path) -> Config:
-    """The resolved configuration saved in a run directory."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not an adarec run directory (no config.yaml)")
-    return load_config(None, None, base=yaml.safe_load(path.read_text()))
-
-
 def run_items(run_dir: Path) -> list[str]:
     path = Path(run_dir) / ITEMS_FILE
     if not path.is_file():
@@ -86,7 +76,7 @@ def training_popularity(run_dir: Path) -> list[int]:
     from adarec.data.preprocess import prepare
     from adarec.data.splits import item_counts
 
-    cfg = run_config(run_dir)
+    cfg = load_run_config(run_dir)
     try:
         data = prepare(cfg.data, cfg.seed)
     except UserError as exc:
@@ -115,7 +105,7 @@ def model_info(run_dir: Path, model: nn.Module, spec: dict[str, Any]) -> dict[st
     else:
         name = saved.get("model", spec["kind"])
         architecture = saved.get("architecture", spec.get("genotype"))
-    dataset = saved.get("dataset") or run_config(run_dir).data.dataset
+    dataset = saved.get("dataset") or load_run_config(run_dir).data.dataset
     return {
         "kind": spec["kind"],
         "model": name,

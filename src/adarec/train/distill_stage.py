@@ -124,6 +124,7 @@ class DistillStage:
             ops = self.model.op_names
             self.costs = torch.tensor([costs[o] for o in ops], dtype=torch.float32, device=device)
         self.held_out_iter = None
+        self.held_out_loader: DataLoader | None = None
         if search and search_cfg.optimization == "bilevel":
             if held_out is None or len(held_out) == 0:
                 raise ValueError("bi-level search needs held-out training windows")
@@ -211,7 +212,7 @@ class DistillStage:
         cfg = self.cfg
         self.epoch_tau = temperature(epoch, cfg.tau_initial, cfg.tau_decay, cfg.tau_every)
         self.epoch_gamma = cfg.gamma * cfg.gamma_decay**epoch
-        if self.held_out_iter is not None or hasattr(self, "held_out_loader"):
+        if self.held_out_loader is not None:
             self.held_out_sampler.set_epoch(epoch)
             self.held_out_iter = itertools.cycle(self.held_out_loader)
         record = {"gamma": self.epoch_gamma, "lr": self.optimizer.param_groups[0]["lr"]}
