@@ -13,7 +13,7 @@ random (seeded) sequences of the run's own item ids, identical for every run of 
 Where the OS allows it and there are enough cores, the server is pinned to ``--threads``
 cores and this client to the others, so the load generator never steals the server's CPU
 (on a 2-core machine: one core each). The result is merged into the output JSON under the
-key "loadtest".
+key DATASET.loadtest.BACKEND_cCONCURRENCY.
 """
 
 from __future__ import annotations
@@ -223,6 +223,7 @@ def load_test(
         "run_dir": str(run_dir),
         "model": info["model"],
         "kind": info["kind"],
+        "dataset": info["dataset"],
         "params": info["params"],
         **stats,
         "server_exit_code": exit_code,
@@ -282,8 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         "request": "POST /recommend with one history (random, 1..max_len known items)",
         "runs": results,
     }
-    merge_results(args.out, "loadtest", summary)
-    print(f"merged into {args.out} (key 'loadtest')")
+    keys = (results[0]["dataset"], "loadtest", f"{args.backend}_c{args.concurrency}")
+    merge_results(args.out, keys, summary)
+    print(f"merged into {args.out} (key {'.'.join(keys)})")
     return 0
 
 

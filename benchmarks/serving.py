@@ -5,7 +5,7 @@ Usage:
         [--batch-sizes 1,32,256] [--repeats 30] [--out benchmarks/results/serving.json]
 
 All runs are timed in one process with the same threads and inputs; speed-ups are over the
-first run. The result is merged into the output JSON under the key "bench".
+first run. The result is merged into the output JSON under the key DATASET.bench.
 """
 
 from __future__ import annotations
@@ -51,12 +51,13 @@ def main(argv: list[str] | None = None) -> int:
             args.warmup,
             device=args.device,
         )
-        merge_results(args.out, "bench", result)
+        dataset = result["runs"][0]["dataset"]
+        merge_results(args.out, (dataset, "bench"), result)
     except UserError as exc:
         print(f"serving benchmark: error: {exc}", file=sys.stderr)
         return 2
     print(format_bench_table(result))
-    print(f"merged into {args.out} (key 'bench')")
+    print(f"merged into {args.out} (key {dataset}.bench)")
     return 0
 
 

@@ -126,3 +126,60 @@ def test_inheritance_refuses_a_mismatched_supernet():
     deeper = random_genotype("causal", 3, 3, WIDTH, seed=0)
     with pytest.raises(UserError, match="more cells"):
         inherit_weights(Student(NUM_ITEMS, MAX_LEN, deeper), supernet)
+
+
+POOLING_CELL = (
+    ((0, "causal_max_pool3"),),
+    ((0, "causal_max_pool3"), (1, "causal_max_pool3")),
+    ((0, "skip"), (1, "causal_avg_pool3"), (2, "causal_max_pool3")),
+)
+
+
+def test_receptive_field_follows_the_longest_chain_of_reaches():
+    # node_2 <- max_pool(node_1) <- max_pool(node_0) <- max_pool(input): 6 per cell.
+    assert Genotype("causal", POOLING_CELL, cells=4, width=WIDTH).receptive_field() == 25
+    convs = (((0, "causal_dil_conv5"),), ((0, "none"), (1, "causal_conv3")))
+    assert Genotype("causal", convs, cells=2, width=WIDTH).receptive_field() == 2 * (8 + 2) + 1
+    # "none" edges carry nothing; centred paper ops reach back half their span.
+    nothing = (((0, "none"),), ((0, "skip"), (1, "none")))
+    assert Genotype("causal", nothing, cells=3, width=WIDTH).receptive_field() == 1
+    paper = (((0, "conv5"),), ((0, "max_pool3"), (1, "dil_conv5")))
+    assert Genotype("paper", paper, cells=1, width=WIDTH).receptive_field() == 2 + 4 + 1
+
+
+@pytest.mark.parametrize(
+    "genotype",
+    [Genotype("causal", POOLING_CELL, cells=2, width=WIDTH)]
+    + [
+        random_genotype(op_set, 3, 2, WIDTH, seed)
+        for op_set in ("causal", "paper")
+        for seed in (0, 1)
+    ],
+    ids=lambda g: f"{g.op_set}-window{g.receptive_field()}",
+)
+def test_prediction_from_the_receptive_field_equals_the_whole_history(genotype):
+    max_len = 40
+    student = add_noise(Student(NUM_ITEMS, max_len, genotype, dropout=0.0)).eval()
+    # Histories shorter than, about as long as, and longer than the window; left-padded.
+    lengths = (3, genotype.receptive_field(), max_len)
+    items = torch.cat(
+        [left_pad(random_items(2, n, seed=n), max_len - n) for n in lengths if n <= max_len]
+    )
+    with torch.no_grad():
+        whole = student.logits(student(items).output[:, -1, :])
+        windowed = student.full_sort_predict(items)
+    torch.testing.assert_close(windowed, whole, atol=1e-5, rtol=0)
+
+
+def test_the_pooling_student_reads_only_its_window():
+    student = Student(NUM_ITEMS, 40, Genotype("causal", POOLING_CELL, cells=2, width=WIDTH))
+    student = add_noise(student).eval()
+    items = random_items(2, 40, seed=3)
+    changed = items.clone()
+    changed[:, : 40 - student.window] = 1  # every item before the window
+    with torch.no_grad():
+        torch.testing.assert_close(
+            student.full_sort_predict(changed), student.full_sort_predict(items)
+        )
+        # ... while earlier positions of the whole-history forward do see them.
+        assert not torch.equal(student(changed).output, student(items).output)

@@ -34,8 +34,9 @@ class PositionEmbedding(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(max_len, hidden_size)
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return self.embedding(item_positions(items))
+    def forward(self, items: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of ``positions`` (default: ``item_positions(items)``)."""
+        return self.embedding(item_positions(items) if positions is None else positions)
 
 
 def init_weights(module: nn.Module) -> None:

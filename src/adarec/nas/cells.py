@@ -61,9 +61,14 @@ class CellNetwork(SequentialRecommender):
         self,
         items: torch.Tensor,
         cell_forward: Callable[[Cell, torch.Tensor, torch.Tensor], torch.Tensor],
+        positions: torch.Tensor | None = None,
     ) -> SeqOutput:
-        """Embed, then ``cell_forward(cell, x, mask)`` for every cell; mask: [B, L, 1]."""
-        h = self.item_embedding(items) + self.position_embedding(items)
+        """Embed, then ``cell_forward(cell, x, mask)`` for every cell; mask: [B, L, 1].
+
+        ``positions``: the items' position indices when ``items`` is the tail of a longer
+        history (default: counted within ``items``).
+        """
+        h = self.item_embedding(items) + self.position_embedding(items, positions)
         mask = padding_mask(items).unsqueeze(-1).to(h.dtype)
         h = self.embedding_dropout(h) * mask
         embedding = h

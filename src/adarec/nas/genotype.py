@@ -19,7 +19,7 @@ import torch
 
 from adarec.errors import UserError
 from adarec.io import atomic_write_json, read_json
-from adarec.nas.operations import OP_SETS
+from adarec.nas.operations import OP_SETS, left_reach
 
 CELL_INPUT = "cell_input"
 
@@ -32,6 +32,21 @@ class Genotype:
     nodes: tuple[tuple[tuple[int, str], ...], ...]
     cells: int
     width: int
+
+    def receptive_field(self) -> int:
+        """How many of the latest positions a student's last output depends on.
+
+        The longest chain of op reaches through the cell DAG ("none" edges carry nothing),
+        times the number of cells, plus the position itself. Attention has no such bound;
+        a cell network of pooling and convolutions does, which lets inference read only
+        this many items (``Student.full_sort_predict``).
+        """
+        reach = [0]  # the cell input
+        for edges in self.nodes:
+            reach.append(
+                max((reach[i] + left_reach(op) for i, op in edges if op != "none"), default=0)
+            )
+        return self.cells * max(reach) + 1
 
 
 def input_name(index: int) -> str:

@@ -55,6 +55,20 @@ ALL_OPS: tuple[str, ...] = tuple(dict.fromkeys(CAUSAL_OPS + PAPER_OPS))
 _CONVS = {"conv3": (3, 1), "conv5": (5, 1), "dil_conv3": (3, 2), "dil_conv5": (5, 2)}
 
 
+def left_reach(name: str) -> int:
+    """How far back an op reads: its output at t depends on positions t - reach .. t (and,
+    for the paper's centred ops, on later ones too)."""
+    base = name.removeprefix("causal_")
+    causal = name.startswith("causal_")
+    if base in _CONVS:
+        kernel, dilation = _CONVS[base]
+        reach = (kernel - 1) * dilation
+        return reach if causal else reach // 2
+    if base in ("max_pool3", "avg_pool3"):
+        return 2 if causal else 1
+    return 0  # skip and none read position t alone (or nothing)
+
+
 class ConvOp(nn.Module):
     """Convolution over time without bias, then a norm; [B, L, C] -> [B, L, C].
 

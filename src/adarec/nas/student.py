@@ -14,6 +14,7 @@ from torch import nn
 
 from adarec.errors import UserError
 from adarec.models.base import SeqOutput
+from adarec.models.layers import item_positions
 from adarec.nas.cells import Cell, CellNetwork
 from adarec.nas.genotype import Genotype
 from adarec.nas.operations import make_op
@@ -40,10 +41,12 @@ class StudentCell(Cell):
         states = [F.relu(x)]
         nodes = []
         for edges, modules in zip(self.edges, self.nodes, strict=True):
-            node = torch.zeros_like(x)  # a node whose edges are all "none" stays zero
+            node = None
             for i, op in edges:
-                node = node + modules[str(i)][op](states[i])
-            node = node * mask
+                out = modules[str(i)][op](states[i])
+                node = out if node is None else node + out
+            # A node whose edges are all "none" stays zero.
+            node = torch.zeros_like(x) if node is None else node * mask
             nodes.append(node)
             states.append(F.relu(node))
         return self.combine(nodes, x)
@@ -61,9 +64,24 @@ class Student(CellNetwork):
             [StudentCell(genotype) for _ in range(genotype.cells)],
         )
         self.genotype = genotype
+        # The last position depends on this many latest items only (no attention).
+        self.window = genotype.receptive_field()
 
-    def forward(self, items: torch.Tensor) -> SeqOutput:
-        return self.run_cells(items, lambda cell, x, mask: cell(x, mask))
+    def forward(self, items: torch.Tensor, positions: torch.Tensor | None = None) -> SeqOutput:
+        return self.run_cells(items, lambda cell, x, mask: cell(x, mask), positions)
+
+    def full_sort_predict(self, items: torch.Tensor) -> torch.Tensor:
+        """Scores at the last position, computed from the receptive field alone.
+
+        Exactly equal to running the whole history: the last output never reads items
+        before the window, and the window keeps the items' position indices. Inference
+        cost then scales with the receptive field, not with ``max_len``.
+        """
+        # A slice longer than the history keeps all of it: no shape-dependent branch, so
+        # the method traces for export.
+        positions = item_positions(items)[:, -self.window :]
+        output = self.forward(items[:, -self.window :], positions).output
+        return self.logits(output[:, -1, :])
 
 
 def inherit_weights(student: Student, supernet: Supernet) -> int:

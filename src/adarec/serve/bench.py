@@ -7,6 +7,7 @@ of real test histories (``measure_latency`` interleaves them repeat by repeat).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,11 +186,17 @@ def format_bench_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def merge_results(path: Path, key: str, value: Any) -> None:
-    """Set ``key`` of the JSON object in ``path`` (created if missing), keeping other keys."""
+def merge_results(path: Path, keys: Sequence[str], value: Any) -> None:
+    """Set ``results[keys[0]][keys[1]]...`` in the JSON object in ``path`` (created if
+    missing), keeping every other entry: e.g. ``("ml-1m", "bench")``."""
     path = Path(path)
     results = read_json(path) if path.is_file() else {}
     if not isinstance(results, dict):
         raise UserError(f"{path} does not hold a JSON object; choose another output file")
-    results[key] = value
+    node = results
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
     atomic_write_json(path, results)
