@@ -61,6 +61,9 @@ def main() -> int:
             "test_full": {k: metrics["test"]["full"][k] for k in ("NDCG@10", "HR@10", "MRR@10")},
             "test_sampled": {k: metrics["test"]["sampled"][k] for k in ("NDCG@10", "HR@10")},
             "valid_full_ndcg10": metrics["valid"]["full"]["NDCG@10"],
+            # RecBole-style full ranking without the user's own items, where measured
+            # (`adarec evaluate RUN_DIR --exclude-seen` writes evaluation.json).
+            "test_full_exclude_seen": excluding_seen(run_dir),
             "params": metrics["params"],
             "train_seconds": metrics["train_seconds"],
             "epochs": metrics["epochs"],
@@ -72,18 +75,30 @@ def main() -> int:
     return 0
 
 
+def excluding_seen(run_dir: Path) -> dict[str, float] | None:
+    path = run_dir / "evaluation.json"
+    if not path.exists():
+        return None
+    evaluation = json.loads(path.read_text())
+    if not evaluation.get("exclude_seen"):
+        return None
+    return {k: evaluation["test"]["full"][k] for k in ("NDCG@10", "HR@10")}
+
+
 def markdown_table(results: dict) -> str:
     lines = [
-        "| dataset | model | NDCG@10 | HR@10 | sampled NDCG@10 | sampled HR@10 | body params "
-        "| train time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | model | NDCG@10 | HR@10 | sampled NDCG@10 | sampled HR@10 "
+        "| NDCG@10 / HR@10 excl. seen | body params | train time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in results["runs"].items():
         dataset, model = key.split(":")
+        excl = r.get("test_full_exclude_seen")
+        seen = f"{excl['NDCG@10']:.4f} / {excl['HR@10']:.4f}" if excl else "-"
         lines.append(
             f"| {dataset} | {model} | {r['test_full']['NDCG@10']:.4f} | "
             f"{r['test_full']['HR@10']:.4f} | {r['test_sampled']['NDCG@10']:.4f} | "
-            f"{r['test_sampled']['HR@10']:.4f} | {r['params']['body']:,} | "
+            f"{r['test_sampled']['HR@10']:.4f} | {seen} | {r['params']['body']:,} | "
             f"{r['train_seconds']:.0f} s ({r['epochs']} epochs) |"
         )
     return "\n".join(lines)
