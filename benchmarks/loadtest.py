@@ -148,9 +148,9 @@ class Connection:
             + body
         )
         head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        headers = dict(line.split(":", 1) for line in head[1:] if ":" in line)
-        length = {k.strip().lower(): v.strip() for k, v in headers.items()}["content-length"]
-        await self.reader.readexactly(int(length))
+        fields = (line.split(":", 1) for line in head[1:] if ":" in line)
+        headers = {name.strip().lower(): value.strip() for name, value in fields}
+        await self.reader.readexactly(int(headers["content-length"]))
         return int(head[0].split()[1])
 
     def close(self) -> None:
