@@ -65,9 +65,24 @@ def _config_from_run(args: argparse.Namespace, run_dir: str) -> Config:
     return load_run_config(Path(run_dir), args.config, list(args.overrides))
 
 
+def _budget_override(args: argparse.Namespace) -> None:
+    """``--budget B`` is ``--set search.budget=B``, layered last."""
+    if args.budget is not None:
+        args.overrides = [*args.overrides, f"search.budget={args.budget}"]
+
+
+def _add_budget_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--budget",
+        help="student cost per history: a speed-up over the teacher ('5x', the default), "
+        "MACs ('2.5M') or milliseconds at batch 1 on this machine ('1.5ms')",
+    )
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from adarec.pipeline.search import run_search
 
+    _budget_override(args)
     cfg = _config_from_run(args, args.teacher)
     out = args.out or str(Path(args.teacher).parent / "search")
     run_search(cfg, Path(out), Path(args.teacher), quiet=args.quiet, resume=args.resume)
@@ -94,6 +109,7 @@ def cmd_run(args: argparse.Namespace, ablate: bool = False) -> int:
             "--teacher fixes the dataset and teacher model; drop --dataset and "
             "--teacher-model, or drop --teacher"
         )
+    _budget_override(args)
     if args.teacher:
         cfg = _config_from_run(args, args.teacher)
     else:
@@ -174,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--teacher", required=True, help="a finished teacher run directory")
     search.add_argument("--out", help="run directory (default: beside the teacher, search/)")
     search.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    _add_budget_option(search)
     _add_config_options(search)
     search.set_defaults(func=cmd_search)
 
@@ -198,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument("--teacher-model", choices=["nextitnet", "sasrec", "bert4rec"])
         run.add_argument("--teacher", help="reuse a finished teacher run directory")
         run.add_argument("--out", help="run directory (default runs/DATASET/adarec-MODEL)")
+        _add_budget_option(run)
         _add_config_options(run)
         run.set_defaults(func=(lambda a, ab=(name == "ablate"): cmd_run(a, ablate=ab)))
 

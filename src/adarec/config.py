@@ -46,6 +46,7 @@ class DataConfig:
     synthetic_users: int = 200
     synthetic_items: int = 100
     synthetic_length: int = 30
+    synthetic_pattern: str = "successor"  # successor | order (see adarec.data.synthetic)
 
 
 @dataclass
@@ -103,9 +104,14 @@ class SearchConfig(LoopConfig):
     width: int = 64
     ops: str = "causal"  # causal (default, leak-free) | paper (centred ops: leaks labels)
     dropout: float = 0.1
-    mode: str = "single_path"  # single_path | full
+    # full (paper): every op of an edge runs, so alpha's gradient compares the ops;
+    # single_path (GDAS): only the sampled op runs, about 3x cheaper, but alpha then learns
+    # only whether to scale that op up or down (measured: it settles on pools everywhere).
+    mode: str = "full"
     optimization: str = "single"  # single (paper) | bilevel (first-order, held-out batches)
     alpha_lr: float = 1e-2  # Adam, betas (0.5, 0.999); the paper's 2e-5 barely moves alpha
+    warmup: float = 0.25  # fraction of the epochs with alpha frozen (uniform sampling)
+    entropy: float = 2.0  # final weight of alpha's entropy term (ramped up after warm-up)
     alpha_weight_decay: float = 1e-4
     alpha_init_std: float = 1e-2
     tau_initial: float = 1.0
@@ -113,7 +119,13 @@ class SearchConfig(LoopConfig):
     tau_every: int = 5
     gamma: float = 0.5
     gamma_decay: float = 1.0  # gamma multiplied by this after each epoch
-    beta: float = 8.0
+    # The budget: a speed-up over the teacher ("5x", in the unit of `cost`), MACs per
+    # history ("2.5M") or ms per history at batch 1 on this machine ("1.5ms").
+    budget: str = "5x"
+    cost_form: str = "budget"  # budget (MnasNet-style) | absolute (TuNAS) | paper (beta x table)
+    cost_under: float = 0.07  # budget form: cost elasticity under the target (MnasNet soft)
+    cost_over: float = 1.0  # budget/absolute forms: elasticity over the target
+    beta: float = 8.0  # paper form: weight of the one-hot cost table
     use_ce: bool = True
     use_emb: bool = True
     use_hid: bool = True
@@ -122,7 +134,7 @@ class SearchConfig(LoopConfig):
     hid_distance: str = "kl"  # kl (paper: channel-softmax KL) | mse
     layer_mapping: str = "emd"  # emd | skip (uniform one-to-one) | last
     kd_temperature: float = 1.0
-    cost: str = "macs"  # macs (MACs and parameters) | latency (measured on this machine)
+    cost: str = "macs"  # unit of speed-up budgets and the paper's table: macs | latency
 
 
 @dataclass
@@ -183,6 +195,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("auto", "atomic", "csv", "ml2k", "retailrocket", "30music"),
     "data.kcore": ("iterative", "single"),
+    "data.synthetic_pattern": ("successor", "order"),
     "data.long_sequences": ("windows", "recent"),
     "model.name": ("nextitnet", "sasrec", "bert4rec", "pop"),
     "train.optimizer": ("adam", "adamw"),
@@ -194,6 +207,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "search.hid_distance": ("kl", "mse"),
     "search.layer_mapping": ("emd", "skip", "last"),
     "search.cost": ("macs", "latency"),
+    "search.cost_form": ("budget", "absolute", "paper"),
     "student.init": ("inherit", "scratch"),
     "student.loss": ("ce", "kd"),
 }
@@ -328,6 +342,18 @@ def validate(cfg: Config) -> None:
         )
     if not 0.0 <= cfg.search.gamma <= 1.0:
         raise UserError(f"config key 'search.gamma' must be in [0, 1]; got {cfg.search.gamma}")
+    if not 0.0 <= cfg.search.warmup < 1.0:
+        raise UserError(f"config key 'search.warmup' must be in [0, 1); got {cfg.search.warmup}")
+    if min(cfg.search.cost_under, cfg.search.cost_over, cfg.search.entropy) < 0:
+        raise UserError(
+            "config keys 'search.cost_under', 'search.cost_over' and 'search.entropy' must be >= 0"
+        )
+    from adarec.nas.budget import parse_budget  # the budget grammar lives with the cost model
+
+    try:
+        parse_budget(cfg.search.budget)
+    except UserError as error:
+        raise UserError(f"config key 'search.budget': {error}") from None
     if not 0.0 < cfg.model.mask_prob < 1.0:
         raise UserError(
             f"config key 'model.mask_prob' must be in (0, 1); got {cfg.model.mask_prob}"

@@ -44,3 +44,29 @@ def test_order_predicts_next_item_far_better_than_popularity():
 def test_bad_parameters():
     with pytest.raises(UserError, match="synthetic_length >= 3"):
         make_synthetic(num_users=5, num_items=10, length=2, seed=0)
+
+
+def test_order_pattern_follows_the_item_three_steps_back():
+    import numpy as np
+
+    from adarec.data.synthetic import FOLLOW_PROB, ORDER_LAG
+
+    log = make_synthetic(200, 50, 30, seed=3, pattern="order")
+    seqs = np.array([int(i[1:]) for i in log.items]).reshape(200, 30)
+    # The successor of each item is the item that most often follows it at the lag.
+    lagged = np.stack([seqs[:, :-ORDER_LAG].ravel(), seqs[:, ORDER_LAG:].ravel()], axis=1)
+    successor = {}
+    for a in range(50):
+        after = lagged[lagged[:, 0] == a, 1]
+        successor[a] = np.bincount(after, minlength=50).argmax()
+    follows = np.mean([successor[a] == b for a, b in lagged])
+    assert follows > FOLLOW_PROB - 0.05
+    # ... while the very next item is mostly not that successor: the lag matters.
+    pairs = zip(seqs[:, :-1].ravel(), seqs[:, 1:].ravel(), strict=True)
+    nxt = np.mean([successor[a] == b for a, b in pairs])
+    assert nxt < 0.2
+
+
+def test_unknown_pattern_is_a_user_error():
+    with pytest.raises(UserError, match="pattern"):
+        make_synthetic(10, 10, 10, seed=0, pattern="zigzag")

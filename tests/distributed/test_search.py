@@ -78,7 +78,7 @@ def test_every_stage_ends_with_identical_states_on_both_ranks(two_process_run):
     for (desc, state0), (_, state1) in zip(rank0["stages"], rank1["stages"], strict=True):
         assert_identical(state0, state1, desc)
     search = rank0["stages"][1][1]
-    assert search["stage"]["alpha_optimizer"]["state"]  # alpha was stepped, and compared
+    assert search["stage"]["architect"]["optimizer"]["state"]  # alpha was stepped, and compared
     assert "mapper" in rank0["stages"][4][1]  # the KD retraining's EMD weights, compared
     assert rank1["writes"] == []
 

@@ -15,7 +15,7 @@ from tests.conftest import tiny_config
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "r"
-    cfg = tiny_config("model.name=nextitnet", "run.baselines=[pop,no_kd]")
+    cfg = tiny_config("model.name=nextitnet", "run.baselines=[pop,no_kd,random_arch_budget]")
     run_pipeline(cfg, out, quiet=True)
     return out
 
@@ -41,7 +41,8 @@ def test_layout_contract(finished_run: Path):
         assert (out / path).exists(), path
     report = json.loads((out / "report.json").read_text())
     assert {"teacher", "student", "baselines", "latency_ms", "speedup", "seconds"} <= set(report)
-    assert set(report["baselines"]) == {"pop", "no_kd"}
+    randoms = {f"random_arch_budget_{k}" for k in range(3)}
+    assert set(report["baselines"]) == {"pop", "no_kd"} | randoms
     assert set(report["latency_ms"]["teacher"]) == {"1", "4"}
     assert set(report["speedup"]) == {"1", "4"}
     assert set(report["seconds"]) == {"teacher", "search", "student"}
@@ -49,6 +50,26 @@ def test_layout_contract(finished_run: Path):
     assert {"architecture", "cost", "valid", "test", "params"} <= set(student)
     assert student["architecture"]["op_set"] == "causal"
     assert "NDCG@10" in (out / "report.md").read_text()
+
+
+def test_student_and_random_cells_meet_the_budget(finished_run: Path):
+    report = json.loads((finished_run / "report.json").read_text())
+    budget = report["budget"]
+    assert budget["budget"] == "5x" and budget["unit"] == "macs"
+    assert budget["target"] == pytest.approx(report["teacher"]["macs"] / 5)
+    assert budget["within"] and budget["counted_within"]
+    assert report["student"]["macs"] == budget["counted"] <= budget["modelled"]
+    for k in range(3):
+        random_cell = report["baselines"][f"random_arch_budget_{k}"]
+        assert random_cell["macs"] <= budget["target"]
+    comparison = report["searched_vs_random"]
+    values = [
+        report["baselines"][f"random_arch_budget_{k}"]["test"]["full"]["NDCG@10"] for k in range(3)
+    ]
+    assert comparison["random"] == values
+    assert comparison["searched"] == report["student"]["test"]["full"]["NDCG@10"]
+    markdown = (finished_run / "report.md").read_text()
+    assert "## Budget" in markdown and "random cells under the same budget" in markdown
 
 
 def test_search_history_tracks_alpha(finished_run: Path):
@@ -69,6 +90,6 @@ def test_student_loads_and_is_smaller(finished_run: Path):
 
 def test_rerun_reuses_finished_stages(finished_run: Path):
     before = (finished_run / "search" / "metrics.json").stat().st_mtime_ns
-    cfg = tiny_config("model.name=nextitnet", "run.baselines=[pop,no_kd]")
+    cfg = tiny_config("model.name=nextitnet", "run.baselines=[pop,no_kd,random_arch_budget]")
     run_pipeline(cfg, finished_run, quiet=True)
     assert (finished_run / "search" / "metrics.json").stat().st_mtime_ns == before

@@ -23,6 +23,7 @@ import numpy as np
 from adarec.config import DataConfig
 from adarec.data.builtin import BUILTIN, dataset_path
 from adarec.data.readers import read_any
+from adarec.data.synthetic import SYNTHETIC_VERSION
 from adarec.errors import UserError
 from adarec.io import atomic_write
 
@@ -219,7 +220,8 @@ def _file_sha256(path: Path) -> str:
 
 def cache_key(cfg: DataConfig, seed: int, path: Path | None) -> str:
     """Hash of the source (file content, or the synthetic parameters), every option and seed."""
-    source = "synthetic" if path is None else _file_sha256(path)
+    # The generator's version stands for the content of synthetic data.
+    source = f"synthetic-{SYNTHETIC_VERSION}" if path is None else _file_sha256(path)
     payload = {"version": CACHE_VERSION, "source": source, "options": asdict(cfg), "seed": seed}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

@@ -273,7 +273,13 @@ def read_any(cfg: DataConfig, seed: int = 0) -> Interactions:
     """Interactions of ``cfg.dataset``: a built-in name, ``synthetic`` (seeded) or a file."""
     path = dataset_path(cfg.dataset)
     if path is None:
-        return make_synthetic(cfg.synthetic_users, cfg.synthetic_items, cfg.synthetic_length, seed)
+        return make_synthetic(
+            cfg.synthetic_users,
+            cfg.synthetic_items,
+            cfg.synthetic_length,
+            seed,
+            cfg.synthetic_pattern,
+        )
     if cfg.dataset in BUILTIN:
         return read_atomic(path)
     return read_file(path, cfg)

@@ -39,9 +39,7 @@ def train_small_kd(cfg: Config, run_dir: Path, teacher_dir: Path, quiet: bool) -
     kd = copy.deepcopy(cfg.search)
     kd.use_emb, kd.use_hid, kd.use_cost, kd.gamma_decay = False, False, False, 1.0
     timer = Timer()
-    stage = DistillStage(
-        student, teacher, kd, cfg.train, device, cfg.seed, search=False, amp=cfg.amp
-    )
+    stage = DistillStage(student, teacher, kd, cfg.train, device, cfg.seed, amp=cfg.amp)
     result = run_training(
         stage,
         stage_data.train,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,8 @@ def write_report(
             "student": metrics["student"]["train_seconds"],
         },
         "search": search_diagnostics(search_history),
+        "budget": budget_summary(metrics["student"]),
+        "searched_vs_random": _random_comparison(metrics),
         "targets": check_targets(metrics["teacher"], metrics["student"], speedup),
         "machine": machine_description(),
         "threads": measured["threads"],
@@ -116,6 +119,56 @@ def write_report(
     return report
 
 
+def searched_vs_random(
+    searched: dict[str, Any], randoms: list[dict[str, Any]], metric: str = "NDCG@10"
+) -> dict[str, Any]:
+    """Does the search beat chance? The searched student's test ``metric`` (full ranking)
+    against the mean of random cells under the same budget, retrained identically.
+
+    The random mean's standard error is the spread over the cells (sample standard
+    deviation / sqrt(n)): it measures how much the choice of architecture matters. The
+    difference's standard error adds the searched student's own (over test users) in
+    quadrature; ``beats`` says whether the searched value exceeds the random mean.
+    """
+    if len(randoms) < 2:
+        raise ValueError("comparing with chance needs at least two random cells")
+    values = [r["test"]["full"][metric] for r in randoms]
+    n = len(values)
+    mean = math.fsum(values) / n
+    spread = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    random_se = spread / math.sqrt(n)
+    value = searched["test"]["full"][metric]
+    searched_se = searched["test"].get("standard_error", {}).get("full", {}).get(metric, 0.0)
+    diff_se = math.sqrt(random_se**2 + searched_se**2)
+    return {
+        "metric": metric,
+        "searched": value,
+        "searched_se": searched_se,
+        "random": values,
+        "random_mean": mean,
+        "random_se": random_se,
+        "difference": value - mean,
+        "difference_se": diff_se,
+        "beats": value > mean,
+    }
+
+
+def budget_summary(student: dict[str, Any]) -> dict[str, Any] | None:
+    """Target and achieved cost per history of the student (None without a budget).
+
+    ``modelled`` is the search's cost model (every op over a full window); ``counted`` is
+    what the real network costs, counted on its ``full_sort_predict`` (MACs budgets only).
+    """
+    budget = student.get("cost", {}).get("budget")
+    if not budget:
+        return None
+    summary = dict(budget)
+    if budget["unit"] == "macs" and "macs" in student:
+        summary["counted"] = student["macs"]
+        summary["counted_within"] = student["macs"] <= budget["target"] * (1 + 1e-9)
+    return summary
+
+
 def search_diagnostics(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Did the search actually search? Entropy and drift of alpha, first and last epoch."""
     records = [h for h in history if "alpha_entropy" in h]
@@ -128,8 +181,15 @@ def search_diagnostics(history: list[dict[str, Any]]) -> dict[str, Any]:
         "entropy_first": first["alpha_entropy"],
         "entropy_last": last["alpha_entropy"],
         "max_prob_last": last["alpha_max_prob"],
+        "decided_edges_last": last.get("alpha_decided_edges"),
+        "edges": len(last.get("alpha_probs", [])),
         "drift_last": last["alpha_drift"],
     }
+
+
+def _random_comparison(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    randoms = [m for name, m in metrics.items() if name.startswith("random_arch_budget_")]
+    return searched_vs_random(metrics["student"], randoms) if len(randoms) >= 2 else None
 
 
 def check_targets(teacher: dict, student: dict, speedup: dict[str, float]) -> dict[str, Any]:
@@ -209,6 +269,7 @@ def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
         f"- Wall time: teacher {report['seconds']['teacher']:.0f} s, search "
         f"{report['seconds']['search']:.0f} s, student {report['seconds']['student']:.0f} s",
         "",
+        *_budget_lines(report),
         "## Cost table of the search space (mean 1; from MACs and parameters)",
         "",
         "| op | cost |",
@@ -232,7 +293,8 @@ def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
             f"Mean entropy of softmax(alpha) per edge: {diag['entropy_first']:.3f} after the "
             f"first epoch, {diag['entropy_last']:.3f} after the last (uniform: "
             f"{diag['uniform_entropy']:.3f}); largest probability {diag['max_prob_last']:.3f}; "
-            f"largest alpha drift {diag['drift_last']:.3f}.",
+            f"edges with one op at probability >= 0.5: {diag.get('decided_edges_last')} of "
+            f"{diag.get('edges')}; largest alpha drift {diag['drift_last']:.3f}.",
             "",
             f"![alpha over epochs]({_rel(Path(search_dir) / 'alphas.png', out)})",
             "",
@@ -246,6 +308,41 @@ def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
         "",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _budget_lines(report: dict[str, Any]) -> list[str]:
+    """The budget (target beside achieved) and the comparison with random cells."""
+    lines = []
+    budget = report.get("budget")
+    if budget:
+        unit = budget["unit"]
+        scale, label = (1e6, "MMACs") if unit == "macs" else (1.0, "ms")
+        achieved = f"modelled {budget['modelled'] / scale:.3f} {label}"
+        if "counted" in budget:
+            achieved += f", counted on the network {budget['counted'] / scale:.3f} {label}"
+        teacher = "" if budget["teacher"] is None else f" (teacher {budget['teacher'] / scale:.3f})"
+        lines += [
+            "## Budget",
+            "",
+            f"- Budget {budget['budget']}: target {budget['target'] / scale:.3f} {label} per "
+            f"history{teacher}; achieved: {achieved} "
+            f"({'within' if budget['within'] else 'OVER'} the budget)",
+            "",
+        ]
+    comparison = report.get("searched_vs_random")
+    if comparison:
+        c = comparison
+        lines += [
+            "## Searched cell against random cells under the same budget",
+            "",
+            f"- {c['metric']}: searched {c['searched']:.4f} ± {c['searched_se']:.4f}; "
+            f"random cells {', '.join(f'{v:.4f}' for v in c['random'])} (mean "
+            f"{c['random_mean']:.4f} ± {c['random_se']:.4f}); difference "
+            f"{c['difference']:+.4f} ± {c['difference_se']:.4f} "
+            f"({'the search beats' if c['beats'] else 'the search does NOT beat'} chance)",
+            "",
+        ]
+    return lines
 
 
 def _rel(path: Path, root: Path) -> str:

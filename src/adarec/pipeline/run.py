@@ -15,7 +15,9 @@ from typing import Any
 
 from adarec.config import Config
 from adarec.errors import UserError
+from adarec.io import read_json
 from adarec.logs import setup_logging
+from adarec.nas.budget import CostModel, random_genotype_within_budget
 from adarec.nas.genotype import random_genotype
 from adarec.pipeline.search import run_search
 from adarec.pipeline.student import run_student
@@ -24,7 +26,18 @@ from adarec.runs import read_metrics
 
 log = logging.getLogger("adarec")
 
-BASELINES = ("pop", "small_kd", "no_kd", "random_arch", "fixed_mapping", "no_cost")
+BASELINES = (
+    "pop",
+    "small_kd",
+    "no_kd",
+    "random_arch",
+    "random_arch_budget",
+    "fixed_mapping",
+    "no_cost",
+)
+# random_arch_budget: this many random cells that meet the search's budget, each retrained
+# as the searched student is (their mean and spread are compared with the search).
+RANDOM_BUDGET_CELLS = 3
 SMALL_STUDENTS = {
     # METHOD.md section 5: hand-designed small students of the teacher's family.
     "nextitnet": {"hidden_size": 64, "num_blocks": 8, "dilations": [1, 4]},
@@ -65,10 +78,10 @@ def run_pipeline(
     search_dir, student_dir = out / "search", out / "student"
     _stage(search_dir, lambda: run_search(cfg, search_dir, teacher_dir, quiet, resume=True))
     _stage(student_dir, lambda: run_student(cfg, student_dir, search_dir, quiet, resume=True))
-    baseline_dirs = {}
+    baseline_dirs: dict[str, Path] = {}
     for name in baselines:
-        baseline_dirs[name] = run_baseline(
-            name, cfg, out / "baselines", teacher_dir, search_dir, quiet
+        baseline_dirs.update(
+            run_baseline(name, cfg, out / "baselines", teacher_dir, search_dir, quiet)
         )
     setup_logging(out, quiet)
     return write_report(cfg, out, teacher_dir, search_dir, student_dir, baseline_dirs)
@@ -76,9 +89,12 @@ def run_pipeline(
 
 def run_baseline(
     name: str, cfg: Config, root: Path, teacher_dir: Path, search_dir: Path, quiet: bool
-) -> Path:
-    """Train one comparison model on the same data and teacher; returns its run directory."""
+) -> dict[str, Path]:
+    """Train a comparison on the same data and teacher; returns {row name: run directory}
+    (one row, or one per random cell for random_arch_budget)."""
     run_dir = root / name
+    if name == "random_arch_budget":
+        return _random_within_budget(cfg, root, search_dir, quiet)
     variant = copy.deepcopy(cfg)
     if name == "pop":
         variant.model.name = "pop"
@@ -114,7 +130,37 @@ def run_baseline(
         _stage(
             run_dir, lambda: run_student(variant, run_dir, variant_search, quiet, True, name=name)
         )
-    return run_dir
+    return {name: run_dir}
+
+
+def _random_within_budget(
+    cfg: Config, root: Path, search_dir: Path, quiet: bool
+) -> dict[str, Path]:
+    """RANDOM_BUDGET_CELLS random cells under the search's budget, retrained like the student."""
+    budget = read_json(search_dir / "cost_table.json").get("budget")
+    if not budget:
+        raise UserError(
+            "random_arch_budget needs a search with a budget (search.cost_form budget or "
+            "absolute, search.use_cost true)"
+        )
+    model = CostModel(**budget)
+    s = cfg.search
+    dirs = {}
+    for k in range(RANDOM_BUDGET_CELLS):
+        name = f"random_arch_budget_{k}"
+        genotype = random_genotype_within_budget(
+            model, s.ops, s.nodes, s.cells, s.width, seed=cfg.seed + k
+        )
+        run_dir = root / "random_arch_budget" / f"cell_{k}"
+        variant = copy.deepcopy(cfg)
+        _stage(
+            run_dir,
+            lambda v=variant, d=run_dir, g=genotype, n=name: run_student(
+                v, d, search_dir, quiet, True, genotype=g, name=n
+            ),
+        )
+        dirs[name] = run_dir
+    return dirs
 
 
 def _small_kd(cfg: Config, run_dir: Path, teacher_dir: Path, search_dir: Path, quiet: bool) -> None:

@@ -12,7 +12,16 @@ from adarec.config import Config
 from adarec.distill.cost import cost_table, format_cost_table, latency_cost_stats
 from adarec.errors import UserError
 from adarec.io import atomic_write_json, atomic_write_text, read_json
+from adarec.nas.architect import Architect
+from adarec.nas.budget import (
+    CostModel,
+    build_cost_model,
+    derive_within_budget,
+    format_cost,
+    parse_budget,
+)
 from adarec.nas.genotype import (
+    Genotype,
     derive_genotype,
     draw_genotype,
     genotype_to_dict,
@@ -21,6 +30,7 @@ from adarec.nas.genotype import (
 )
 from adarec.nas.operations import OP_SETS
 from adarec.nas.profile import op_cost_stats
+from adarec.nas.student import Student
 from adarec.nas.supernet import Supernet
 from adarec.pipeline.common import (
     StageData,
@@ -70,13 +80,45 @@ def build_supernet(cfg: Config, num_items: int) -> Supernet:
 
 
 def search_costs(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
-    """The cost table of the search space at this run's width and length, and its raw stats."""
+    """The paper's mean-1 cost table at this run's width and length, and its raw stats."""
     ops = OP_SETS[cfg.search.ops]
     if cfg.search.cost == "latency":
         stats = latency_cost_stats(ops, cfg.search.width, cfg.data.max_len)
     else:
-        stats = op_cost_stats(ops, cfg.search.width, cfg.data.max_len)
+        stats = op_cost_stats(ops, cfg.search.width, cfg.data.max_len, cfg.search.ops)
     return cost_table(stats), stats
+
+
+def empty_genotype(cfg: Config) -> Genotype:
+    """The cell of the space with every edge "none" (the cost floor of a student)."""
+    s = cfg.search
+    nodes = tuple(tuple((i, "none") for i in range(j + 1)) for j in range(s.nodes))
+    return Genotype(s.ops, nodes, s.cells, s.width)
+
+
+def search_cost_model(
+    cfg: Config, num_items: int, teacher: torch.nn.Module, stats: dict[str, Any]
+) -> CostModel:
+    """The budget's cost model in real units (MACs, or ms at batch 1 on this machine)."""
+    budget = parse_budget(cfg.search.budget)
+    unit = "ms" if budget.kind == "ms" or cfg.search.cost == "latency" else "macs"
+    if unit == "ms" and "latency_ms" not in next(iter(stats.values())):
+        stats = latency_cost_stats(OP_SETS[cfg.search.ops], cfg.search.width, cfg.data.max_len)
+    elif unit == "macs" and "macs" not in next(iter(stats.values())):
+        stats = op_cost_stats(OP_SETS[cfg.search.ops], cfg.search.width, cfg.data.max_len)
+    empty = Student(num_items, cfg.data.max_len, empty_genotype(cfg), cfg.search.dropout)
+    device = next(teacher.parameters()).device
+    return build_cost_model(
+        budget,
+        cfg.search.cost,
+        stats,
+        empty.to(device),
+        cfg.search.cells,
+        cfg.search.nodes,
+        num_items,
+        cfg.data.max_len,
+        teacher,
+    )
 
 
 def _split_held_out(windows: torch.utils.data.Dataset, seed: int):
@@ -105,23 +147,45 @@ def run_search(
         atomic_write_json(run_dir / "teacher.json", {"run_dir": str(teacher_dir.resolve())})
 
     costs, stats = search_costs(cfg)
-    log.info(
-        "cost table (%s, width %d, length %d):\n%s",
-        cfg.search.cost,
-        cfg.search.width,
-        cfg.data.max_len,
-        format_cost_table(costs),
-    )
+    cost_model = None
+    if cfg.search.use_cost and cfg.search.cost_form != "paper":
+        # Measured latencies differ per process: every rank uses rank 0's model.
+        cost_model = dist.broadcast_object(
+            search_cost_model(cfg, stage_data.data.num_items, teacher.to(device), stats)
+        )
+        log.info(
+            "budget %s: target %s per history (teacher %s, student floor %s)",
+            cost_model.budget,
+            format_cost(cost_model.target, cost_model.unit),
+            "-" if cost_model.teacher is None else format_cost(cost_model.teacher, cost_model.unit),
+            format_cost(cost_model.cheapest(cfg.search.nodes), cost_model.unit),
+        )
+    else:
+        costs = dist.broadcast_object(costs)
+        log.info(
+            "cost table (%s, width %d, length %d):\n%s",
+            cfg.search.cost,
+            cfg.search.width,
+            cfg.data.max_len,
+            format_cost_table(costs),
+        )
     if dist.is_main():
         atomic_write_json(
-            run_dir / "cost_table.json", {"method": cfg.search.cost, "stats": stats, "cost": costs}
+            run_dir / "cost_table.json",
+            {
+                "method": cfg.search.cost,
+                "stats": stats,
+                "cost": costs,
+                "budget": None if cost_model is None else cost_model.to_dict(),
+            },
         )
 
     timer = Timer()
-    supernet = build_supernet(cfg, stage_data.data.num_items)
+    supernet = build_supernet(cfg, stage_data.data.num_items).to(device)
     train_set, held_out = stage_data.train, None
     if cfg.search.optimization == "bilevel":
         train_set, held_out = _split_held_out(stage_data.train, cfg.seed)
+    architect = Architect(supernet, cfg.search, cfg.seed, cost_model, costs)
     stage = DistillStage(
         supernet,
         teacher,
@@ -129,8 +193,7 @@ def run_search(
         cfg.search,
         device,
         cfg.seed,
-        costs,
-        search=True,
+        architect=architect,
         held_out=held_out,
         amp=cfg.amp,
     )
@@ -150,9 +213,14 @@ def run_search(
         select_on_valid=False,
         desc="search",
     )
+    alphas = list(supernet.alphas)
     genotype = derive_genotype(
-        list(supernet.alphas), supernet.op_names, cfg.search.ops, cfg.search.cells, cfg.search.width
+        alphas, supernet.op_names, cfg.search.ops, cfg.search.cells, cfg.search.width
     )
+    if cost_model is not None:
+        genotype, changes = derive_within_budget(alphas, supernet.op_names, genotype, cost_model)
+        for change in changes:
+            log.info("derivation: %s", change)
     text = genotype_to_text(genotype)
     log.info("derived cell:\n%s", text)
     if dist.is_main():
@@ -183,14 +251,28 @@ def run_search(
         result.epochs,
         extra={
             "architecture": genotype_to_dict(genotype),
-            "cost": architecture_cost(genotype, costs),
+            "cost": architecture_cost(genotype, read_json(run_dir / "cost_table.json")),
         },
     )
     write_metrics(run_dir, metrics)
     return metrics
 
 
-def architecture_cost(genotype: Any, costs: dict[str, float]) -> dict[str, Any]:
-    """The cost-loss value of the derived cell (sum of its edges' costs) and the table."""
+def architecture_cost(genotype: Genotype, cost_file: dict[str, Any]) -> dict[str, Any]:
+    """The derived cell's cost: the paper table's cell cost and, with a budget, the
+    modelled cost per history beside the target (``cost_file``: cost_table.json)."""
+    costs = cost_file["cost"]
     total = sum(costs[op] for node in genotype.nodes for _, op in node)
-    return {"cell_cost": round(total, 4), "table": costs}
+    result: dict[str, Any] = {"cell_cost": round(total, 4), "table": costs}
+    if cost_file.get("budget"):
+        model = CostModel(**cost_file["budget"])
+        modelled = model.of_genotype(genotype)
+        result["budget"] = {
+            "budget": model.budget,
+            "unit": model.unit,
+            "target": model.target,
+            "teacher": model.teacher,
+            "modelled": modelled,
+            "within": modelled <= model.target * (1 + 1e-9),
+        }
+    return result

@@ -72,7 +72,7 @@ def run_student(
         teacher_dir = Path(read_json(search_dir / "teacher.json")["run_dir"])
         teacher, _ = load_run_model(teacher_dir, device)
         stage = DistillStage(
-            student, teacher, cfg.search, cfg.student, device, cfg.seed, search=False, amp=cfg.amp
+            student, teacher, cfg.search, cfg.student, device, cfg.seed, amp=cfg.amp
         )
     else:
         stage = SupervisedStage(student, cfg.student, device, cfg.amp)
@@ -91,7 +91,6 @@ def run_student(
     )
     plot_training_curves(result.history, run_dir / "curves.png", f"{name} retraining")
     save_model(run_dir, student, student_spec(genotype, num_items, max_len, cfg.search.dropout))
-    costs = read_json(search_dir / "cost_table.json")["cost"]
     metrics = final_metrics(
         student,
         cfg,
@@ -102,7 +101,7 @@ def run_student(
         result.epochs,
         extra={
             "architecture": genotype_to_dict(genotype),
-            "cost": architecture_cost(genotype, costs),
+            "cost": architecture_cost(genotype, read_json(search_dir / "cost_table.json")),
         },
     )
     write_metrics(run_dir, metrics)

@@ -1,17 +1,16 @@
 """The distillation stage: architecture search (AdaRec) and distillation-guided retraining.
 
-One step computes  L = (1 - gamma) CE + gamma (L_emb + L_hid + L_logit) + beta L_E  on a
-training batch, with the frozen teacher under no_grad in eval mode. In search mode the
-student is the supernet: every step samples one architecture by hard Gumbel-softmax (the
-same on every rank: the noise comes from a generator seeded by seed, epoch and step) and
-the architecture parameters alpha are stepped either on the same batch (single-level, the
-paper) or on held-out training batches (first-order bi-level).
+One step computes the distillation objective
+``L = (1 - gamma) CE + gamma (L_emb + L_hid + L_logit)`` on a training batch, with the
+frozen teacher under no_grad in eval mode. In search mode the student is the supernet and
+an ``Architect`` (``adarec.nas.architect``) owns alpha: it samples the step's architecture
+(the same on every rank), adds the cost term and steps alpha, either on the same batch
+(single-level, the paper) or on held-out training windows (first-order bi-level).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any
 
 import torch
@@ -20,7 +19,6 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from adarec.config import LoopConfig, SearchConfig
-from adarec.distill.cost import cost_loss
 from adarec.distill.emd import EMDLayerMapper
 from adarec.distill.losses import (
     embedding_loss,
@@ -28,7 +26,8 @@ from adarec.distill.losses import (
     hidden_distance_matrix,
     logit_kd_loss,
 )
-from adarec.nas.supernet import Supernet, alpha_summary, temperature
+from adarec.nas.architect import Architect
+from adarec.nas.supernet import Supernet
 from adarec.train import distributed as dist
 from adarec.train.losses import next_item_loss, target_mask
 from adarec.train.optim import make_optimizer, make_scheduler
@@ -78,13 +77,13 @@ class DistillStage:
         loop: LoopConfig,
         device: torch.device,
         seed: int,
-        costs: dict[str, float] | None = None,
-        search: bool = True,
+        architect: Architect | None = None,
         held_out: Dataset | None = None,
         amp: bool = False,
     ):
         self.cfg, self.loop, self.device, self.seed, self.amp = search_cfg, loop, device, seed, amp
-        self.search = search
+        self.architect = architect
+        self.search = architect is not None
         self.model = student.to(device)
         self.teacher = teacher.to(device).eval()
         for p in self.teacher.parameters():
@@ -97,35 +96,19 @@ class DistillStage:
             hidden=search_cfg.use_hid,
         ).to(device)
         # single_path leaves the ops that were not sampled without gradients.
-        self.net = wrap_ddp(self.kd, device, find_unused=search)
+        self.net = wrap_ddp(self.kd, device, find_unused=self.search)
         alpha_ids = {id(p) for p in self._alphas()}
         weights = [p for p in self.kd.parameters() if id(p) not in alpha_ids]
         self.optimizer = make_optimizer(weights, loop)
         self.scheduler = make_scheduler(self.optimizer, loop)
-        self.alpha_optimizer = (
-            torch.optim.Adam(
-                self._alphas(),
-                lr=search_cfg.alpha_lr,
-                betas=(0.5, 0.999),
-                weight_decay=search_cfg.alpha_weight_decay,
-            )
-            if search
-            else None
-        )
         self.mapper = EMDLayerMapper(
             self._layer_count(self.model),
             self._layer_count(self.teacher),
             distance=search_cfg.hid_distance,
         ).to(device)
-        self.costs = None
-        if search and costs is not None:
-            # Measured (latency) costs differ per process: every rank uses rank 0's table.
-            costs = dist.broadcast_object(costs)
-            ops = self.model.op_names
-            self.costs = torch.tensor([costs[o] for o in ops], dtype=torch.float32, device=device)
         self.held_out_iter = None
         self.held_out_loader: DataLoader | None = None
-        if search and search_cfg.optimization == "bilevel":
+        if self.search and search_cfg.optimization == "bilevel":
             if held_out is None or len(held_out) == 0:
                 raise ValueError("bi-level search needs held-out training windows")
             sampler = DistributedSampler(
@@ -137,9 +120,7 @@ class DistillStage:
             )
             self.held_out_sampler = sampler
             self.held_out_loader = DataLoader(held_out, batch_size=loop.batch_size, sampler=sampler)
-        self.epoch_tau = search_cfg.tau_initial
         self.epoch_gamma = search_cfg.gamma
-        self.initial_alphas = [a.detach().clone() for a in self._alphas()]
 
     # -- helpers ---------------------------------------------------------------------------
     def _alphas(self) -> list[nn.Parameter]:
@@ -155,14 +136,6 @@ class DistillStage:
             count = len(model(probe).hidden_states)
         model.train(was_training)
         return count
-
-    def _sample(self, epoch: int, step: int, salt: int = 0) -> list[torch.Tensor] | None:
-        if not self.search:
-            return None
-        generator = torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + epoch * 100_003 + step * 7 + salt) % (2**63 - 1)
-        )
-        return self.model.sample_architecture(self.epoch_tau, generator)
 
     def loss_terms(
         self, inputs: torch.Tensor, targets: torch.Tensor, weights: list[torch.Tensor] | None
@@ -191,8 +164,6 @@ class DistillStage:
                 terms["hid"] = fixed_mapping_loss(dist_matrix, cfg.layer_mapping)
         if cfg.use_logit:
             terms["logit"] = logit_kd_loss(logits.float(), t_logits, mask, cfg.kd_temperature)
-        if self.search and cfg.use_cost and self.costs is not None and weights is not None:
-            terms["cost"] = cost_loss(weights, self.costs)
         return terms
 
     def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -203,55 +174,61 @@ class DistillStage:
             total = total + (1 - gamma) * terms["ce"]
         if any(k in terms for k in ("emb", "hid", "logit")):
             total = total + gamma * kd
-        if "cost" in terms:
-            total = total + self.cfg.beta * terms["cost"]
         return total
 
     # -- the Stage protocol ----------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
-        self.epoch_tau = temperature(epoch, cfg.tau_initial, cfg.tau_decay, cfg.tau_every)
         self.epoch_gamma = cfg.gamma * cfg.gamma_decay**epoch
         if self.held_out_loader is not None:
             self.held_out_sampler.set_epoch(epoch)
             self.held_out_iter = itertools.cycle(self.held_out_loader)
         record = {"gamma": self.epoch_gamma, "lr": self.optimizer.param_groups[0]["lr"]}
-        if self.search:
-            record["tau"] = self.epoch_tau
+        if self.architect is not None:
+            record["tau"] = self.architect.start_epoch(epoch)
+            record["alpha_frozen"] = self.architect.frozen(epoch)
         return record
 
     def train_step(self, batch: torch.Tensor, epoch: int, step: int) -> dict[str, float]:
         self.net.train()
         self.mapper.train()
+        architect = self.architect
         inputs, targets = next_item_batch(batch.to(self.device), epoch, step)
-        weights = self._sample(epoch, step)
-        bilevel = self.search and self.cfg.optimization == "bilevel"
+        weights = architect.sample(epoch, step) if architect is not None else None
+        bilevel = architect is not None and self.cfg.optimization == "bilevel"
         terms = self.loss_terms(inputs, targets, weights)
         loss = self.total_loss(terms)
+        penalty = None
+        if architect is not None and not bilevel and not architect.frozen(epoch):
+            penalty = architect.penalty(loss, weights, epoch)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.alpha_optimizer is not None:
-            self.alpha_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if architect is not None:
+            architect.zero_grad()
+        (loss if penalty is None else loss + penalty).backward()
         if self.loop.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(
                 [p for g in self.optimizer.param_groups for p in g["params"]], self.loop.clip_grad
             )
         self.optimizer.step()
-        if self.alpha_optimizer is not None:
-            if bilevel:
-                # First-order bi-level: alpha follows the loss on windows the weights never fit.
-                self.alpha_optimizer.zero_grad(set_to_none=True)
-                held = next(self.held_out_iter).to(self.device)
-                h_inputs, h_targets = next_item_batch(held, epoch, step)
-                h_weights = self._sample(epoch, step, salt=1)
-                self.mapper.eval()  # the held-out pass must not move the EMD layer weights
-                h_loss = self.total_loss(self.loss_terms(h_inputs, h_targets, h_weights))
-                self.optimizer.zero_grad(set_to_none=True)
-                h_loss.backward()
-            self.alpha_optimizer.step()
+        if architect is not None:
+            architect.step(epoch, self._held_out_loss(epoch, step) if bilevel else None)
         values = {k: v.item() for k, v in terms.items()}
         values["loss"] = loss.item()
+        if penalty is not None:
+            values["cost"] = penalty.item()
         return values
+
+    def _held_out_loss(self, epoch: int, step: int):
+        """First-order bi-level: alpha follows the loss on windows the weights never fit."""
+
+        def loss() -> tuple[torch.Tensor, list[torch.Tensor]]:
+            held = next(self.held_out_iter).to(self.device)
+            h_inputs, h_targets = next_item_batch(held, epoch, step)
+            h_weights = self.architect.sample(epoch, step, salt=1)
+            self.mapper.eval()  # the held-out pass must not move the EMD layer weights
+            return self.total_loss(self.loss_terms(h_inputs, h_targets, h_weights)), h_weights
+
+        return loss
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         if self.scheduler is not None:
@@ -260,38 +237,26 @@ class DistillStage:
         if self.cfg.use_hid and self.cfg.layer_mapping == "emd":
             record["emd_student_weights"] = self.mapper.student_weights.tolist()
             record["emd_teacher_weights"] = self.mapper.teacher_weights.tolist()
-        if self.search:
-            alphas = self._alphas()
-            summary = alpha_summary(alphas)
-            drift = max(
-                float((a.detach() - a0).abs().max())
-                for a, a0 in zip(alphas, self.initial_alphas, strict=True)
-            )
-            record["alpha_entropy"] = summary["mean_entropy"]
-            record["alpha_max_prob"] = summary["max_prob"]
-            record["alpha_drift"] = drift
-            record["alpha_uniform_entropy"] = math.log(len(self.model.op_names))
-            record["alpha_probs"] = summary["edges"]
+        if self.architect is not None:
+            record.update(self.architect.epoch_record())
         return record
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),
-            "alpha_optimizer": self.alpha_optimizer.state_dict() if self.alpha_optimizer else None,
+            "architect": self.architect.state_dict() if self.architect else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "projections": {
                 k: v for k, v in self.kd.state_dict().items() if not k.startswith("student.")
             },
             "mapper": self.mapper.state_dict(),
-            "initial_alphas": self.initial_alphas,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.alpha_optimizer is not None and state["alpha_optimizer"] is not None:
-            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        if self.architect is not None and state["architect"] is not None:
+            self.architect.load_state_dict(state["architect"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.kd.load_state_dict(state["projections"], strict=False)
         self.mapper.load_state_dict(state["mapper"])
-        self.initial_alphas = [a.to(self.device) for a in state["initial_alphas"]]

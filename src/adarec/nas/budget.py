@@ -1,0 +1,272 @@
+"""The search budget in real units, and the cost of an architecture (expected or derived).
+
+A user states the budget as a speed-up over the teacher (``"5x"``), as MACs per history
+(``"2.5M"``, ``"2500000 macs"``) or as milliseconds per history at batch 1 on this machine
+(``"1.5ms"``). A speed-up is measured in the unit of ``search.cost``: MACs (the default:
+deterministic, the same on every machine) or measured latency.
+
+The cost of a student, per history it scores, is modelled as
+
+    C = fixed + cells * sum over the cell's edges of cost(op on the edge)
+
+``fixed`` is the student without any edge (embedding, cell norms, head over the catalogue);
+``cost(op)`` is one op applied to a whole window of ``max_len`` positions. This is an upper
+bound of what serving pays: a student reads only its receptive field (at most ``max_len``
+positions), so the achieved cost (counted on the real network) is never above the model.
+The expected cost under the architecture distribution replaces each edge's op by the
+softmax(alpha)-weighted mean of the op costs: it is differentiable in alpha at every step
+(ProxylessNAS's expected latency), whatever op was sampled.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from adarec.errors import UserError
+from adarec.nas.genotype import Genotype
+from adarec.nas.profile import count_macs
+
+BUDGET_KINDS = ("speedup", "macs", "ms")
+_MAC_SUFFIXES = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+_BUDGET_RE = re.compile(
+    r"^\s*(?P<value>[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*"
+    r"(?P<unit>x|ms|[kmg]?(?:macs?)?)\s*$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A user's budget: ``kind`` speedup (over the teacher), macs or ms (per history)."""
+
+    kind: str
+    value: float
+
+    def __str__(self) -> str:
+        if self.kind == "speedup":
+            return f"{self.value:g}x"
+        if self.kind == "ms":
+            return f"{self.value:g}ms"
+        return f"{self.value / 1e6:g}M MACs"
+
+
+def parse_budget(text: str) -> Budget:
+    """``"5x"`` (speed-up), ``"2.5M"`` / ``"2500000macs"`` / ``"3.1 MMACs"`` or ``"1.5ms"``."""
+    match = _BUDGET_RE.match(str(text))
+    if match is None:
+        raise UserError(
+            f"budget {text!r} is not understood; write a speed-up over the teacher "
+            "('5x'), MACs per history ('2.5M', '2500000macs') or milliseconds per "
+            "history at batch 1 ('1.5ms')"
+        )
+    value = float(match["value"])
+    unit = match["unit"].lower()
+    if value <= 0 or not math.isfinite(value):
+        raise UserError(f"budget {text!r} must be positive")
+    if unit == "x":
+        if value <= 1:
+            raise UserError(f"budget {text!r}: a speed-up over the teacher must exceed 1x")
+        return Budget("speedup", value)
+    if unit == "ms":
+        return Budget("ms", value)
+    prefix = unit[0] if unit and unit[0] in "kmg" and not unit.startswith("mac") else ""
+    return Budget("macs", value * _MAC_SUFFIXES[prefix])
+
+
+@dataclass
+class CostModel:
+    """Cost per history of a student of the search space, in ``unit`` (macs or ms)."""
+
+    unit: str
+    fixed: float
+    op_costs: dict[str, float]
+    cells: int
+    target: float
+    budget: str
+    teacher: float | None = None
+
+    def cost_vector(self, op_names: list[str], device: torch.device | None = None) -> torch.Tensor:
+        return torch.tensor([self.op_costs[o] for o in op_names], device=device)
+
+    def expected(self, alphas: list[torch.Tensor], op_names: list[str]) -> torch.Tensor:
+        """E[C] under softmax(alpha) on every edge (differentiable in alpha)."""
+        costs = self.cost_vector(op_names, alphas[0].device)
+        edges = sum((torch.softmax(a, dim=-1) * costs).sum() for a in alphas)
+        return self.fixed + self.cells * edges
+
+    def of_genotype(self, genotype: Genotype) -> float:
+        """The modelled cost of a derived cell used in every cell."""
+        edges = sum(self.op_costs[op] for node in genotype.nodes for _, op in node)
+        return self.fixed + genotype.cells * edges
+
+    def cheapest(self, nodes: int) -> float:
+        """The lowest cost any cell of the space can have (every edge on its cheapest op)."""
+        edges = nodes * (nodes + 1) // 2
+        return self.fixed + self.cells * edges * min(self.op_costs.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _full_history(num_items: int, max_len: int) -> torch.Tensor:
+    """One history that fills the window (items 1, 2, ... cycling), [1, max_len]."""
+    return (torch.arange(max_len) % num_items + 1).unsqueeze(0)
+
+
+def measure_ms(model: nn.Module, items: torch.Tensor, repeats: int = 30, warmup: int = 5) -> float:
+    """Median milliseconds of ``model.full_sort_predict(items)`` (no gradient, eval mode)."""
+    device = next(model.parameters()).device
+    items = items.to(device)
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for step in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model.full_sort_predict(items)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= warmup:
+                times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def model_cost(model: nn.Module, num_items: int, max_len: int, unit: str) -> float:
+    """What one full-window history costs ``model`` in ``unit`` (MACs, or ms at batch 1)."""
+    history = _full_history(num_items, max_len).to(next(model.parameters()).device)
+    if unit == "macs":
+        was_training = model.training
+        model.eval()
+        macs = count_macs(model.full_sort_predict, history)
+        model.train(was_training)
+        return float(macs)
+    return measure_ms(model, history)
+
+
+def build_cost_model(
+    budget: Budget,
+    unit: str,
+    op_stats: dict[str, dict[str, float]],
+    empty_student: nn.Module,
+    cells: int,
+    nodes: int,
+    num_items: int,
+    max_len: int,
+    teacher: nn.Module | None = None,
+) -> CostModel:
+    """The cost model of a search at this width and length, with the budget's target.
+
+    ``unit``: "macs" or "latency" (``search.cost``); a budget in MACs or ms fixes the unit
+    itself. ``op_stats``: per op "macs" (``op_cost_stats``) or "latency_ms"
+    (``latency_cost_stats``) on a [1, max_len, width] window. ``empty_student``: a student
+    whose every edge is "none" (its cost is the fixed part). UserError if the budget is
+    below the cheapest student of the space.
+    """
+    if budget.kind == "macs":
+        unit = "macs"
+    elif budget.kind == "ms":
+        unit = "ms"
+    else:
+        unit = "macs" if unit == "macs" else "ms"
+    key = "macs" if unit == "macs" else "latency_ms"
+    missing = [op for op, s in op_stats.items() if key not in s]
+    if missing:
+        raise ValueError(f"op statistics lack {key!r} for {missing}")
+    op_costs = {op: float(s[key]) for op, s in op_stats.items()}
+    fixed = model_cost(empty_student, num_items, max_len, unit)
+    teacher_cost = None
+    if budget.kind == "speedup":
+        if teacher is None:
+            raise ValueError("a speed-up budget needs the teacher")
+        teacher_cost = model_cost(teacher, num_items, max_len, unit)
+        target = teacher_cost / budget.value
+    else:
+        target = budget.value
+    model = CostModel(unit, fixed, op_costs, cells, target, str(budget), teacher_cost)
+    floor = model.cheapest(nodes)
+    if target < floor:
+        raise UserError(
+            f"budget {budget} ({format_cost(target, unit)} per history) is below the "
+            f"cheapest student of this space ({format_cost(floor, unit)}: embedding and "
+            "head alone); raise the budget or lower search.width"
+        )
+    return model
+
+
+def format_cost(value: float, unit: str) -> str:
+    return f"{value / 1e6:.3f} MMACs" if unit == "macs" else f"{value:.3f} ms"
+
+
+def derive_within_budget(
+    alphas: list[torch.Tensor],
+    op_names: list[str],
+    genotype: Genotype,
+    model: CostModel,
+) -> tuple[Genotype, list[str]]:
+    """The argmax genotype, repaired until its modelled cost meets the target.
+
+    While the cell is over budget, the one edge switch to a cheaper op that gives up the
+    least log-probability per unit of cost saved is made (a greedy knapsack step); returns
+    the genotype and one line per switch. The space's cheapest cell always fits, as
+    ``build_cost_model`` checked, so the loop ends.
+    """
+    log_probs = [torch.log_softmax(a.detach().float().cpu(), dim=-1) for a in alphas]
+    nodes = [list(node) for node in genotype.nodes]
+    changes = []
+
+    def cost() -> float:
+        edges = sum(model.op_costs[op] for node in nodes for _, op in node)
+        return model.fixed + genotype.cells * edges
+
+    while cost() > model.target * (1 + 1e-9):
+        best = None
+        for j, node in enumerate(nodes):
+            for e, (i, op) in enumerate(node):
+                for k, candidate in enumerate(op_names):
+                    saved = model.op_costs[op] - model.op_costs[candidate]
+                    if saved <= 0:
+                        continue
+                    loss = float(log_probs[j][i, op_names.index(op)] - log_probs[j][i, k])
+                    score = loss / saved
+                    if best is None or score < best[0]:
+                        best = (score, j, e, candidate)
+        if best is None:  # nothing cheaper anywhere: cannot happen above the floor
+            break
+        _, j, e, candidate = best
+        i, op = nodes[j][e]
+        nodes[j][e] = (i, candidate)
+        changes.append(f"node_{j} edge from input {i}: {op} -> {candidate} (budget)")
+    repaired = Genotype(
+        genotype.op_set, tuple(tuple(n) for n in nodes), genotype.cells, genotype.width
+    )
+    return repaired, changes
+
+
+def random_genotype_within_budget(
+    model: CostModel, op_set: str, nodes: int, cells: int, width: int, seed: int
+) -> Genotype:
+    """A uniformly random cell among those that meet the budget (rejection sampling).
+
+    Draws cells as ``random_genotype`` does (every edge an op other than "none") until one
+    fits, so each feasible cell is equally likely: the sanity baseline of Li & Talwalkar
+    (2019), random architectures under the same constraint, trained identically.
+    """
+    from adarec.nas.genotype import random_genotype
+
+    for attempt in range(100_000):
+        genotype = random_genotype(op_set, nodes, cells, width, seed=seed * 100_003 + attempt)
+        if model.of_genotype(genotype) <= model.target * (1 + 1e-9):
+            return genotype
+    raise UserError(
+        f"no random cell of the space met the budget {model.budget} in 100,000 draws; "
+        "the budget leaves room for the cheapest cells only"
+    )

@@ -1,0 +1,158 @@
+"""The budget in real units: parsing, the cost model, budget-aware derivation, random cells."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adarec.config import ModelConfig
+from adarec.errors import UserError
+from adarec.models.factory import build_model
+from adarec.nas.budget import (
+    Budget,
+    CostModel,
+    build_cost_model,
+    derive_within_budget,
+    model_cost,
+    parse_budget,
+    random_genotype_within_budget,
+)
+from adarec.nas.genotype import Genotype, derive_genotype, random_genotype
+from adarec.nas.operations import CAUSAL_OPS
+from adarec.nas.profile import count_macs, op_cost_stats
+from adarec.nas.student import Student
+
+NUM_ITEMS, MAX_LEN, WIDTH, CELLS, NODES = 40, 12, 8, 2, 3
+OPS = list(CAUSAL_OPS)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("5x", "speedup", 5.0),
+        ("12.5X", "speedup", 12.5),
+        ("2.5M", "macs", 2.5e6),
+        ("2500000macs", "macs", 2.5e6),
+        ("3.1 MMACs", "macs", 3.1e6),
+        ("800k", "macs", 8e5),
+        ("1.5ms", "ms", 1.5),
+        ("1e6", "macs", 1e6),
+    ],
+)
+def test_parse_budget(text, kind, value):
+    assert parse_budget(text) == Budget(kind, pytest.approx(value))
+
+
+@pytest.mark.parametrize("text", ["", "fast", "5 times", "-3x", "0ms", "1x", "0.5x", "5xx"])
+def test_bad_budgets_are_user_errors(text):
+    with pytest.raises(UserError, match="budget"):
+        parse_budget(text)
+
+
+def _empty_student() -> Student:
+    nodes = tuple(tuple((i, "none") for i in range(j + 1)) for j in range(NODES))
+    return Student(NUM_ITEMS, MAX_LEN, Genotype("causal", nodes, CELLS, WIDTH))
+
+
+def _teacher() -> torch.nn.Module:
+    cfg = ModelConfig(name="nextitnet", hidden_size=32, num_blocks=2)
+    return build_model(cfg, NUM_ITEMS, MAX_LEN)
+
+
+def _model(budget: str) -> CostModel:
+    stats = op_cost_stats(OPS, WIDTH, MAX_LEN)
+    return build_cost_model(
+        parse_budget(budget),
+        "macs",
+        stats,
+        _empty_student(),
+        CELLS,
+        NODES,
+        NUM_ITEMS,
+        MAX_LEN,
+        _teacher(),
+    )
+
+
+def test_costs_are_real_macs_per_history():
+    model = _model("2x")
+    # A causal k3 conv over a full window: 3 taps x C_in x C_out per position.
+    assert model.op_costs["causal_conv3"] == 3 * WIDTH * WIDTH * MAX_LEN
+    assert model.op_costs["causal_dil_conv5"] == 5 * WIDTH * WIDTH * MAX_LEN
+    assert model.op_costs["skip"] == model.op_costs["none"] == 0
+    # The fixed part is the head over [padding] + items at the last position.
+    assert model.fixed == WIDTH * (NUM_ITEMS + 1)
+    history = (torch.arange(MAX_LEN) % NUM_ITEMS + 1).unsqueeze(0)
+    assert model.teacher == count_macs(_teacher().eval().full_sort_predict, history)
+    assert model.target == pytest.approx(model.teacher / 2)
+
+
+def test_modelled_cost_bounds_what_the_network_counts():
+    model = _model("2x")
+    for seed in range(5):
+        genotype = random_genotype("causal", NODES, CELLS, WIDTH, seed)
+        counted = model_cost(Student(NUM_ITEMS, MAX_LEN, genotype), NUM_ITEMS, MAX_LEN, "macs")
+        assert counted <= model.of_genotype(genotype)
+    # A cell whose receptive field covers the window reads every position: exact.
+    wide = tuple(tuple((i, "causal_dil_conv5") for i in range(j + 1)) for j in range(NODES))
+    genotype = Genotype("causal", wide, CELLS, WIDTH)
+    assert genotype.receptive_field() >= MAX_LEN
+    counted = model_cost(Student(NUM_ITEMS, MAX_LEN, genotype), NUM_ITEMS, MAX_LEN, "macs")
+    assert counted == model.of_genotype(genotype)
+
+
+def test_expected_cost_is_the_softmax_mean_and_has_a_gradient():
+    model = _model("2x")
+    alphas = [torch.zeros(j + 1, len(OPS), requires_grad=True) for j in range(NODES)]
+    expected = model.expected(alphas, OPS)
+    mean_op = sum(model.op_costs.values()) / len(OPS)
+    edges = NODES * (NODES + 1) // 2
+    assert float(expected.detach()) == pytest.approx(model.fixed + CELLS * edges * mean_op)
+    expected.backward()
+    conv, pool = OPS.index("causal_conv5"), OPS.index("causal_max_pool3")
+    assert alphas[0].grad[0, conv] > 0 > alphas[0].grad[0, pool]
+
+
+def test_budget_below_the_cheapest_student_is_refused():
+    with pytest.raises(UserError, match="below the cheapest student"):
+        _model("100")  # 100 MACs: less than the head alone
+
+
+def test_derived_cell_meets_the_budget():
+    model = _model("20k")
+    # alpha that prefers the most expensive op everywhere: the argmax is over budget.
+    alphas = [torch.zeros(j + 1, len(OPS)) for j in range(NODES)]
+    for a in alphas:
+        a[:, OPS.index("causal_dil_conv5")] = 3.0
+        a[:, OPS.index("causal_conv3")] = 2.0
+    argmax = derive_genotype(alphas, OPS, "causal", CELLS, WIDTH)
+    assert model.of_genotype(argmax) > model.target
+    genotype, changes = derive_within_budget(alphas, OPS, argmax, model)
+    assert changes
+    assert model.of_genotype(genotype) <= model.target
+    counted = model_cost(Student(NUM_ITEMS, MAX_LEN, genotype), NUM_ITEMS, MAX_LEN, "macs")
+    assert counted <= model.target
+    # The repair keeps what alpha ranked highest where it can: some conv survives.
+    assert any("conv" in op for node in genotype.nodes for _, op in node)
+
+
+def test_derivation_within_budget_keeps_an_argmax_that_fits():
+    model = _model("20k")
+    alphas = [torch.zeros(j + 1, len(OPS)) for j in range(NODES)]
+    for a in alphas:
+        a[:, OPS.index("skip")] = 1.0
+    alphas[0][0, OPS.index("causal_conv3")] = 2.0
+    argmax = derive_genotype(alphas, OPS, "causal", CELLS, WIDTH)
+    genotype, changes = derive_within_budget(alphas, OPS, argmax, model)
+    assert genotype == argmax and changes == []
+
+
+def test_random_cells_within_budget():
+    model = _model("3x")
+    cells = [
+        random_genotype_within_budget(model, "causal", NODES, CELLS, WIDTH, s) for s in range(4)
+    ]
+    assert all(model.of_genotype(g) <= model.target for g in cells)
+    assert all(op != "none" for g in cells for node in g.nodes for _, op in node)
+    assert len(set(cells)) > 1
+    assert cells[0] == random_genotype_within_budget(model, "causal", NODES, CELLS, WIDTH, 0)
