@@ -38,6 +38,7 @@ class DataConfig:
     event_col: str = "event"  # retailrocket
     events: list[str] = field(default_factory=lambda: ["view"])  # retailrocket events kept
     rating_threshold: float | None = None  # keep rows with rating >= threshold
+    duplicates: str = "drop"  # rows repeating (user, item, timestamp): drop | keep
     min_item_count: int = 5
     min_user_count: int = 5
     kcore: str = "iterative"  # iterative (until stable) | single (the paper's one pass)
@@ -188,6 +189,7 @@ STAGES = ("train", "search", "student")
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("auto", "atomic", "csv", "ml2k", "retailrocket", "30music"),
     "data.kcore": ("iterative", "single"),
+    "data.duplicates": ("drop", "keep"),
     "data.long_sequences": ("windows", "recent"),
     "model.name": ("nextitnet", "sasrec", "bert4rec", "pop"),
     "train.optimizer": ("adam", "adamw"),
