@@ -453,6 +453,15 @@ def validate(cfg: Config) -> None:
         )
 
 
+def differences(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """``{key: (old value, new value)}`` for every leaf key whose value differs."""
+    return {
+        key: (_value(old, key), _value(new, key))
+        for key in all_keys()
+        if _value(old, key) != _value(new, key)
+    }
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,

@@ -56,6 +56,21 @@ class PreparedData:
     def num_interactions(self) -> int:
         return sum(len(seq) for seq in self.sequences)
 
+    def fingerprint(self) -> str:
+        """A hash of everything a model trains and is evaluated on: ids, sequences, negatives.
+
+        Equal fingerprints mean equal splits; a re-ordered or edited file that changes any
+        sequence, the item numbering or the negatives changes it.
+        """
+        digest = hashlib.sha256()
+        digest.update(json.dumps([self.item_ids, self.user_ids]).encode())
+        lengths = np.array([len(seq) for seq in self.sequences], dtype=np.int64)
+        digest.update(lengths.tobytes())
+        for seq in self.sequences:
+            digest.update(np.ascontiguousarray(seq, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(self.negatives, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+
     def item_index(self) -> dict[str, int]:
         """Raw item id -> internal id."""
         return {raw: index for index, raw in enumerate(self.item_ids) if index > 0}
