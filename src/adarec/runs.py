@@ -103,17 +103,17 @@ def load_run_config(
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not an adarec run directory (no config.yaml)")
-    damaged = f"{path} is damaged; restore it (adarec writes the resolved configuration there)"
+    advice = "restore it: adarec writes the run's resolved configuration there"
     try:
         saved = yaml.safe_load(read_text(path, "run configuration"))
     except yaml.YAMLError:
-        raise UserError(damaged) from None
+        raise UserError(f"{path} is damaged (not valid YAML); {advice}") from None
     if not isinstance(saved, dict):
-        raise UserError(damaged)
+        raise UserError(f"{path} is damaged (not a mapping); {advice}")
     try:
         saved_cfg = load_config(base=saved)
     except UserError as exc:
-        raise UserError(f"{damaged} ({exc})") from None
+        raise UserError(f"{path} is damaged ({exc}); {advice}") from None
     return load_config(config_file, overrides, base=to_dict(saved_cfg))
 
 

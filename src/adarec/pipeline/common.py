@@ -106,12 +106,14 @@ def load_stage_data(cfg: Config, quiet: bool = True) -> StageData:
     if dist.is_main():
         dist.barrier()
     for entry in data.filter_log:
-        log.info(
-            "data filter '%s': %d of %d rows removed",
-            entry["step"],
-            entry["rows_before"] - entry["rows_after"],
-            entry["rows_before"],
-        )
+        removed = entry["rows_before"] - entry["rows_after"]
+        if removed:
+            log.info(
+                "data filter '%s': %d of %d rows removed",
+                entry["step"],
+                removed,
+                entry["rows_before"],
+            )
     windows = train_windows(data, cfg.data.max_len, cfg.data.long_sequences, cfg.data.min_window)
     if len(windows) == 0:
         raise UserError("no training windows left: sequences are too short for leave-one-out")

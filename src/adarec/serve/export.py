@@ -66,11 +66,16 @@ def default_export_dir(run_dir: Path, fmt: str, device: str | torch.device = "cp
     return Path(run_dir) / "export" / f"{fmt}{suffix}"
 
 
-def run_items(run_dir: Path) -> list[str]:
+def run_items(run_dir: Path, num_items: int) -> list[str]:
+    """The raw item ids of a run's model with ``num_items`` items (index 0: padding)."""
     path = Path(run_dir) / ITEMS_FILE
     if not path.is_file():
         raise UserError(f"{run_dir} has no {ITEMS_FILE} (the item id mapping)")
-    return read_json(path, list, "re-run the stage that wrote it (it maps the model's ids)")
+    hint = "re-run the stage that wrote it (it maps the model's ids)"
+    items = read_json(path, list, hint)
+    if len(items) != num_items + 1:
+        raise UserError(f"{path} does not match the model's {num_items} items; {hint}")
+    return items
 
 
 METADATA_KEYS = ("format", "max_len", "num_items")
@@ -238,9 +243,7 @@ def export_run(
     clean_stale_temporaries(out_dir)
     traced_on = trace_device(fmt, device)
     model, spec = load_run_model(run_dir, traced_on)
-    items = run_items(run_dir)
-    if len(items) != spec["num_items"] + 1:
-        raise UserError(f"{run_dir}: {ITEMS_FILE} does not match the model's item count")
+    items = run_items(run_dir, spec["num_items"])
     popularity = training_popularity(run_dir)
     metadata = {
         **model_info(run_dir, model, spec),

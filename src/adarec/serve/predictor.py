@@ -147,7 +147,8 @@ class Predictor:
         model, spec = load_run_model(path, torch_device)
         info = {**model_info(path, model, spec), "backend": "eager"}
         scorer = _torch_scorer(model.full_sort_predict, torch_device)
-        return cls(scorer, run_items(path), training_popularity(path), spec["max_len"], info)
+        items = run_items(path, spec["num_items"])
+        return cls(scorer, items, training_popularity(path), spec["max_len"], info)
 
     @classmethod
     def _from_artefact(
