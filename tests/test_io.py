@@ -63,5 +63,5 @@ def test_read_json_names_a_damaged_file(tmp_path: Path, content: bytes):
     path.write_bytes(content)
     with pytest.raises(UserError, match=r"metrics\.json is damaged.*; re-run"):
         read_json(path, dict, "re-run")
-    with pytest.raises(UserError, match="is missing; re-run"):
+    with pytest.raises(UserError, match="does not exist; re-run"):
         read_json(tmp_path / "none.json", dict, "re-run")

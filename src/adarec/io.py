@@ -106,13 +106,13 @@ def read_json(path: Path, expect: type | None = None, hint: str = "") -> Any:
     path = Path(path)
     advice = f"; {hint}" if hint else ""
     if not path.is_file():
-        raise UserError(f"{path} is missing{advice}")
+        raise UserError(f"{path} does not exist{advice}")
     try:
         value = json.loads(path.read_bytes().decode("utf-8"))
     except OSError as exc:
         raise UserError(f"cannot read {path}: {_reason(exc)}") from None
     except ValueError:  # not JSON, or not UTF-8
-        raise UserError(f"{path} is damaged (not valid JSON){advice}") from None
+        raise UserError(f"{path} is damaged: not valid JSON{advice}") from None
     if expect is not None and not isinstance(value, expect):
-        raise UserError(f"{path} is damaged (not the JSON adarec writes){advice}")
+        raise UserError(f"{path} is damaged: not the JSON adarec writes{advice}")
     return value
