@@ -11,7 +11,7 @@ import torch
 from adarec.cli import main
 from adarec.errors import UserError
 from adarec.pipeline.teacher import train_teacher
-from adarec.runs import load_run_config, load_run_model, read_metrics
+from adarec.runs import has_weights, load_run_config, load_run_model, read_metrics
 from tests.conftest import tiny_config
 
 DAMAGE = {
@@ -88,3 +88,16 @@ def test_search_names_a_damaged_teacher(run: Path, tmp_path: Path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "model.pt" in err and "Traceback" not in err
+
+
+def test_has_weights_sees_the_runs_own_weights_only(tmp_path: Path):
+    run = tmp_path / "run"
+    (run / "search" / "checkpoints").mkdir(parents=True)
+    (run / "search" / "supernet.pt").write_bytes(b"x")  # a nested run (an ablation's search)
+    (run / "search" / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert not has_weights(run)
+    for own in ("model.pt", "checkpoints/last.pt", "pretrain/checkpoints/best.pt"):
+        other = tmp_path / own.replace("/", "_")
+        (other / own).parent.mkdir(parents=True, exist_ok=True)
+        (other / own).write_bytes(b"x")
+        assert has_weights(other), own

@@ -132,9 +132,16 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
+# Where a run's training loops checkpoint (BERT4Rec pretrains in a folder of its own). Runs
+# nested in a run directory (an ablation's own search) are not part of it.
+CHECKPOINT_DIRS = ("checkpoints", "pretrain/checkpoints")
+
+
 def has_weights(run_dir: Path) -> bool:
-    """Whether a run directory holds trained weights (a model or any checkpoint)."""
-    return any(Path(run_dir).glob("**/*.pt"))
+    """Whether a run directory holds trained weights of its own (a model or a checkpoint)."""
+    run_dir = Path(run_dir)
+    folders = [run_dir] + [run_dir / name for name in CHECKPOINT_DIRS]
+    return any(any(folder.glob("*.pt")) for folder in folders)
 
 
 def check_run_data(run_dir: Path, data: PreparedData) -> None:

@@ -17,13 +17,20 @@ from adarec.data.splits import EvalSplit, TrainWindows, eval_split, train_window
 from adarec.data.stats import describe
 from adarec.errors import UserError
 from adarec.evaluate.evaluator import evaluate
-from adarec.io import atomic_write_json, writable_dir
+from adarec.io import atomic_write_json, read_json, writable_dir
 from adarec.logs import setup_logging
 from adarec.models.base import count_parameters
-from adarec.runs import DATA_FILE, ITEMS_FILE, check_run_data, has_weights, load_run_config
+from adarec.runs import (
+    CHECKPOINT_DIRS,
+    DATA_FILE,
+    ITEMS_FILE,
+    check_run_data,
+    has_weights,
+    load_run_config,
+)
 from adarec.seed import seed_everything
 from adarec.train import distributed as dist
-from adarec.train.loop import earlier_seconds
+from adarec.train.loop import EARLIER_SECONDS_FILE
 
 log = logging.getLogger("adarec")
 
@@ -79,7 +86,7 @@ def start_run(cfg: Config, run_dir: Path, resume: bool, quiet: bool) -> torch.de
             f"{run_dir} already holds a finished run, which is never changed (not even with "
             f"--resume); re-evaluate it with `adarec evaluate {run_dir}` or choose another --out"
         )
-    if has_weights(run_dir / "checkpoints") and not resume:
+    if (run_dir / "checkpoints" / "last.pt").exists() and not resume:
         raise UserError(
             f"{run_dir} holds an interrupted run; pass --resume to continue it "
             "or choose another --out"
@@ -193,6 +200,12 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
         test["sampled"]["NDCG@10"],
         test["sampled"]["HR@10"],
     )
+
+
+def earlier_seconds(run_dir: Path) -> float:
+    """Training seconds that earlier processes of a resumed run spent in its loops."""
+    paths = [Path(run_dir) / name / EARLIER_SECONDS_FILE for name in CHECKPOINT_DIRS]
+    return sum(float(read_json(p, dict).get("seconds", 0.0)) for p in paths if p.is_file())
 
 
 class Timer:

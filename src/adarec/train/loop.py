@@ -25,7 +25,7 @@ from tqdm import tqdm
 from adarec.config import EvalConfig, LoopConfig
 from adarec.errors import UserError
 from adarec.evaluate.evaluator import evaluate
-from adarec.io import atomic_write_json, read_json
+from adarec.io import atomic_write_json
 from adarec.train import distributed as dist
 from adarec.train.checkpoint import (
     LAST_KEYS,
@@ -224,12 +224,6 @@ def run_training(
     if best_state is not None:
         stage.model.load_state_dict(best_state)
     return TrainResult(best_epoch + 1, best_valid, len(history), seconds, history)
-
-
-def earlier_seconds(run_dir: Path) -> float:
-    """Training seconds spent by earlier processes of a resumed run (its stages' loops)."""
-    files = Path(run_dir).glob(f"**/checkpoints/{EARLIER_SECONDS_FILE}")
-    return sum(float(read_json(path, dict).get("seconds", 0.0)) for path in files)
 
 
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
