@@ -94,11 +94,10 @@ def start_run(cfg: Config, run_dir: Path, resume: bool, quiet: bool) -> torch.de
     if resume and has_weights(run_dir) and (run_dir / "config.yaml").exists():
         check_resume_config(cfg, run_dir)
     device = dist.resolve_device(cfg.device)
-    if dist.is_main():
-        writable_dir(run_dir, "run directory")
     dist.init_distributed(device)
     seed_everything(cfg.seed)
     if dist.is_main():
+        writable_dir(run_dir, "run directory")
         save_config(cfg, run_dir / "config.yaml")
     setup_logging(run_dir, quiet)
     log.info("run directory %s, device %s, world size %d", run_dir, device, dist.world_size())
