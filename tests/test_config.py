@@ -45,6 +45,7 @@ def test_unknown_key_names_the_closest_valid_key(tmp_path: Path):
         ("model.inner_size=0", "model.inner_size"),
         ("train.lr=nan", "train.lr"),
         ("train.epochs=.inf", "expected int"),
+        ("seed=" + "9" * 400, "'seed'"),
         ("eval.ks=[]", "eval.ks"),
         ("data.sep=ab", "data.sep"),
         ("model.dilations=[1,", "cannot read"),

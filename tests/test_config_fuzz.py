@@ -18,6 +18,7 @@ KEYS = st.one_of(st.sampled_from(all_keys()), st.text(max_size=12))
 # Values a user might type, plus noise: numbers at and beyond every edge, YAML syntax.
 VALUES = st.one_of(
     st.integers(-(2**70), 2**70).map(str),
+    st.integers(-(10**400), 10**400).map(str),  # beyond what a float holds
     st.floats().map(repr),
     st.sampled_from(
         ["", "0", "-1", "1e-3", ".inf", "-.inf", ".nan", "null", "true", "[]", "[1,", "{a: 1}"]

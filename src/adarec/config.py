@@ -217,9 +217,11 @@ class Range:
     high_open: bool = False
 
     def __contains__(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # (math.isfinite would overflow on an int of 400 digits)
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
-        return math.isfinite(value) and above and below
+        return above and below
 
     def describe(self) -> str:
         low = "" if self.low == -math.inf else f"{self.low:g} {'<' if self.low_open else '<='} "
@@ -233,7 +235,7 @@ FRACTION = Range(0, 1)  # [0, 1]
 DROPOUT = Range(0, 1, high_open=True)  # 1 would zero every activation
 ANY_NUMBER = Range()
 
-# A numbered loop section (train, search, student) shares these.
+# Every training loop section (train, search, student) has these.
 LOOP_RANGES: dict[str, Range] = {
     "epochs": AT_LEAST_0,
     "batch_size": AT_LEAST_1,
