@@ -27,6 +27,8 @@ def test_data_stats_prints_a_table(capsys):
             "not found",
         ),
         (["evaluate", "/no/such/run"], "not an adarec run directory"),
+        (["data", "stats", "synthetic", "--config", "/"], "config file / is a directory"),
+        (["data", "stats", "/"], "data file / is a directory"),
         (["search", "--teacher", "/no/such/run"], "not an adarec run directory"),
     ],
 )
@@ -62,3 +64,23 @@ def test_console_script_runs():
         [sys.executable, "-m", "adarec", "--help"], capture_output=True, text=True, check=True
     )
     assert "teacher" in result.stdout and "search" in result.stdout
+
+
+def test_out_that_is_a_file_is_one_message(tmp_path: Path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    for out in (taken, taken / "run"):
+        argv = ["teacher", "--model", "pop", "--dataset", "synthetic", "--out", str(out)]
+        assert main(argv + ["--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "a file is in the way" in err and "Traceback" not in err
+    assert taken.read_text() == "mine"
+
+
+def test_unreadable_cache_folder_is_one_message(tmp_path: Path, monkeypatch, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("ADAREC_CACHE_DIR", str(blocker / "cache"))
+    assert main(["data", "stats", "synthetic", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "data cache folder" in err and "Traceback" not in err

@@ -1,8 +1,9 @@
+import math
 from pathlib import Path
 
 import pytest
 
-from adarec.config import all_keys, load_config, save_config
+from adarec.config import RANGES, Range, all_keys, load_config, numeric_keys, save_config
 from adarec.errors import UserError
 
 
@@ -35,6 +36,19 @@ def test_unknown_key_names_the_closest_valid_key(tmp_path: Path):
         ("search.gamma=1.5", "search.gamma"),
         ("model.num_heads=3", "divisible"),
         ("trainlr", "key=value"),
+        ("model.dropout=5", "model.dropout"),
+        ("data.num_negatives=-1", "data.num_negatives"),
+        ("data.num_negatives=0", "data.num_negatives"),
+        ("seed=-1", "'seed'"),
+        ("device=tpu", "'device'"),
+        ("model.kernel_size=0", "model.kernel_size"),
+        ("model.inner_size=0", "model.inner_size"),
+        ("train.lr=nan", "train.lr"),
+        ("train.epochs=.inf", "expected int"),
+        ("seed=" + "9" * 400, "'seed'"),
+        ("eval.ks=[]", "eval.ks"),
+        ("data.sep=ab", "data.sep"),
+        ("model.dilations=[1,", "cannot read"),
     ],
 )
 def test_bad_values_are_user_errors(item: str, message: str):
@@ -62,3 +76,47 @@ def test_saved_config_reloads_identically(tmp_path: Path):
 def test_presets_load():
     for preset in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
         load_config(preset)
+
+
+def test_every_numeric_key_has_a_declared_range():
+    assert sorted(numeric_keys()) == sorted(RANGES)
+    assert "data.num_negatives" in RANGES and "model.dilations" in RANGES
+
+
+def _outside(valid: Range) -> float:
+    """A value just outside ``valid`` (below it where it has a lower bound)."""
+    if valid.low != -math.inf:
+        return valid.low if valid.low_open else valid.low - 1
+    if valid.high != math.inf:
+        return valid.high if valid.high_open else valid.high + 1
+    return math.inf
+
+
+@pytest.mark.parametrize("key", sorted(RANGES))
+def test_every_range_is_enforced(key: str):
+    value = _outside(RANGES[key])
+    text = (
+        f"[{value:g}]"
+        if key in ("model.dilations", "eval.ks", "bench.batch_sizes")
+        else f"{value!r}"
+    )
+    text = {"inf": ".inf"}.get(text, text)
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        load_config(None, [f"{key}={text}"])
+
+
+def test_config_file_that_is_a_folder_or_not_text(tmp_path: Path, monkeypatch):
+    with pytest.raises(UserError, match="is a directory"):
+        load_config(tmp_path)
+    binary = tmp_path / "c.yaml"
+    binary.write_bytes(b"train:\n  lr: \xff\xfe\n")
+    with pytest.raises(UserError, match="not UTF-8"):
+        load_config(binary)
+    binary.write_text("train:\n  lr: 0.1\n")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", refuse)  # root reads every file: simulate a refusal
+    with pytest.raises(UserError, match="cannot read config file .*Permission denied"):
+        load_config(binary)

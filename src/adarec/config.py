@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 
 from adarec.errors import UserError
+from adarec.io import atomic_write_text, read_text
 
 
 @dataclass
@@ -35,6 +38,7 @@ class DataConfig:
     event_col: str = "event"  # retailrocket
     events: list[str] = field(default_factory=lambda: ["view"])  # retailrocket events kept
     rating_threshold: float | None = None  # keep rows with rating >= threshold
+    duplicates: str = "drop"  # rows repeating (user, item, timestamp): drop | keep
     min_item_count: int = 5
     min_user_count: int = 5
     kcore: str = "iterative"  # iterative (until stable) | single (the paper's one pass)
@@ -192,10 +196,13 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+STAGES = ("train", "search", "student")
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("auto", "atomic", "csv", "ml2k", "retailrocket", "30music"),
     "data.kcore": ("iterative", "single"),
     "data.synthetic_pattern": ("successor", "order"),
+    "data.duplicates": ("drop", "keep"),
     "data.long_sequences": ("windows", "recent"),
     "model.name": ("nextitnet", "sasrec", "bert4rec", "pop"),
     "train.optimizer": ("adam", "adamw"),
@@ -213,6 +220,110 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric key (every element, for a list): ``low <= v <= high``,
+    with ``>``/``<`` where the bound is open. Floats must also be finite."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # (math.isfinite would overflow on an int of 400 digits)
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        low = "" if self.low == -math.inf else f"{self.low:g} {'<' if self.low_open else '<='} "
+        high = "" if self.high == math.inf else f" {'<' if self.high_open else '<='} {self.high:g}"
+        return f"{low}value{high}" if low or high else "a finite number"
+
+
+AT_LEAST_0, AT_LEAST_1, AT_LEAST_2 = Range(0), Range(1), Range(2)
+POSITIVE = Range(0, low_open=True)
+FRACTION = Range(0, 1)  # [0, 1]
+DROPOUT = Range(0, 1, high_open=True)  # 1 would zero every activation
+ANY_NUMBER = Range()
+
+# Every training loop section (train, search, student) has these.
+LOOP_RANGES: dict[str, Range] = {
+    "epochs": AT_LEAST_0,
+    "batch_size": AT_LEAST_1,
+    "lr": POSITIVE,
+    "weight_decay": AT_LEAST_0,
+    "clip_grad": AT_LEAST_0,  # 0 disables clipping
+    "lr_step": AT_LEAST_0,  # 0: no decay
+    "lr_decay": Range(0, 1, low_open=True),
+    "patience": AT_LEAST_0,  # 0 disables early stopping
+    "eval_every": AT_LEAST_1,
+    "max_steps_per_epoch": AT_LEAST_0,  # 0: the whole epoch
+}
+
+# Every numeric key has a declared range (a test checks it): an out-of-range value is
+# refused on load, before any data is read or any model is built.
+RANGES: dict[str, Range] = {
+    "seed": Range(0, 2**32 - 1),  # numpy's legacy seeding accepts no more
+    "data.rating_threshold": ANY_NUMBER,
+    "data.min_item_count": AT_LEAST_1,
+    "data.min_user_count": AT_LEAST_1,
+    "data.max_len": AT_LEAST_1,
+    "data.min_window": AT_LEAST_2,  # a window needs an input item and a target
+    "data.num_negatives": AT_LEAST_1,  # with none, every sampled metric would read 1.0
+    "data.synthetic_users": AT_LEAST_1,
+    "data.synthetic_items": AT_LEAST_2,
+    "data.synthetic_length": Range(3),  # leave-one-out needs three items
+    "model.hidden_size": AT_LEAST_1,
+    "model.num_blocks": AT_LEAST_1,
+    "model.dilations": AT_LEAST_1,
+    "model.kernel_size": AT_LEAST_1,
+    "model.num_heads": AT_LEAST_1,
+    "model.inner_size": AT_LEAST_1,
+    "model.dropout": DROPOUT,
+    "model.distill_every": AT_LEAST_1,
+    "model.mask_prob": Range(0, 1, low_open=True, high_open=True),
+    "model.pretrain_epochs": AT_LEAST_0,
+    **{f"{section}.{key}": r for section in STAGES for key, r in LOOP_RANGES.items()},
+    "search.cells": AT_LEAST_1,
+    "search.nodes": AT_LEAST_1,
+    "search.width": AT_LEAST_1,
+    "search.dropout": DROPOUT,
+    "search.alpha_lr": POSITIVE,
+    "search.alpha_weight_decay": AT_LEAST_0,
+    "search.alpha_init_std": AT_LEAST_0,
+    "search.tau_initial": POSITIVE,
+    "search.tau_decay": Range(0, 1, low_open=True),
+    "search.tau_every": AT_LEAST_1,
+    "search.gamma": FRACTION,
+    "search.gamma_decay": FRACTION,  # above 1, gamma would leave [0, 1]
+    "search.beta": AT_LEAST_0,
+    "search.warmup": Range(0, 1, high_open=True),  # some epochs must move alpha
+    "search.entropy": AT_LEAST_0,
+    "search.cost_under": AT_LEAST_0,
+    "search.cost_over": AT_LEAST_0,
+    "search.kd_temperature": POSITIVE,
+    "eval.ks": AT_LEAST_1,
+    "eval.batch_size": AT_LEAST_1,
+    "bench.batch_sizes": AT_LEAST_1,
+    "bench.repeats": AT_LEAST_1,
+    "bench.warmup": AT_LEAST_0,
+    "bench.threads": AT_LEAST_0,  # 0: torch's default
+}
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _parse_yaml(text: str, key: str) -> Any:
+    """A ``--set`` value read as YAML (so 1e-3, [1, 2] and null have their types)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f"config key '{key}': cannot read the value {text!r}") from None
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Coerce a YAML or command-line value to the declared type, or raise UserError."""
     origin = typing.get_origin(annotation)
@@ -224,7 +335,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is list:
         (inner,) = typing.get_args(annotation)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            value = _parse_yaml(value, key) if value.strip().startswith("[") else value.split(",")
         if not isinstance(value, list):
             value = [value]
         return [_coerce(v, inner, key) for v in value]
@@ -252,7 +363,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return float(value)
         if annotation is str:
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         name = getattr(annotation, "__name__", str(annotation))
         raise UserError(f"config key '{key}': expected {name}, got {value!r}") from None
     return value
@@ -269,15 +380,19 @@ def _unknown_key(key: str, valid: list[str]) -> UserError:
     return UserError(f"unknown config key '{key}'{hint}")
 
 
-def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Every dotted leaf key of the configuration."""
-    keys = []
+def _leaf_types(cls: type = Config, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for name, annotation in _field_types(cls).items():
         if dataclasses.is_dataclass(annotation):
-            keys.extend(all_keys(annotation, f"{prefix}{name}."))
+            out.update(_leaf_types(annotation, f"{prefix}{name}."))
         else:
-            keys.append(f"{prefix}{name}")
-    return keys
+            out[f"{prefix}{name}"] = annotation
+    return out
+
+
+def all_keys() -> list[str]:
+    """Every dotted leaf key of the configuration."""
+    return list(_leaf_types())
 
 
 def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
@@ -308,45 +423,48 @@ def _dotted_to_nested(key: str, value: Any) -> dict[str, Any]:
     return nested
 
 
+def numeric_keys() -> list[str]:
+    """Every key whose value is a number or a list of numbers."""
+    numeric = (int, float, int | None, float | None, list[int], list[float])
+    return [key for key, annotation in _leaf_types().items() if annotation in numeric]
+
+
+def _value(cfg: Config, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def validate(cfg: Config) -> None:
     """Check choices and ranges; raise UserError naming the first bad key."""
-    flat = to_dict(cfg)
     for key, choices in CHOICES.items():
-        section, name = key.split(".")
-        value = flat[section][name]
+        value = _value(cfg, key)
         if value not in choices:
             raise UserError(
                 f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}"
             )
-    positive = [
-        "data.max_len",
-        "model.hidden_size",
-        "model.num_blocks",
-        "model.num_heads",
-        "search.cells",
-        "search.nodes",
-        "search.width",
-        "eval.batch_size",
-    ] + [f"{s}.{k}" for s in ("train", "search", "student") for k in ("batch_size", "eval_every")]
-    for key in positive:
-        section, name = key.split(".")
-        if flat[section][name] <= 0:
-            raise UserError(f"config key '{key}' must be positive; got {flat[section][name]}")
-    for s in ("train", "search", "student"):
-        if flat[s]["epochs"] < 0 or flat[s]["lr"] <= 0:
-            raise UserError(f"config section '{s}': epochs must be >= 0 and lr > 0")
+    for key, valid in RANGES.items():
+        value = _value(cfg, key)
+        values = value if isinstance(value, list) else [value]
+        bad = [v for v in values if v is not None and v not in valid]
+        if bad:
+            raise UserError(f"config key '{key}' must satisfy {valid.describe()}; got {bad[0]!r}")
+    for key in ("model.dilations", "eval.ks", "bench.batch_sizes"):
+        if not _value(cfg, key):
+            raise UserError(f"config key '{key}' must hold at least one value")
+    if not DEVICE_PATTERN.fullmatch(cfg.device):
+        raise UserError(
+            f"config key 'device' must be auto, cpu, cuda or cuda:N; got {cfg.device!r}"
+        )
+    if cfg.data.sep != "auto" and len(cfg.data.sep) != 1:
+        raise UserError(
+            f"config key 'data.sep' must be auto or one character; got {cfg.data.sep!r}"
+        )
     if cfg.model.name in ("sasrec", "bert4rec") and cfg.model.hidden_size % cfg.model.num_heads:
         raise UserError(
             f"config: model.hidden_size ({cfg.model.hidden_size}) must be divisible by "
             f"model.num_heads ({cfg.model.num_heads})"
-        )
-    if not 0.0 <= cfg.search.gamma <= 1.0:
-        raise UserError(f"config key 'search.gamma' must be in [0, 1]; got {cfg.search.gamma}")
-    if not 0.0 <= cfg.search.warmup < 1.0:
-        raise UserError(f"config key 'search.warmup' must be in [0, 1); got {cfg.search.warmup}")
-    if min(cfg.search.cost_under, cfg.search.cost_over, cfg.search.entropy) < 0:
-        raise UserError(
-            "config keys 'search.cost_under', 'search.cost_over' and 'search.entropy' must be >= 0"
         )
     from adarec.nas.budget import parse_budget  # the budget grammar lives with the cost model
 
@@ -354,14 +472,20 @@ def validate(cfg: Config) -> None:
         parse_budget(cfg.search.budget)
     except UserError as error:
         raise UserError(f"config key 'search.budget': {error}") from None
-    if not 0.0 < cfg.model.mask_prob < 1.0:
+    if cfg.model.name != "pop" and cfg.model.distill_every > cfg.model.num_blocks:
         raise UserError(
-            f"config key 'model.mask_prob' must be in (0, 1); got {cfg.model.mask_prob}"
+            f"config key 'model.distill_every' must be at most model.num_blocks "
+            f"({cfg.model.num_blocks}); got {cfg.model.distill_every}"
         )
-    if any(k <= 0 for k in cfg.eval.ks):
-        raise UserError("config key 'eval.ks' must hold positive cut-offs")
-    if not cfg.model.dilations or any(d <= 0 for d in cfg.model.dilations):
-        raise UserError("config key 'model.dilations' must hold positive dilations")
+
+
+def differences(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """``{key: (old value, new value)}`` for every leaf key whose value differs."""
+    return {
+        key: (_value(old, key), _value(new, key))
+        for key in all_keys()
+        if _value(old, key) != _value(new, key)
+    }
 
 
 def load_config(
@@ -375,10 +499,9 @@ def load_config(
         _merge(cfg, base)
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
+        text = read_text(path, "config file")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise UserError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
@@ -391,7 +514,7 @@ def load_config(
         key = key.strip()
         if key not in all_keys():
             raise _unknown_key(key, all_keys())
-        value = yaml.safe_load(raw) if raw.strip() else raw
+        value = _parse_yaml(raw, key) if raw.strip() else raw
         _merge(cfg, _dotted_to_nested(key, raw if isinstance(value, dict) else value))
     validate(cfg)
     return cfg
@@ -403,6 +526,4 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved configuration as YAML, atomically."""
-    from adarec.io import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename."""
+"""File helpers: atomic writes (temporary file beside the target, then rename), and checks
+that turn an unusable user path into one UserError naming it."""
 
 from __future__ import annotations
 
@@ -9,18 +10,83 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from adarec.errors import UserError
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def check_file(path: Path, what: str, allow_empty: bool = True) -> Path:
+    """``path`` is a readable regular file (non-empty unless ``allow_empty``), or UserError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory, not a file")
+    if not path.is_file():
+        raise UserError(f"{what} {path} is not a regular file")
+    try:
+        with path.open("rb") as fh:
+            first = fh.read(1)
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {_reason(exc)}") from None
+    if not first and not allow_empty:
+        raise UserError(f"{what} {path} is empty")
+    return path
+
+
+def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of a file, or UserError naming it (missing, a folder, unreadable, binary)."""
+    path = check_file(path, what)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {_reason(exc)}") from None
+
+
+def writable_dir(path: Path, what: str) -> Path:
+    """Create the folder ``path`` if needed and check that files can be written in it."""
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                where = "" if existing == path else f" ({existing})"
+                raise UserError(f"{what} {path}: a file is in the way{where}; choose another path")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # Permission bits do not tell (root, read-only mounts): try a real file.
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write to {what} {path}: {_reason(exc)}") from None
+    return path
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` and move the result to ``path`` only if it succeeded."""
+    """Call ``write(tmp_path)`` and move the result to ``path`` only if it succeeded.
+
+    A file system error (no space, no permission, a file where a folder should be) is a
+    UserError naming ``path``; the earlier content of ``path`` is kept.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp: Path | None = None
     try:
-        write(Path(tmp))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {path}: {_reason(exc)}") from None
         raise
 
 
@@ -32,5 +98,21 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: Path, expect: type | None = None, hint: str = "") -> Any:
+    """A JSON file's content (of type ``expect`` when given), or UserError naming the file.
+
+    ``hint`` says what to do about a missing or damaged file (e.g. "re-run the stage").
+    """
+    path = Path(path)
+    advice = f"; {hint}" if hint else ""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist{advice}")
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {_reason(exc)}") from None
+    except ValueError:  # not JSON, or not UTF-8
+        raise UserError(f"{path} is damaged: not valid JSON{advice}") from None
+    if expect is not None and not isinstance(value, expect):
+        raise UserError(f"{path} is damaged: not the JSON adarec writes{advice}")
+    return value

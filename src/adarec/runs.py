@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from adarec.config import Config, ModelConfig, load_config
+from adarec.config import Config, ModelConfig, load_config, to_dict
 from adarec.errors import UserError
-from adarec.io import read_json
+from adarec.io import read_json, read_text
 from adarec.train import distributed as dist
 from adarec.train.checkpoint import load_checkpoint, save_checkpoint
 
+if TYPE_CHECKING:
+    from adarec.data.preprocess import PreparedData
+
 MODEL_FILE = "model.pt"
+ITEMS_FILE = "items.json"  # raw item id of each internal id (index 0: padding)
+DATA_FILE = "data.json"  # statistics and the fingerprint of the data the run trained on
 
 
 def save_model(
@@ -78,10 +83,14 @@ def load_run_model(
     """The trained model of a run directory (teacher, student or supernet), in eval mode."""
     path = Path(run_dir) / filename
     if not path.exists():
-        raise UserError(f"{run_dir} has no trained model ({MODEL_FILE}); is the run finished?")
-    state = load_checkpoint(path, map_location=device)
-    model = build_from_spec(state["spec"])
-    model.load_state_dict(state["state_dict"])
+        raise UserError(f"{run_dir} has no trained model ({filename}); is the run finished?")
+    hint = "re-run the stage that wrote it (remove its metrics.json first)"
+    state = load_checkpoint(path, device, keys=("spec", "state_dict"), hint=hint)
+    try:
+        model = build_from_spec(state["spec"])
+        model.load_state_dict(state["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError):
+        raise UserError(f"{path} is damaged (its weights do not fit its model); {hint}") from None
     return model.to(device).eval(), state["spec"]
 
 
@@ -94,11 +103,64 @@ def load_run_config(
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not an adarec run directory (no config.yaml)")
-    return load_config(config_file, overrides, base=yaml.safe_load(path.read_text()))
+    advice = "restore it: adarec writes the run's resolved configuration there"
+    try:
+        saved = yaml.safe_load(read_text(path, "run configuration"))
+    except yaml.YAMLError:
+        raise UserError(f"{path} is damaged (not valid YAML); {advice}") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} is damaged (not a mapping); {advice}")
+    try:
+        saved_cfg = load_config(base=saved)
+    except UserError as exc:
+        raise UserError(f"{path} is damaged ({exc}); {advice}") from None
+    return load_config(config_file, overrides, base=to_dict(saved_cfg))
+
+
+METRICS_KEYS = ("dataset", "model", "valid", "test", "params", "train_seconds", "epochs")
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "metrics.json"
     if not path.exists():
         raise UserError(f"{run_dir} has no metrics.json; is the run finished?")
-    return read_json(path)
+    hint = "re-run the stage (remove metrics.json, then the same command with --resume)"
+    metrics = read_json(path, dict, hint)
+    missing = [key for key in METRICS_KEYS if key not in metrics]
+    if missing:
+        raise UserError(f"{path} is damaged (no {missing[0]!r}); {hint}")
+    return metrics
+
+
+# Where a run's training loops checkpoint (BERT4Rec pretrains in a folder of its own). Runs
+# nested in a run directory (an ablation's own search) are not part of it.
+CHECKPOINT_DIRS = ("checkpoints", "pretrain/checkpoints")
+
+
+def has_weights(run_dir: Path) -> bool:
+    """Whether a run directory holds trained weights of its own (a model or a checkpoint)."""
+    run_dir = Path(run_dir)
+    folders = [run_dir] + [run_dir / name for name in CHECKPOINT_DIRS]
+    return any(any(folder.glob("*.pt")) for folder in folders)
+
+
+def check_run_data(run_dir: Path, data: PreparedData) -> None:
+    """Refuse ``data`` unless it is exactly what the run was trained on.
+
+    ``data.json`` pins the fingerprint of the processed sequences (runs from before
+    fingerprints are checked on their item mapping alone).
+    """
+    run_dir = Path(run_dir)
+    hint = "it pins the data this run was trained on; re-run the stage to restore it"
+    saved = read_json(run_dir / DATA_FILE, dict, hint) if (run_dir / DATA_FILE).exists() else {}
+    if "fingerprint" in saved:
+        same = saved["fingerprint"] == data.fingerprint()
+    else:
+        same = read_json(run_dir / ITEMS_FILE, list, hint) == data.item_ids
+    if not same:
+        raise UserError(
+            f"the data differs from what {run_dir} was trained on: dataset "
+            f"{data.options.get('dataset', data.name)!r} now gives other sequences, items or "
+            "negatives (rows edited, added, removed or re-ordered, or other preprocessing); "
+            "use the original data file, or train a new run on this data"
+        )

@@ -5,7 +5,8 @@ import pytest
 
 import adarec.data.preprocess as preprocess
 from adarec.config import DataConfig
-from adarec.data.preprocess import PAD, kcore, prepare, sample_negatives
+from adarec.data.preprocess import PAD, exact_duplicates, kcore, prepare, sample_negatives
+from adarec.data.stats import describe, format_stats
 from adarec.errors import UserError
 
 HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
@@ -142,7 +143,7 @@ def test_failed_cache_write_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(preprocess.np, "savez", broken_savez)
     cache = tmp_path / "cache"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match="cannot write .*disk full"):
         prepare(config(path), 0, cache)
     assert list(cache.iterdir()) == []
 
@@ -229,3 +230,56 @@ def test_negatives_repeat_when_too_few_items_remain():
     assert sorted(set(negatives[0])) == [4, 5]
     assert sorted(negatives[0]) == [4, 4, 5, 5]
     assert negatives[1].tolist() == [0, 0, 0, 0]  # nothing left: padding
+
+
+def test_rows_without_ids_are_dropped_and_counted(tmp_path):
+    rows = [("a", "x", 1, 1), ("a", "y", 1, 2), ("a", "z", 1, 3), ("a", "", 1, 4)]
+    rows += [("", "x", 1, 5), (" ", "y", 1, 6), ("", "z", 1, 7)]
+    data = prepare(config(write_inter(tmp_path / "m.inter", rows)), 0, tmp_path / "c")
+    # Neither an empty item id becomes an item nor do empty user ids make one user.
+    assert data.user_ids == ["a"] and raw_sequences(data) == [["x", "y", "z"]]
+    entry = data.filter_log[0]
+    assert entry["step"] == "rows without a user or item id dropped"
+    assert (entry["rows_before"], entry["rows_after"]) == (7, 3)
+    assert "rows without a user or item id dropped: 7 -> 3" in format_stats(describe(data))
+
+
+def test_exact_duplicates_are_dropped_by_default(tmp_path):
+    once = [("a", "x", 1, 1), ("a", "y", 1, 2), ("a", "z", 1, 3), ("b", "x", 1, 1)]
+    once += [("b", "z", 1, 2), ("b", "y", 1, 2)]  # same time, other items: not duplicates
+    path = write_inter(tmp_path / "d.inter", once * 3)
+    data = prepare(config(path), 0, tmp_path / "c")
+    assert raw_sequences(data) == [["x", "y", "z"], ["x", "z", "y"]]
+    entry = data.filter_log[0]
+    assert entry["step"] == "exact duplicates (user, item, timestamp) dropped"
+    assert (entry["rows_before"], entry["rows_after"]) == (18, 6)
+    kept = prepare(config(path, duplicates="keep"), 0, tmp_path / "c")
+    assert kept.num_interactions == 18
+
+
+def test_exact_duplicates_mask_keeps_the_first_row():
+    users, items = np.array([0, 0, 1, 0, 0]), np.array([5, 5, 5, 6, 5])
+    times = np.array([1.0, 1.0, 1.0, 1.0, 2.0])
+    assert exact_duplicates(users, items, times).tolist() == [False, True, False, False, False]
+
+
+@pytest.mark.parametrize("kind", ["folder", "empty"])
+def test_unusable_data_path_is_named_before_hashing(tmp_path, kind, monkeypatch):
+    path = tmp_path / "data.csv"
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.write_text("")
+    monkeypatch.setattr(preprocess, "_file_sha256", lambda p: pytest.fail("hashed first"))
+    with pytest.raises(UserError, match="is a directory" if kind == "folder" else "is empty"):
+        prepare(config(path), 0, tmp_path / "c")
+
+
+def test_unwritable_cache_folder_is_named_before_preprocessing(tmp_path, monkeypatch):
+    rows = [("a", "x", 1, 1), ("a", "y", 1, 2), ("a", "z", 1, 3)]
+    path = write_inter(tmp_path / "w.inter", rows)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(preprocess, "_build", lambda *a: pytest.fail("built before the check"))
+    with pytest.raises(UserError, match="data cache folder .*a file is in the way"):
+        prepare(config(path), 0, blocker / "cache")

@@ -150,6 +150,29 @@ def test_short_row_cites_its_line(tmp_path):
         read_csv(path, "u", "i", "t")
 
 
+def test_row_with_extra_fields_is_refused(tmp_path):
+    path = write(tmp_path / "x.csv", "u,i,t\na,b,1\na,b,2,surplus\n")
+    with pytest.raises(UserError, match="line 3: expected 3 fields, found 4"):
+        read_csv(path, "u", "i", "t")
+
+
+def test_unclosed_quote_cites_the_line_where_it_opens(tmp_path):
+    # The open quote swallows every later line into one record; the error must name line 52,
+    # not the last line of the file.
+    rows = ["u,i,t"] + [f"u{k % 7},i{k % 11},{k}" for k in range(50)] + ['u1,"i2,52']
+    rows += [f"u{k % 7},i{k % 11},{k}" for k in range(53, 1503)]
+    path = write(tmp_path / "x.csv", "\n".join(rows) + "\n")
+    with pytest.raises(UserError, match=r"line 52: .*runs on to line 1502: is a quote not closed"):
+        read_csv(path, "u", "i", "t")
+
+
+def test_unclosed_quote_over_the_field_limit_cites_its_line(tmp_path):
+    rows = ["u,i,t", "a,b,1", 'a,"b,2'] + ["a,b,3" * 10] * 30_000
+    path = write(tmp_path / "x.csv", "\n".join(rows) + "\n")
+    with pytest.raises(UserError, match=r"line 3: field larger than field limit"):
+        read_csv(path, "u", "i", "t")
+
+
 @pytest.mark.parametrize("text", ["", "\n", "u,i,t\n"])
 def test_empty_file(tmp_path, text):
     path = write(tmp_path / "x.csv", text)

@@ -9,6 +9,7 @@ import torch
 
 from adarec.config import load_config
 from adarec.pipeline.run import run_baseline
+from adarec.train import distributed as dist
 from tests.distributed.helpers import assert_identical, cli, run_two_processes, tiny_flags
 
 STAGES = ["sasrec", "search", "search", "search", "student", "small_kd"]
@@ -43,7 +44,12 @@ def _scenario(root: Path) -> None:
         *tiny_flags("train.epochs=1"),
     )
     _search(runs, "full", 2)
-    _search(runs, "part", 1)  # as if killed after its first epoch
+    _search(runs, "part", 1)
+    # As if killed after its first epoch, before writing metrics.json (a finished run is
+    # read-only, --resume or not).
+    if dist.is_main():
+        (runs / "part" / "metrics.json").unlink()
+    dist.barrier()
     _search(runs, "part", 2, "--resume")
     # Retraining with every distillation loss (DistillStage without search).
     cli(

@@ -75,6 +75,13 @@ def test_sampled_ranks_ignore_target_among_negatives():
     assert sampled_ranks(scores, torch.tensor([1]), torch.tensor([[1, 2, 3]])).tolist() == [1]
 
 
+def test_sampled_ranks_refuse_zero_negatives():
+    # With no competitor every target would rank first: a 1.0 that must never be reported.
+    scores = _t([[0.0, 0.5, 0.9, 0.1]])
+    with pytest.raises(ValueError, match="at least one negative"):
+        sampled_ranks(scores, torch.tensor([1]), torch.zeros(1, 0, dtype=torch.long))
+
+
 def test_constant_model_is_worst_case():
     num_items, batch = 150, 8
     scores = torch.zeros(batch, num_items + 1)

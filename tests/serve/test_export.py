@@ -1,10 +1,13 @@
 """Exported artefacts: parity with eager PyTorch, contents, and atomic, safe writes."""
 
+import os
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
+from adarec.cli import main
 from adarec.data import preprocess
 from adarec.data.preprocess import prepare
 from adarec.data.splits import eval_split, item_counts
@@ -17,7 +20,7 @@ from adarec.pipeline.student import student_spec
 from adarec.runs import load_run_config as run_config
 from adarec.runs import load_run_model, save_model
 from adarec.serve import export as export_module
-from adarec.serve.export import current_export, export_run
+from adarec.serve.export import clean_stale_temporaries, current_export, export_run, is_artefact
 from adarec.serve.predictor import Predictor, load_torchscript
 from tests.serve.conftest import STUDENTS, TEACHERS
 
@@ -121,6 +124,7 @@ def test_artefact_serves_without_the_dataset(runs, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="torchscript export"):
         Predictor.from_run(out, backend="onnx")
     assert predictor.info["traced_on"] == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     with pytest.raises(UserError, match="traced on cpu"):
         Predictor.from_run(out, device="cuda:0")  # the graph holds CPU device constants
 
@@ -170,3 +174,77 @@ def test_run_backend_reuses_its_export_until_the_model_changes(runs, tmp_path):
     save_model(run, model, spec)
     Predictor.from_run(run, backend="onnx")
     check_parity(run, "onnx", first)  # exported again: a stale artefact would not match
+
+
+def test_export_cleans_what_a_killed_export_left(runs, tmp_path):
+    out = tmp_path / "artefact"
+    # A killed export (process gone) left its hidden temporary folder and, killed mid-swap,
+    # the previous artefact set aside; a live export's folder must be left alone.
+    dead = tmp_path / ".artefact.999999999.x1y2.tmp"
+    live = tmp_path / f".artefact.{os.getppid()}.a1b2.tmp"
+    older = tmp_path / ".artefact.abc123.tmp"  # named before process ids were added
+    for folder in (dead, live, older):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"partial")
+    export_run(runs["sasrec"], "onnx", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["artefact", live.name])
+
+
+def test_an_artefact_set_aside_by_a_killed_swap_is_put_back(runs, tmp_path):
+    out = tmp_path / "artefact"
+    export_run(runs["sasrec"], "onnx", out)
+    out.rename(tmp_path / ".artefact.old")  # killed between the two renames of the swap
+    clean_stale_temporaries(out)
+    assert is_artefact(out) and not (tmp_path / ".artefact.old").exists()
+
+
+def test_export_out_that_is_a_file_or_unwritable(runs, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    for out in (taken, taken / "export"):
+        argv = ["export", str(runs["sasrec"]), "--format", "onnx", "--out", str(out)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("adarec: error:") and str(taken) in err and "Traceback" not in err
+    assert taken.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("file", "content"),
+    [
+        ("model.onnx", b""),
+        ("model.onnx", b"\x08\x07 truncated protobuf"),
+        ("metadata.json", b'{"format": "onnx"'),
+        ("metadata.json", b'{"format": "onnx"}'),
+        ("items.json", b"[1, 2]"),
+        ("popularity.json", None),  # missing
+        ("popularity.json", b'{"a": 1}'),
+    ],
+)
+def test_damaged_onnx_artefact_names_the_file(runs, tmp_path, file, content):
+    out = export_run(runs["sasrec"], "onnx", tmp_path / "artefact")
+    if content is None:
+        (out / file).unlink()
+    else:
+        (out / file).write_bytes(content)
+    with pytest.raises(UserError, match=rf"{file.replace('.', '[.]')} .*export the run again"):
+        Predictor.from_run(out)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut", bytes(range(256))])
+def test_damaged_torchscript_artefact_names_the_file(runs, tmp_path, content):
+    out = export_run(runs["sasrec"], "torchscript", tmp_path / "artefact")
+    (out / "model.ts").write_bytes(content)
+    with pytest.raises(UserError, match=r"model[.]ts is missing or damaged"):
+        Predictor.from_run(out)
+
+
+def test_damaged_default_export_is_exported_again(runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["sasrec"], run)
+    first = current_export(run, "onnx")
+    (first / "metadata.json").write_text("{")
+    assert Predictor.from_run(run, backend="onnx").recommend([], k=2)["items"]
+    assert read_json(first / "metadata.json")["format"] == "onnx"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adarec.errors import UserError
+from adarec.io import check_file
 
 
 @dataclass(frozen=True)
@@ -76,4 +77,5 @@ def dataset_path(name: str) -> Path | None:
     path = Path(name).expanduser()
     if not path.exists():
         raise unknown_dataset(name)
-    return path
+    # Before anything hashes or parses it: a folder, an empty or unreadable file is named.
+    return check_file(path, "data file", allow_empty=False)

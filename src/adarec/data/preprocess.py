@@ -1,7 +1,8 @@
 """From raw interactions to chronological item sequences, with a content-keyed cache.
 
-Steps: optional implicit threshold on ratings, k-core filter, dropping sequences too short
-for leave-one-out, a stable chronological sort, item ids 1..N, and sampled negatives.
+Steps: dropping rows without a user or item id, optional implicit threshold on ratings,
+dropping exact duplicate rows, k-core filter, dropping sequences too short for leave-one-out,
+a stable chronological sort, item ids 1..N, and sampled negatives.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from adarec.data.builtin import BUILTIN, dataset_path
 from adarec.data.readers import read_any
 from adarec.data.synthetic import SYNTHETIC_VERSION
 from adarec.errors import UserError
-from adarec.io import atomic_write
+from adarec.io import atomic_write, writable_dir
 
 PAD = "<pad>"
 MIN_SEQUENCE_LENGTH = 3  # leave-one-out needs a training item, a validation and a test target
-CACHE_VERSION = 1  # bump when the preprocessing or the cache layout changes
+CACHE_VERSION = 2  # bump when the preprocessing or the cache layout changes
 
 
 @dataclass
@@ -55,6 +56,21 @@ class PreparedData:
     @property
     def num_interactions(self) -> int:
         return sum(len(seq) for seq in self.sequences)
+
+    def fingerprint(self) -> str:
+        """A hash of everything a model trains and is evaluated on: ids, sequences, negatives.
+
+        Equal fingerprints mean equal splits; a re-ordered or edited file that changes any
+        sequence, the item numbering or the negatives changes it.
+        """
+        digest = hashlib.sha256()
+        digest.update(json.dumps([self.item_ids, self.user_ids]).encode())
+        lengths = np.array([len(seq) for seq in self.sequences], dtype=np.int64)
+        digest.update(lengths.tobytes())
+        for seq in self.sequences:
+            digest.update(np.ascontiguousarray(seq, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(self.negatives, dtype=np.int64).tobytes())
+        return digest.hexdigest()
 
     def item_index(self) -> dict[str, int]:
         """Raw item id -> internal id."""
@@ -97,6 +113,24 @@ def kcore(
         if ok.all():
             return keep, passes
         keep = keep[ok]
+
+
+def _blank(names: list[Any]) -> np.ndarray:
+    """Per distinct id: whether it is empty or only white space (a missing id)."""
+    return np.array([not str(name).strip() for name in names], dtype=bool)
+
+
+def exact_duplicates(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """Mask of the rows that repeat an earlier row's (user, item, timestamp)."""
+    order = np.lexsort((np.arange(len(users)), timestamps, items, users))
+    same = (
+        (np.diff(users[order]) == 0)
+        & (np.diff(items[order]) == 0)
+        & (np.diff(timestamps[order]) == 0)
+    )
+    repeated = np.zeros(len(users), dtype=bool)
+    repeated[order[1:]] = same
+    return repeated
 
 
 def _sizes(users: np.ndarray, items: np.ndarray) -> tuple[int, int, int]:
@@ -147,14 +181,22 @@ def _build(cfg: DataConfig, seed: int, name: str, say: Callable[[str], None]) ->
     items, item_names = _encode(raw.items)
     log: list[dict[str, Any]] = []
 
-    def step(label: str, rows: np.ndarray, keep: np.ndarray, **extra: Any) -> np.ndarray:
-        """Keep ``rows[keep]`` and log the sizes before and after."""
+    def step(
+        label: str, rows: np.ndarray, keep: np.ndarray, always: bool = True, **extra: Any
+    ) -> np.ndarray:
+        """Keep ``rows[keep]`` and log the sizes before and after (``always``, or when the
+        step removed rows)."""
         kept = rows[keep]
-        before, after = _sizes(users[rows], items[rows]), _sizes(users[kept], items[kept])
-        log.append(_log_step(label, before, after, **extra))
+        if always or len(kept) < len(rows):
+            before, after = _sizes(users[rows], items[rows]), _sizes(users[kept], items[kept])
+            log.append(_log_step(label, before, after, **extra))
+            say(f"{label}: {len(rows) - len(kept):,} rows removed")
         return kept
 
     rows = np.arange(len(raw))
+    # An empty id would become a user (merging every such row into one sequence) or an item.
+    identified = ~_blank(user_names)[users] & ~_blank(item_names)[items]
+    rows = step("rows without a user or item id dropped", rows, identified, always=False)
     if cfg.rating_threshold is not None:
         if raw.ratings is None:
             raise UserError(
@@ -162,7 +204,12 @@ def _build(cfg: DataConfig, seed: int, name: str, say: Callable[[str], None]) ->
                 f"'{cfg.dataset}' has no ratings; set data.rating_threshold to null"
             )
         above = raw.ratings >= cfg.rating_threshold
-        rows = step(f"rating >= {cfg.rating_threshold:g}", rows, above)
+        rows = step(f"rating >= {cfg.rating_threshold:g}", rows, above[rows])
+    if cfg.duplicates == "drop":
+        repeated = exact_duplicates(users[rows], items[rows], raw.timestamps[rows])
+        rows = step(
+            "exact duplicates (user, item, timestamp) dropped", rows, ~repeated, always=False
+        )
     keep, passes = kcore(
         users[rows], items[rows], cfg.min_user_count, cfg.min_item_count, cfg.kcore
     )
@@ -277,7 +324,8 @@ def prepare(
     name = cfg.dataset if path is None or cfg.dataset in BUILTIN else path.stem
     key = cache_key(cfg, seed, path)
     safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-    cache_file = Path(cache_dir or default_cache_dir()) / f"{safe_name}-{key[:24]}.npz"
+    cache_root = Path(cache_dir or default_cache_dir())
+    cache_file = cache_root / f"{safe_name}-{key[:24]}.npz"
     if cache_file.is_file():
         try:
             data = _load(cache_file)
@@ -286,6 +334,8 @@ def prepare(
         else:
             say(f"loaded {cache_file}")
             return data
+    # Found out now rather than after minutes of preprocessing.
+    writable_dir(cache_root, "data cache folder ($ADAREC_CACHE_DIR)")
     data = _build(cfg, seed, name, say)
     _save(data, cache_file)
     say(f"cached {cache_file}")

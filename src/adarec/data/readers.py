@@ -49,7 +49,10 @@ def read_header(path: Path, sep: str = "auto", strip_types: bool = False) -> tup
     if not first.strip():
         raise UserError(f"data file {path} is empty (no header line)")
     sep = detect_separator(first) if sep == "auto" else sep
-    names = [name.strip() for name in next(csv.reader([first], delimiter=sep))]
+    try:
+        names = [name.strip() for name in next(csv.reader([first], delimiter=sep))]
+    except csv.Error as exc:
+        raise UserError(f"{path}, line 1 (the header): {exc}") from None
     if strip_types:  # RecBole atomic headers read "name:type"
         names = [name.split(":", 1)[0] for name in names]
     return names, sep
@@ -92,16 +95,57 @@ def _is_finite_number(value: str) -> bool:
         return False
 
 
-def _find_row(table: _Table, predicate: Callable[[int, list[str]], bool]) -> tuple[int, list[str]]:
-    """The 1-based line and fields of the first data row (blank lines skipped) that matches."""
-    with table.path.open(newline="", encoding=ENCODING) as fh:
-        reader = csv.reader(fh, delimiter=table.sep)
+def _records(path: Path, sep: str) -> Iterator[tuple[int, int, list[str]]]:
+    """``(first line, last line, fields)`` of every non-blank data record, 1-based lines.
+
+    A record spans several lines when a quoted field holds a line break, or when a quote is
+    never closed: then the record runs on, and its first line is where the problem is.
+    """
+    with path.open(newline="", encoding=ENCODING) as fh:
+        reader = csv.reader(fh, delimiter=sep)
         next(reader)
-        rows = (row for row in reader if row)
-        for index, row in enumerate(rows):
-            if predicate(index, row):
-                return reader.line_num, row
+        while True:
+            first = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                runs_on = _runs_on(first, reader.line_num)
+                raise UserError(f"{path}, line {first}: {exc}{runs_on}") from None
+            if row:
+                yield first, reader.line_num, row
+
+
+def _runs_on(first: int, last: int) -> str:
+    return f" (the record runs on to line {last}: is a quote not closed?)" if last > first else ""
+
+
+def _find_row(table: _Table, predicate: Callable[[int, list[str]], bool]) -> tuple[int, list[str]]:
+    """The first line and fields of the first data row (blank lines skipped) that matches."""
+    for index, (first, _, row) in enumerate(_records(table.path, table.sep)):
+        if predicate(index, row):
+            return first, row
     raise AssertionError("no matching row")  # callers only ask for rows that exist
+
+
+def _malformed_row(path: Path, sep: str, width: int) -> UserError:
+    """The error for the first record that cannot be parsed or has a wrong number of fields."""
+    for first, last, row in _records(path, sep):
+        if len(row) != width:
+            return UserError(
+                f"{path}, line {first}: expected {width} fields, "
+                f"found {len(row)}{_runs_on(first, last)}"
+            )
+    raise AssertionError("no malformed row")  # only called after the fast path found one
+
+
+class _WrongWidth(Exception):
+    """A row of the fast reading loop has the wrong number of fields."""
+
+
+def _wrong_width() -> bool:
+    raise _WrongWidth
 
 
 @contextmanager
@@ -135,23 +179,20 @@ def _read_table(
     names = list(required) + [name for name in optional if name in header]
     index = [header.index(name) for name in names]
     get = itemgetter(*index)
+    width = len(header)
     table = _Table(path, sep, {})
-    reader = None
     try:
         with _gc_paused():
             with path.open(newline="", encoding=ENCODING) as fh:
                 reader = csv.reader(fh, delimiter=sep)
                 next(reader)
-                rows = [get(row) for row in reader if row]
+                # Every row must have the header's fields: a missing or extra field, or a
+                # quote that swallows the following lines, is refused (the slow path cites
+                # the line where the bad record starts).
+                rows = [get(row) for row in reader if row and (len(row) == width or _wrong_width())]
             table.columns = {name: [row[k] for row in rows] for k, name in enumerate(names)}
-    except IndexError:
-        line, row = _find_row(table, lambda _index, row: len(row) <= max(index))
-        raise UserError(
-            f"{path}, line {line}: expected {len(header)} fields, found {len(row)}"
-        ) from None
-    except csv.Error as exc:
-        line = reader.line_num if reader is not None else 1
-        raise UserError(f"{path}, line {line}: {exc}") from None
+    except (_WrongWidth, csv.Error):
+        raise _malformed_row(path, sep, width) from None
     except UnicodeDecodeError:
         raise UserError(f"data file {path} is not UTF-8 text") from None
     if not rows:

@@ -98,6 +98,9 @@ def sampled_ranks(
     _check_targets(targets, batch, num_columns - 1)
     if negatives.dim() != 2 or negatives.shape[0] != batch:
         raise ValueError(f"negatives must be [{batch}, K], got shape {list(negatives.shape)}")
+    if negatives.shape[1] == 0 and batch:
+        # Without competitors every target ranks first: metrics of 1.0 that mean nothing.
+        raise ValueError("sampled ranking needs at least one negative per example (K = 0)")
     scores = _nan_to_neg_inf(scores)
     target_scores = scores.gather(1, targets[:, None])
     negative_scores = scores.gather(1, negatives)

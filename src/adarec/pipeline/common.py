@@ -11,17 +11,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from adarec.config import Config, save_config
+from adarec.config import STAGES, Config, differences, save_config
 from adarec.data.preprocess import PreparedData, prepare
 from adarec.data.splits import EvalSplit, TrainWindows, eval_split, train_windows
 from adarec.data.stats import describe
 from adarec.errors import UserError
 from adarec.evaluate.evaluator import evaluate
-from adarec.io import atomic_write_json
+from adarec.io import atomic_write_json, read_json, writable_dir
 from adarec.logs import setup_logging
 from adarec.models.base import count_parameters
+from adarec.runs import (
+    CHECKPOINT_DIRS,
+    DATA_FILE,
+    ITEMS_FILE,
+    check_run_data,
+    has_weights,
+    load_run_config,
+)
 from adarec.seed import seed_everything
 from adarec.train import distributed as dist
+from adarec.train.loop import EARLIER_SECONDS_FILE
 
 log = logging.getLogger("adarec")
 
@@ -36,24 +45,59 @@ class StageData:
     test: EvalSplit
 
 
-def start_run(cfg: Config, run_dir: Path, resume: bool, quiet: bool) -> torch.device:
-    """Check the run directory, set up device, process group, seed and logging."""
-    run_dir = Path(run_dir)
-    if (run_dir / "metrics.json").exists() and not resume:
+# What a resumed run may change: how long it trains, how it is measured and where it runs.
+# Anything else (data, seed, model, losses, optimiser) would make the run no longer match
+# its weights, or silently be ignored by the restored optimiser state.
+RESUMABLE_KEYS = tuple(
+    f"{stage}.{key}"
+    for stage in STAGES
+    for key in ("epochs", "patience", "eval_every", "max_steps_per_epoch")
+) + ("device", "amp")
+RESUMABLE_SECTIONS = ("eval.", "bench.", "run.")
+
+
+def check_resume_config(cfg: Config, run_dir: Path) -> None:
+    """Refuse a resume whose configuration differs from the saved one where it matters."""
+    saved = load_run_config(run_dir)
+    changed = {
+        key: values
+        for key, values in differences(saved, cfg).items()
+        if key not in RESUMABLE_KEYS and not key.startswith(RESUMABLE_SECTIONS)
+    }
+    if changed:
+        listed = ", ".join(f"{key} ({old!r} -> {new!r})" for key, (old, new) in changed.items())
         raise UserError(
-            f"{run_dir} already holds a finished run; pass --resume to reuse it "
-            "or choose another --out"
+            f"--resume: the configuration differs from the one {run_dir} was started with: "
+            f"{listed}; the saved weights belong to the saved settings. Resume with them "
+            "(only epochs, patience, eval_every, max_steps_per_epoch, eval.*, bench.*, "
+            "device and amp may change), or choose another --out"
+        )
+
+
+def start_run(cfg: Config, run_dir: Path, resume: bool, quiet: bool) -> torch.device:
+    """Check the run directory, set up device, process group, seed and logging.
+
+    Nothing is written before every check has passed: a finished run is read-only, and a
+    resumed run must keep its configuration (see ``check_resume_config``).
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").exists():
+        raise UserError(
+            f"{run_dir} already holds a finished run, which is never changed (not even with "
+            f"--resume); re-evaluate it with `adarec evaluate {run_dir}` or choose another --out"
         )
     if (run_dir / "checkpoints" / "last.pt").exists() and not resume:
         raise UserError(
             f"{run_dir} holds an interrupted run; pass --resume to continue it "
             "or choose another --out"
         )
+    if resume and has_weights(run_dir) and (run_dir / "config.yaml").exists():
+        check_resume_config(cfg, run_dir)
     device = dist.resolve_device(cfg.device)
     dist.init_distributed(device)
     seed_everything(cfg.seed)
     if dist.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
+        writable_dir(run_dir, "run directory")
         save_config(cfg, run_dir / "config.yaml")
     setup_logging(run_dir, quiet)
     log.info("run directory %s, device %s, world size %d", run_dir, device, dist.world_size())
@@ -67,6 +111,15 @@ def load_stage_data(cfg: Config, quiet: bool = True) -> StageData:
     data = prepare(cfg.data, cfg.seed, progress=not quiet and dist.is_main())
     if dist.is_main():
         dist.barrier()
+    for entry in data.filter_log:
+        removed = entry["rows_before"] - entry["rows_after"]
+        if removed:
+            log.info(
+                "data filter '%s': %d of %d rows removed",
+                entry["step"],
+                removed,
+                entry["rows_before"],
+            )
     windows = train_windows(data, cfg.data.max_len, cfg.data.long_sequences, cfg.data.min_window)
     if len(windows) == 0:
         raise UserError("no training windows left: sequences are too short for leave-one-out")
@@ -87,10 +140,17 @@ def load_stage_data(cfg: Config, quiet: bool = True) -> StageData:
 
 
 def write_data_files(run_dir: Path, data: PreparedData) -> None:
-    """The id mapping (so the run can be served alone) and the dataset statistics."""
+    """The id mapping (so the run can be served alone), the dataset statistics and the
+    data's fingerprint. A run that already holds weights keeps its data: other data is
+    refused (a resume must continue on what it started with)."""
+    run_dir = Path(run_dir)
+    if has_weights(run_dir):
+        check_run_data(run_dir, data)
     if dist.is_main():
-        atomic_write_json(Path(run_dir) / "items.json", data.item_ids)
-        atomic_write_json(Path(run_dir) / "data.json", describe(data))
+        atomic_write_json(run_dir / ITEMS_FILE, data.item_ids)
+        atomic_write_json(
+            run_dir / DATA_FILE, {**describe(data), "fingerprint": data.fingerprint()}
+        )
 
 
 def final_metrics(
@@ -120,6 +180,12 @@ def final_metrics(
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """Write metrics.json, which marks the stage finished (and read-only).
+
+    ``train_seconds`` is this process's time; a resumed run adds what earlier processes
+    spent training, so the total covers the whole run.
+    """
+    metrics["train_seconds"] = round(metrics["train_seconds"] + earlier_seconds(run_dir), 2)
     if dist.is_main():
         atomic_write_json(Path(run_dir) / "metrics.json", metrics)
     # metrics.json marks a finished stage: no rank may go on to read it before it exists.
@@ -133,6 +199,12 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
         test["sampled"]["NDCG@10"],
         test["sampled"]["HR@10"],
     )
+
+
+def earlier_seconds(run_dir: Path) -> float:
+    """Training seconds that earlier processes of a resumed run spent in its loops."""
+    paths = [Path(run_dir) / name / EARLIER_SECONDS_FILE for name in CHECKPOINT_DIRS]
+    return sum(float(read_json(p, dict).get("seconds", 0.0)) for p in paths if p.is_file())
 
 
 class Timer:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from adarec.pipeline.common import StageData, final_metrics, load_stage_data
-from adarec.runs import load_run_config, load_run_model, read_metrics
+from adarec.runs import check_run_data, load_run_config, load_run_model, read_metrics
 from adarec.train import distributed as dist
 
 
@@ -22,6 +22,7 @@ def evaluate_run(run_dir: Path, exclude_seen: bool = False) -> dict[str, Any]:
     dist.init_distributed(device)  # under torchrun every rank scores its shard of users
     model, _ = load_run_model(run_dir, device)
     stage_data: StageData = load_stage_data(cfg)
+    check_run_data(run_dir, stage_data.data)
     metrics = final_metrics(
         model, cfg, stage_data, device, saved["model"], saved["train_seconds"], saved["epochs"]
     )

@@ -39,6 +39,16 @@ def student_spec(genotype: Genotype, num_items: int, max_len: int, dropout: floa
     }
 
 
+def _search_file(search_dir: Path, name: str, key: str) -> dict[str, Any]:
+    """A JSON file the search wrote, holding ``key``; UserError naming the file if damaged."""
+    path = Path(search_dir) / name
+    hint = "run the search again"
+    content = read_json(path, dict, hint)
+    if key not in content:
+        raise UserError(f"{path} is damaged: no {key!r}; {hint}")
+    return content
+
+
 def run_student(
     cfg: Config,
     run_dir: Path,
@@ -56,11 +66,15 @@ def run_student(
     run_dir, search_dir = Path(run_dir), Path(search_dir)
     if not (search_dir / "genotype.json").exists():
         raise UserError(f"{search_dir} holds no finished search (genotype.json missing)")
+    # The search's files are read before anything is written or trained.
+    genotype = genotype or load_genotype(search_dir / "genotype.json")
+    cost_file = _search_file(search_dir, "cost_table.json", "cost")
+    if cfg.student.loss == "kd":
+        teacher_dir = Path(_search_file(search_dir, "teacher.json", "run_dir")["run_dir"])
     device = start_run(cfg, run_dir, resume, quiet)
     stage_data = load_stage_data(cfg, quiet)
     check_same_data(search_dir, stage_data)
     write_data_files(run_dir, stage_data.data)
-    genotype = genotype or load_genotype(search_dir / "genotype.json")
     num_items, max_len = stage_data.data.num_items, cfg.data.max_len
     student = Student(num_items, max_len, genotype, dropout=cfg.search.dropout)
     if cfg.student.init == "inherit":
@@ -69,7 +83,6 @@ def run_student(
         log.info("student inherits %d tensors from the searched supernet", copied)
     timer = Timer()
     if cfg.student.loss == "kd":
-        teacher_dir = Path(read_json(search_dir / "teacher.json")["run_dir"])
         teacher, _ = load_run_model(teacher_dir, device)
         stage = DistillStage(
             student, teacher, cfg.search, cfg.student, device, cfg.seed, amp=cfg.amp
@@ -101,7 +114,7 @@ def run_student(
         result.epochs,
         extra={
             "architecture": genotype_to_dict(genotype),
-            "cost": architecture_cost(genotype, read_json(search_dir / "cost_table.json")),
+            "cost": architecture_cost(genotype, cost_file),
         },
     )
     write_metrics(run_dir, metrics)

@@ -10,6 +10,7 @@ import torch
 
 from adarec.config import Config
 from adarec.data.splits import item_counts
+from adarec.errors import UserError
 from adarec.models.bert4rec import mask_items
 from adarec.models.factory import build_model
 from adarec.models.pop import Popularity
@@ -112,7 +113,12 @@ def _pretrain_bert4rec(
 
         best = pre_dir / "checkpoints" / "best.pt"
         if best.exists():
-            model.load_state_dict(load_checkpoint(best, device)["model"])
+            hint = "pretrain again with --phase pretrain (or --phase all)"
+            weights = load_checkpoint(best, device, keys=("model",), hint=hint)["model"]
+            try:
+                model.load_state_dict(weights)
+            except RuntimeError:
+                raise UserError(f"{best} does not fit this model; {hint}") from None
         else:
             log.info("no pretraining found in %s; fine-tuning from scratch", pre_dir)
         return 0

@@ -101,11 +101,11 @@ def bench_runs(
 
     run_dirs = [Path(r) for r in run_dirs]
     torch_device = resolve_device(device)
-    items = run_items(run_dirs[0])
     loaded = [load_run_model(run_dir, torch_device) for run_dir in run_dirs]
+    items = run_items(run_dirs[0], loaded[0][1]["num_items"])
     max_len = loaded[0][1]["max_len"]
     for run_dir, (_, spec) in zip(run_dirs, loaded, strict=True):
-        if run_items(run_dir) != items or spec["max_len"] != max_len:
+        if run_items(run_dir, spec["num_items"]) != items or spec["max_len"] != max_len:
             raise UserError(
                 f"{run_dir} was trained on other data than {run_dirs[0]}; "
                 "bench runs of the same dataset and max_len together"

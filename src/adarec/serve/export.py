@@ -10,7 +10,9 @@ An artefact directory holds the model file (``model.ts`` or ``model.onnx``, comp
 from __future__ import annotations
 
 import datetime
+import glob
 import hashlib
+import os
 import shutil
 import tempfile
 import warnings
@@ -21,9 +23,9 @@ import torch
 from torch import nn
 
 from adarec.errors import UserError
-from adarec.io import atomic_write_json, read_json
+from adarec.io import atomic_write_json, read_json, writable_dir
 from adarec.models.base import count_parameters
-from adarec.runs import MODEL_FILE, load_run_config, load_run_model
+from adarec.runs import MODEL_FILE, check_run_data, load_run_config, load_run_model, read_metrics
 from adarec.train.distributed import resolve_device
 
 FORMATS = ("torchscript", "onnx")
@@ -64,11 +66,35 @@ def default_export_dir(run_dir: Path, fmt: str, device: str | torch.device = "cp
     return Path(run_dir) / "export" / f"{fmt}{suffix}"
 
 
-def run_items(run_dir: Path) -> list[str]:
+def run_items(run_dir: Path, num_items: int) -> list[str]:
+    """The raw item ids of a run's model with ``num_items`` items (index 0: padding)."""
     path = Path(run_dir) / ITEMS_FILE
     if not path.is_file():
         raise UserError(f"{run_dir} has no {ITEMS_FILE} (the item id mapping)")
-    return read_json(path)
+    hint = "re-run the stage that wrote it (it maps the model's ids)"
+    items = read_json(path, list, hint)
+    if len(items) != num_items + 1:
+        raise UserError(f"{path} does not match the model's {num_items} items; {hint}")
+    return items
+
+
+METADATA_KEYS = ("format", "max_len", "num_items")
+
+
+def read_metadata(artefact_dir: Path) -> dict[str, Any]:
+    """An artefact's metadata.json, checked to hold what serving reads."""
+    path = Path(artefact_dir) / METADATA_FILE
+    hint = "export the run again (adarec export RUN_DIR)"
+    metadata = read_json(path, dict, hint)
+    missing = [key for key in METADATA_KEYS if key not in metadata]
+    sizes = [metadata.get(key) for key in ("max_len", "num_items")]
+    if (
+        missing
+        or metadata["format"] not in FORMATS
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)
+    ):
+        raise UserError(f"{path} is damaged (format, max_len or num_items wrong); {hint}")
+    return metadata
 
 
 def training_popularity(run_dir: Path) -> list[int]:
@@ -84,10 +110,7 @@ def training_popularity(run_dir: Path) -> list[int]:
             f"cannot read the training data of {run_dir} for the popularity fallback ({exc}); "
             "serve an artefact exported where the data is available (adarec export)"
         ) from None
-    if data.item_ids != run_items(run_dir):
-        raise UserError(
-            f"the dataset {cfg.data.dataset!r} no longer matches the items of {run_dir}"
-        )
+    check_run_data(run_dir, data)
     return [int(c) for c in item_counts(data)]
 
 
@@ -99,7 +122,7 @@ def _metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 def model_info(run_dir: Path, model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
     """What a served model is: kind, name, dataset, sizes, architecture, parameters, metrics."""
     metrics_path = Path(run_dir) / "metrics.json"
-    saved = read_json(metrics_path) if metrics_path.is_file() else {}
+    saved = read_metrics(run_dir) if metrics_path.is_file() else {}
     if spec["kind"] == "teacher":
         name, architecture = spec["model"]["name"], spec["model"]
     else:
@@ -154,9 +177,42 @@ def _write_model(predict: ScorePredict, example: torch.Tensor, fmt: str, path: P
             )
 
 
+def _process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
+
+
+def clean_stale_temporaries(out_dir: Path) -> None:
+    """Tidy what a killed export of ``out_dir`` left beside it.
+
+    Its hidden temporary folder (``.NAME.PID.*.tmp``) is removed once process PID is gone;
+    an earlier artefact set aside as ``.NAME.old`` is put back when ``out_dir`` itself went
+    missing (killed mid-swap), else removed.
+    """
+    out_dir = Path(out_dir)
+    prefix = f".{out_dir.name}."
+    for path in out_dir.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = path.name[len(prefix) :].split(".", 1)[0]
+        if path.is_dir() and not (pid.isdigit() and _process_running(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if old.is_dir():
+        if not out_dir.exists() and is_artefact(old):
+            old.rename(out_dir)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     """Move the finished ``tmp`` to ``out_dir``; an earlier artefact there is replaced."""
     if out_dir.exists():
+        if not out_dir.is_dir():
+            raise UserError(f"{out_dir} is a file, not an export folder; choose another --out")
         if not is_artefact(out_dir) and any(out_dir.iterdir()):
             raise UserError(f"{out_dir} exists and is not an adarec export; choose another --out")
         old = out_dir.with_name(f".{out_dir.name}.old")
@@ -180,11 +236,14 @@ def export_run(
     run_dir = Path(run_dir)
     if is_artefact(run_dir):
         raise UserError(f"{run_dir} is already an exported artefact; export a run directory")
+    out_dir = Path(out_dir) if out_dir is not None else default_export_dir(run_dir, fmt, device)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file, not an export folder; choose another --out")
+    writable_dir(out_dir.parent, "export folder")
+    clean_stale_temporaries(out_dir)
     traced_on = trace_device(fmt, device)
     model, spec = load_run_model(run_dir, traced_on)
-    items = run_items(run_dir)
-    if len(items) != spec["num_items"] + 1:
-        raise UserError(f"{run_dir}: {ITEMS_FILE} does not match the model's item count")
+    items = run_items(run_dir, spec["num_items"])
     popularity = training_popularity(run_dir)
     metadata = {
         **model_info(run_dir, model, spec),
@@ -210,9 +269,9 @@ def export_run(
         },
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    out_dir = Path(out_dir) if out_dir is not None else default_export_dir(run_dir, fmt, device)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    # The process id in the name tells a later export whether this folder is still in use.
+    prefix = f".{out_dir.name}.{os.getpid()}."
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out_dir.parent))
     try:
         example = example_histories(spec["num_items"], spec["max_len"]).to(traced_on)
         _write_model(ScorePredict(model).eval(), example, fmt, tmp / MODEL_FILES[fmt])
@@ -230,7 +289,10 @@ def current_export(run_dir: Path, fmt: str, device: str | torch.device = "cpu") 
     """The run's default artefact in ``fmt``, exported again when missing or out of date."""
     out_dir = default_export_dir(run_dir, fmt, device)
     if is_artefact(out_dir):
-        source = read_json(out_dir / METADATA_FILE).get("source", {})
+        try:
+            source = read_metadata(out_dir).get("source", {})
+        except UserError:
+            source = {}  # a damaged artefact is exported again, like an outdated one
         model_path = Path(run_dir) / MODEL_FILE
         if model_path.is_file() and source.get("model_sha256") == file_sha256(model_path):
             return out_dir

@@ -21,13 +21,13 @@ from adarec.io import read_json
 from adarec.serve.export import (
     INPUT_NAME,
     ITEMS_FILE,
-    METADATA_FILE,
     MODEL_FILES,
     OUTPUT_NAME,
     POPULARITY_FILE,
     current_export,
     is_artefact,
     model_info,
+    read_metadata,
     run_items,
     training_popularity,
 )
@@ -64,7 +64,10 @@ def onnx_scorer(path: Path, device: torch.device, threads: int) -> Scorer:
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(str(path), options, providers=providers)
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own kinds (InvalidProtobuf, Fail, ...)
+        raise damaged_export(path, exc) from None
 
     def score(items: torch.Tensor) -> torch.Tensor:
         (scores,) = session.run([OUTPUT_NAME], {INPUT_NAME: items.cpu().numpy()})
@@ -78,7 +81,17 @@ def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule
         # TorchScript is deprecated in favour of torch.export, but still the format that
         # serves without Python model code; the warning would repeat on every load.
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.load(str(path), map_location=device)
+        try:
+            return torch.jit.load(str(path), map_location=device)
+        except Exception as exc:  # torch raises RuntimeError, ValueError, ... on bad bytes
+            raise damaged_export(path, exc) from None
+
+
+def damaged_export(path: Path, exc: BaseException | None = None) -> UserError:
+    reason = f" ({str(exc).splitlines()[0][:200]})" if exc is not None and str(exc) else ""
+    return UserError(
+        f"{path} is missing or damaged{reason}; export the run again (adarec export RUN_DIR)"
+    )
 
 
 class Predictor:
@@ -134,13 +147,14 @@ class Predictor:
         model, spec = load_run_model(path, torch_device)
         info = {**model_info(path, model, spec), "backend": "eager"}
         scorer = _torch_scorer(model.full_sort_predict, torch_device)
-        return cls(scorer, run_items(path), training_popularity(path), spec["max_len"], info)
+        items = run_items(path, spec["num_items"])
+        return cls(scorer, items, training_popularity(path), spec["max_len"], info)
 
     @classmethod
     def _from_artefact(
         cls, path: Path, backend: str | None, device: torch.device, threads: int
     ) -> Predictor:
-        metadata = read_json(path / METADATA_FILE)
+        metadata = read_metadata(path)
         backend = backend or metadata["format"]
         if backend != metadata["format"]:
             raise UserError(
@@ -148,6 +162,8 @@ class Predictor:
                 f"{metadata['format']} (or give the run directory for {backend})"
             )
         model_path = path / MODEL_FILES[backend]
+        if not model_path.is_file():
+            raise damaged_export(model_path)
         if backend == "onnx":
             scorer = onnx_scorer(model_path, device, threads)
         else:
@@ -159,13 +175,16 @@ class Predictor:
                 )
             scorer = _torch_scorer(load_torchscript(model_path, device), device)
         info = {**metadata, "backend": backend}
-        return cls(
-            scorer,
-            read_json(path / ITEMS_FILE),
-            read_json(path / POPULARITY_FILE),
-            metadata["max_len"],
-            info,
-        )
+        hint = "export the run again (adarec export RUN_DIR)"
+        items = read_json(path / ITEMS_FILE, list, hint)
+        popularity = read_json(path / POPULARITY_FILE, list, hint)
+        if len(items) != metadata["num_items"] + 1:
+            raise UserError(f"{path / ITEMS_FILE} does not match the model's items; {hint}")
+        if len(popularity) != len(items) or not all(
+            isinstance(c, int | float) and not isinstance(c, bool) for c in popularity
+        ):
+            raise UserError(f"{path / POPULARITY_FILE} does not match {ITEMS_FILE}; {hint}")
+        return cls(scorer, items, popularity, metadata["max_len"], info)
 
     def check_k(self, k: int) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:

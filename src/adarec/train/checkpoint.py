@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adarec.errors import UserError
 from adarec.io import atomic_write
 
 
@@ -16,8 +17,44 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(Path(path), map_location=map_location, weights_only=False)
+# What the training loop's last.pt holds.
+LAST_KEYS = (
+    "model",
+    "stage",
+    "rng",
+    "history",
+    "epoch",
+    "best_value",
+    "best_epoch",
+    "bad_epochs",
+    "seconds",
+    "best_valid",
+    "finished",
+)
+
+
+def load_checkpoint(
+    path: Path,
+    map_location: str | torch.device = "cpu",
+    keys: tuple[str, ...] = (),
+    hint: str = "re-run the stage that wrote it",
+) -> dict[str, Any]:
+    """A checkpoint holding at least ``keys``; a missing, truncated, empty or foreign file is
+    a UserError naming it and saying what to do (``hint``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing; {hint}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch and pickle raise many kinds on bad bytes
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"{path} is damaged or not an adarec checkpoint ({reason}); {hint}"
+        ) from None
+    missing = [key for key in keys if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise UserError(f"{path} is not the checkpoint adarec wrote (no {missing[0]!r}); {hint}")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

@@ -23,14 +23,23 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from adarec.config import EvalConfig, LoopConfig
+from adarec.errors import UserError
 from adarec.evaluate.evaluator import evaluate
 from adarec.io import atomic_write_json
 from adarec.train import distributed as dist
-from adarec.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from adarec.train.checkpoint import (
+    LAST_KEYS,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 log = logging.getLogger("adarec")
 
 SELECTION_METRIC = "NDCG@10"
+# Training seconds of the processes before a resumed one (the loop's own clock restarts).
+EARLIER_SECONDS_FILE = "earlier_seconds.json"
 
 
 class Stage(Protocol):
@@ -108,19 +117,25 @@ def run_training(
     best_state: dict[str, Any] | None = None
     finished = False
 
+    hint = "delete the checkpoints folder to start this stage again"
     if resume and last_path.exists():
-        state = load_checkpoint(last_path, map_location=device)
-        stage.model.load_state_dict(state["model"])
-        stage.load_state_dict(state["stage"])
-        set_rng_state(_own_rng_state(state["rng"]))
+        state = load_checkpoint(last_path, device, keys=LAST_KEYS, hint=hint)
+        try:
+            stage.model.load_state_dict(state["model"])
+            stage.load_state_dict(state["stage"])
+            set_rng_state(_own_rng_state(state["rng"]))
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError):
+            raise UserError(f"{last_path} does not fit this stage's model; {hint}") from None
         history = state["history"]
         start_epoch = state["epoch"] + 1
         best_value, best_epoch = state["best_value"], state["best_epoch"]
         bad_epochs, seconds, best_valid = state["bad_epochs"], state["seconds"], state["best_valid"]
         finished = state["finished"]
         if best_path.exists():
-            best_state = load_checkpoint(best_path, map_location=device)["model"]
+            best_state = load_checkpoint(best_path, device, keys=("model",), hint=hint)["model"]
         log.info("%s: resumed after epoch %d from %s", desc, start_epoch - 1, last_path)
+    if dist.is_main():
+        atomic_write_json(ckpt_dir / EARLIER_SECONDS_FILE, {"seconds": seconds})
 
     show = not quiet and dist.is_main()
     for epoch in range(start_epoch, 0 if finished else loop.epochs):
