@@ -67,8 +67,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def event_service(predictor: Any, args: argparse.Namespace) -> Any:
-    """The per-event service of ``serve`` (None: ``/events`` off), from --state and --index.
+def event_service(predictor: Any, args: argparse.Namespace) -> tuple[Any, str]:
+    """The per-event service of ``serve`` (None: ``/events`` off) and a line saying so.
 
     Without --state, a model that can stream gets the in-process store and one that
     cannot serves ``/recommend`` only; an explicit --state on such a model is an error.
@@ -83,20 +83,20 @@ def event_service(predictor: Any, args: argparse.Namespace) -> Any:
     if predictor.model is None:
         if args.state is not None:
             raise UserError("--state needs the eager backend (--backend eager, a run directory)")
-        print("per-event serving (/events) is off: it needs the eager backend", flush=True)
-        return None
+        return None, "/events off (it needs the eager backend)"
     try:
         streamer = streamer_for(predictor.model)
     except UserError as exc:
         if args.state is not None:
             raise
-        print(f"per-event serving (/events) is off: {exc}", flush=True)
-        return None
+        return None, f"/events off ({exc})"
     tag = model_tag(predictor.model)
     store = open_store(
         args.state or "memory", tag, args.max_users, int(args.max_state_mb * 1024 * 1024)
     )
-    return EventService(predictor, streamer, store, make_catalogue(predictor.model, args.index))
+    catalogue = make_catalogue(predictor.model, args.index)
+    service = EventService(predictor, streamer, store, catalogue)
+    return service, f"/events with the {store.kind} store and {catalogue.kind} top-k"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -111,13 +111,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"--max-body-mb must be positive; got {args.max_body_mb}")
     try:
         predictor = Predictor.from_run(Path(args.run_dir), args.backend, args.device, args.threads)
-        events = event_service(predictor, args)
+        events, events_note = event_service(predictor, args)
         sock = bind_socket(args.host, args.port)
         host, port = sock.getsockname()[:2]
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         print(
             f"serving {predictor.info.get('model')} ({predictor.info.get('kind')}, "
-            f"{predictor.info['backend']}) on {url}; Ctrl-C stops",
+            f"{predictor.info['backend']}) on {url}; {events_note}; Ctrl-C stops",
             flush=True,
         )
         app = create_app(predictor, events, max_body=int(args.max_body_mb * 1024 * 1024))
