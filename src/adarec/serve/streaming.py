@@ -146,7 +146,8 @@ def _op_step(op: nn.Module, inputs: torch.Tensor, reach: int) -> torch.Tensor:
     """A causal op's output at the newest position; ``inputs`` end there."""
     if reach == 0:  # skip: the newest input itself
         return inputs[-1]
-    return op.step(inputs[inputs.size(0) - reach - 1 :])
+    span = reach + 1
+    return op.step(inputs if inputs.size(0) == span else inputs[inputs.size(0) - span :])
 
 
 def _push(history: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,6 +173,8 @@ class StudentStreamer(Streamer):
         self.exact_events = model.max_len
         self.keep = min(model.window, model.max_len)
         edges = model.genotype.nodes
+        # The cells' output mixing weights, fixed at inference: computed once, not per event.
+        self.node_weights = [torch.softmax(cell.node_weights.detach(), 0) for cell in model.cells]
         # Queue length per edge input: the longest reach of the ops reading it.
         self.queue = [0] * (len(edges) + 1)
         for node in edges:
@@ -202,16 +205,19 @@ class StudentStreamer(Streamer):
             new_queues.append(later)
             return window
 
-        for cell in model.cells:
+        for cell, weights in zip(model.cells, self.node_weights, strict=True):
             inputs = [window(0, F.relu(x))]
             nodes = []
             for edges, modules in zip(cell.edges, cell.nodes, strict=True):
-                node = torch.zeros_like(x)
+                node = None
                 for i, op in edges:
-                    node = node + _op_step(modules[str(i)][op], inputs[i], left_reach(op))
+                    out = _op_step(modules[str(i)][op], inputs[i], left_reach(op))
+                    node = out if node is None else node + out
+                node = torch.zeros_like(x) if node is None else node
                 nodes.append(node)
                 inputs.append(window(len(inputs), F.relu(node)))
-            x = cell.combine(nodes, x)
+            # Cell.combine for one position: ReLU(LayerNorm(softmax(w) . nodes)) + input.
+            x = F.relu(cell.norm(weights @ torch.stack(nodes))) + x
         return new_queues, x
 
     def _forward_tail(self, items: torch.Tensor) -> torch.Tensor:
