@@ -91,9 +91,9 @@ def event_service(predictor: Any, args: argparse.Namespace) -> tuple[Any, str]:
             raise
         return None, f"/events off ({exc})"
     tag = model_tag(predictor.model)
-    store = open_store(
-        args.state or "memory", tag, args.max_users, int(args.max_state_mb * 1024 * 1024)
-    )
+    device = predictor.model.output_layer.weight.device
+    max_bytes = int(args.max_state_mb * 1024 * 1024)
+    store = open_store(args.state or "memory", tag, args.max_users, max_bytes, device)
     catalogue = make_catalogue(predictor.model, args.index)
     service = EventService(predictor, streamer, store, catalogue)
     return service, f"/events with the {store.kind} store and {catalogue.kind} top-k"

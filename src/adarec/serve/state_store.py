@@ -56,8 +56,9 @@ def encode_state(state: StreamState, tag: bytes) -> bytes:
     return b"".join(parts)
 
 
-def decode_state(data: bytes, tag: bytes) -> StreamState:
-    """The state of ``encode_state``; ForeignState unless written for ``tag`` in this format."""
+def decode_state(data: bytes, tag: bytes, device: str | torch.device = "cpu") -> StreamState:
+    """The state of ``encode_state`` (tensors on ``device``); ForeignState unless written
+    for ``tag`` in this format."""
     try:
         magic, fmt, written_by, events, kept, count = _HEADER.unpack_from(data)
     except struct.error:
@@ -75,7 +76,7 @@ def decode_state(data: bytes, tag: bytes) -> StreamState:
             rows, cols = _SHAPE.unpack_from(data, offset)
             offset += _SHAPE.size
             values = np.frombuffer(data, "<f4", rows * cols, offset).reshape(rows, cols)
-            tensors.append(torch.from_numpy(values.copy()))
+            tensors.append(torch.from_numpy(values.copy()).to(device))
             offset += 4 * rows * cols
     except (ValueError, struct.error):
         raise ForeignState("the state is truncated") from None
@@ -168,11 +169,12 @@ class RedisStore(StateStore):
     kind = "redis"
     PREFIX = "adarec:state:"
 
-    def __init__(self, url: str, tag: bytes):
+    def __init__(self, url: str, tag: bytes, device: str | torch.device = "cpu"):
         import redis.asyncio
 
         self.url = url
         self.tag = tag
+        self.device = device  # where loaded states go: the model's device
         self.refused = 0
         self.client = redis.asyncio.Redis.from_url(url, socket_timeout=5)
 
@@ -181,7 +183,7 @@ class RedisStore(StateStore):
         if data is None:
             return None
         try:
-            return decode_state(data, self.tag)
+            return decode_state(data, self.tag, self.device)
         except ForeignState:
             self.refused += 1
             raise
@@ -220,12 +222,14 @@ def _without_password(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def open_store(spec: str, tag: bytes, max_users: int, max_bytes: int) -> StateStore:
+def open_store(
+    spec: str, tag: bytes, max_users: int, max_bytes: int, device: str | torch.device = "cpu"
+) -> StateStore:
     """``memory`` or ``redis://host:port/db``; UserError for anything else."""
     if spec == "memory":
         return MemoryStore(max_users, max_bytes)
     if spec.startswith(("redis://", "rediss://", "unix://")):
-        return RedisStore(spec, tag)
+        return RedisStore(spec, tag, device)
     raise UserError(
         f"--state must be 'memory' or a redis:// URL (redis://host:port/db); got {spec!r}"
     )
