@@ -20,8 +20,9 @@ client on the other (Redis on the server's core), ``POST /events`` at concurrenc
 The events of a few users are interleaved so that concurrent requests of the same user are
 in flight at once; at the end each user's stored event count must equal the events sent.
 
-Catalogue: a synthetic catalogue of ``--catalogue-items`` clustered vectors: exact top-10
-vs faiss IVF (and HNSW at a tenth of the size): build time, latency, recall@10.
+Catalogue: a synthetic catalogue of ``--catalogue-items`` vectors around 1,000 centres
+(noise as large as the centres), queries between two centres: exact top-10 vs faiss IVF
+(and HNSW at a tenth of the size): build time, latency, recall@10.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadtest import Connection, split_cpus, start_server, stop_server  # noqa: E402
@@ -82,6 +84,45 @@ def event_streams(run_dir: Path, users: int, max_events: int, seed: int) -> list
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(data.sequences), size=min(users, len(data.sequences)), replace=False)
     return [data.sequences[u][:max_events] for u in sorted(chosen)]
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operators a call dispatches: at batch 1 on a CPU each costs a few
+    microseconds whatever its size, so the count explains most of a small model's latency."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Any) -> int:
+    with torch.inference_mode(), OpCounter() as counter:
+        fn()
+    return counter.count
+
+
+def ops_per_event(predictor: Predictor, stream: np.ndarray) -> dict[str, int]:
+    """ATen operators per event of each variant (one user's history, its next item)."""
+    model = predictor.model
+    streamer, catalogue = streamer_for(model), ExactCatalogue(model)
+    item = int(stream[-1])
+    within = streamer.rebuild(stream[: min(len(stream), model.max_len) - 1].tolist())
+    past = streamer.rebuild(stream[:-1].tolist())
+    window = torch.from_numpy(left_pad([stream], model.max_len))
+    return {
+        "full": count_ops(lambda: _top_k(model.full_sort_predict(window)[0])),
+        "incremental_within": count_ops(
+            lambda: catalogue.top_k(streamer.advance(within, item).output, K)
+        ),
+        "incremental_past": count_ops(
+            lambda: catalogue.top_k(streamer.advance(past, item).output, K)
+        ),
+        "floor": count_ops(lambda: _top_k(model.output_layer(model.item_embedding.weight[item]))),
+    }
 
 
 def _top_k(scores: torch.Tensor) -> list[int]:
@@ -126,6 +167,7 @@ def replay(predictor: Predictor, streams: list[np.ndarray]) -> dict[str, Any]:
                 del full_top
             sizes_end.append(len(encode_state(state, tag)))
     events = len(times["full"])
+    longest = max(streams, key=len)
     mean_end = statistics.fmean(sizes_end)
     return {
         "model": predictor.info.get("model"),
@@ -136,6 +178,7 @@ def replay(predictor: Predictor, streams: list[np.ndarray]) -> dict[str, Any]:
         "events": events,
         "events_past_max_len": len(times["incremental_past"]),
         "reencodes": streamer.reencodes - reencodes_before,
+        "aten_ops_per_event": ops_per_event(predictor, longest),
         "max_abs_score_diff": worst_diff,
         "latency_ms": {name: summary(values) for name, values in times.items()},
         "state_bytes": {
@@ -303,18 +346,23 @@ def http_bench(
 # ----------------------------------------------------------------------------- catalogue
 
 
-def clustered(count: int, dim: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
-    picks = rng.integers(0, len(centres), count)
-    return (centres[picks] + 0.5 * rng.normal(size=(count, dim))).astype(np.float32)
+def clustered(
+    count: int, rng: np.random.Generator, centres: np.ndarray, mix: int = 1
+) -> np.ndarray:
+    """Vectors around the mean of ``mix`` random centres, with as much noise as signal."""
+    picks = rng.integers(0, len(centres), (count, mix))
+    noise = rng.normal(size=(count, centres.shape[1]))
+    return (centres[picks].mean(axis=1) + noise).astype(np.float32)
 
 
 def catalogue_bench(items: int, dim: int, queries: int, seed: int) -> dict[str, Any]:
     """Exact vs faiss top-10 on a synthetic clustered catalogue (inner product + bias)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(1000, dim))
-    weight = np.vstack([np.zeros((1, dim), np.float32), clustered(items, dim, rng, centres)])
+    weight = np.vstack([np.zeros((1, dim), np.float32), clustered(items, rng, centres)])
     bias = rng.normal(scale=0.1, size=items + 1).astype(np.float32)
-    asks = clustered(queries, dim, rng, centres)
+    # A user's state mixes several tastes: queries sit between two centres.
+    asks = clustered(queries, rng, centres, mix=2)
     out: dict[str, Any] = {"items": items, "dim": dim, "queries": queries, "kind": "synthetic"}
     for kind, count in (("ivf", items), ("hnsw", items // 10)):
         w, b = torch.from_numpy(weight[: count + 1]), torch.from_numpy(bias[: count + 1])
@@ -329,36 +377,47 @@ def catalogue_bench(items: int, dim: int, queries: int, seed: int) -> dict[str, 
         built = time.perf_counter()
         index = FaissCatalogue(weight[: count + 1], bias[: count + 1], kind=kind)
         build_s = time.perf_counter() - built
-        faiss_ns, hits = [], 0
-        for query, expected in zip(asks, exact_top, strict=True):
-            began = time.perf_counter_ns()
-            _, ids = index.search(query[None], K)
-            faiss_ns.append(time.perf_counter_ns() - began)
-            hits += len(set(ids[0].tolist()) & expected)
         out[kind] = {
             "items": count,
             "build_seconds": round(build_s, 1),
             "exact_ms": summary(exact_ns),
-            "faiss_ms": summary(faiss_ns),
-            "recall_at_10": round(hits / (K * queries), 4),
-            "settings": _index_settings(index),
+            "settings": [_search(index, kind, value, asks, exact_top) for value in SWEEP[kind]],
         }
-        print(
-            f"catalogue {count:>8} items {kind}: exact p50 {out[kind]['exact_ms']['p50']} ms, "
-            f"faiss p50 {out[kind]['faiss_ms']['p50']} ms, recall@10 "
-            f"{out[kind]['recall_at_10']}, build {build_s:.1f} s",
-            flush=True,
-        )
+        for row in out[kind]["settings"]:
+            print(
+                f"catalogue {count:>8} items: exact p50 {out[kind]['exact_ms']['p50']} ms | "
+                f"{kind} {row['setting']} p50 {row['faiss_ms']['p50']} ms, recall@10 "
+                f"{row['recall_at_10']} (built in {build_s:.1f} s)",
+                flush=True,
+            )
     return out
 
 
-def _index_settings(index: FaissCatalogue) -> dict[str, Any]:
-    if index.kind == "ivf":
-        return {"nlist": index.index.nlist, "nprobe": index.index.nprobe}
-    return {"M": 32, "efConstruction": 80, "efSearch": index.index.hnsw.efSearch}
+# The search-time knob of each index: IVF lists probed (of sqrt(items)), HNSW candidates.
+SWEEP = {"ivf": (16, 64, 128), "hnsw": (64, 128, 256)}
 
 
-# ---------------------------------------------------------------------------------- main
+def _search(
+    index: FaissCatalogue, kind: str, value: int, asks: np.ndarray, exact_top: list[set[int]]
+) -> dict[str, Any]:
+    """Latency and recall@10 (against the exact top-10) at one search setting."""
+    if kind == "ivf":
+        index.index.nprobe = value
+        setting = {"nlist": index.index.nlist, "nprobe": value}
+    else:
+        index.index.hnsw.efSearch = value
+        setting = {"M": 32, "efConstruction": 80, "efSearch": value}
+    faiss_ns, hits = [], 0
+    for query, expected in zip(asks, exact_top, strict=True):
+        began = time.perf_counter_ns()
+        _, ids = index.search(query[None], K)
+        faiss_ns.append(time.perf_counter_ns() - began)
+        hits += len(set(ids[0].tolist()) & expected)
+    return {
+        "setting": setting,
+        "faiss_ms": summary(faiss_ns),
+        "recall_at_10": round(hits / (K * len(asks)), 4),
+    }
 
 
 def check_targets(in_process: dict[str, Any]) -> dict[str, Any] | None:

@@ -73,7 +73,7 @@ class FaissCatalogue:
             self.index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
             sample = np.random.default_rng(seed).permutation(count)[: 64 * lists]
             self.index.train(vectors[sample])
-            self.index.nprobe = nprobe or max(8, lists // 32)
+            self.index.nprobe = nprobe or max(16, lists // 16)
         else:
             raise ValueError(f"unknown faiss index kind {kind!r} (hnsw or ivf)")
         self.index.add(vectors)
