@@ -172,3 +172,11 @@ def test_concurrent_events_of_the_same_user_are_never_lost(predictor, backend, r
             assert set(pool.map(send, range(len(users), 240))) == {200}
         counts = [http.get("/users/" + user).json()["events"] for user in users]
     assert counts == [60] * 4
+    assert events.locks.locks == {}  # no lock outlives its events
+
+
+def test_a_user_never_seen_has_no_state(predictor):
+    with running(create_app(predictor, service(predictor))) as http:
+        assert http.get("/users/nobody").json() == {"user": "nobody", "stored": False, "events": 0}
+        reset = http.post("/users/nobody/reset").json()
+        assert reset == {"user": "nobody", "reset": True, "existed": False}
