@@ -111,6 +111,15 @@ def test_invalid_events_name_the_field(predictor, body, field):
         assert response.status_code == 422 and field in response.json()["detail"]
 
 
+def test_an_unreachable_redis_is_a_503_and_a_degraded_health(predictor):
+    events = service(predictor, RedisStore("redis://127.0.0.1:1/0", model_tag(predictor.model)))
+    with running(create_app(predictor, events)) as http:
+        response = http.post("/events", json={"user": "u", "item": "1", "history": []})
+        assert response.status_code == 503
+        assert response.json()["detail"].startswith("the Redis state store redis://127.0.0.1:1/0")
+        assert http.get("/health").json()["status"] == "degraded"
+
+
 def test_without_a_store_events_are_off(predictor):
     with running(create_app(predictor)) as http:
         response = http.post("/events", json={"user": "u", "item": "1", "history": []})

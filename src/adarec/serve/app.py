@@ -33,6 +33,7 @@ from pydantic import (
 from adarec.errors import UserError
 from adarec.serve.events import EventService, MissingState
 from adarec.serve.predictor import Predictor
+from adarec.serve.state_store import StoreUnavailable
 
 MAX_BATCH = 1024  # histories per request
 MAX_HISTORY = 10_000  # items per history (only the most recent max_len are scored)
@@ -177,6 +178,10 @@ def create_app(
     @app.exception_handler(MissingState)
     async def _missing_state(request: Request, exc: MissingState) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
 
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError) -> JSONResponse:

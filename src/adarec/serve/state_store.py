@@ -12,6 +12,7 @@ import hashlib
 import struct
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,6 +32,10 @@ _MAGIC = b"ADRS"
 
 class ForeignState(ValueError):
     """A stored state that this model must not use (other model, other format, corrupt)."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The state store cannot be reached (the service answers 503)."""
 
 
 def model_tag(model: nn.Module) -> bytes:
@@ -179,7 +184,7 @@ class RedisStore(StateStore):
         self.client = redis.asyncio.Redis.from_url(url, socket_timeout=5)
 
     async def get(self, user: str) -> StreamState | None:
-        data = await self.client.get(self.PREFIX + user)
+        data = await self._call(self.client.get(self.PREFIX + user))
         if data is None:
             return None
         try:
@@ -189,10 +194,19 @@ class RedisStore(StateStore):
             raise
 
     async def put(self, user: str, state: StreamState) -> None:
-        await self.client.set(self.PREFIX + user, encode_state(state, self.tag))
+        await self._call(self.client.set(self.PREFIX + user, encode_state(state, self.tag)))
 
     async def delete(self, user: str) -> bool:
-        return bool(await self.client.delete(self.PREFIX + user))
+        return bool(await self._call(self.client.delete(self.PREFIX + user)))
+
+    async def _call(self, command: Awaitable[Any]) -> Any:
+        import redis
+
+        try:
+            return await command
+        except redis.RedisError as exc:
+            location = _without_password(self.url)
+            raise StoreUnavailable(f"the Redis state store {location} failed: {exc}") from None
 
     async def stats(self) -> dict[str, Any]:
         import redis
