@@ -65,6 +65,29 @@ def test_student_streams_exactly_on_random_genotypes(seed):
     assert max(replay(student, history)) <= TOLERANCE
 
 
+def test_student_leaves_out_edges_that_only_see_zeros():
+    """node_0 is all "none": pools and skips of it are zero and left out; a convolution of
+    it is not zero (its LayerNorm adds a bias) and is kept; node_3 is zero as a whole."""
+    nodes = (
+        ((0, "none"),),
+        ((0, "causal_max_pool3"), (1, "skip")),
+        ((0, "skip"), (1, "causal_conv3"), (2, "causal_avg_pool3")),
+        ((0, "none"), (1, "causal_max_pool3"), (2, "none"), (3, "none")),
+    )
+    genotype = Genotype("causal", nodes, cells=2, width=8)
+    torch.manual_seed(0)
+    student = add_noise(Student(NUM_ITEMS, 12, genotype, dropout=0.0), 0).eval()
+    streamer = streamer_for(student)
+    assert streamer.edges == [
+        [],
+        [(0, "causal_max_pool3")],
+        [(0, "skip"), (1, "causal_conv3"), (2, "causal_avg_pool3")],
+        [],
+    ]
+    assert streamer.live == [1, 2]
+    assert max(replay(student, random_history(7, 20))) <= TOLERANCE
+
+
 def test_student_reencodes_past_max_len_only():
     student = random_student(3, max_len=12)
     streamer = streamer_for(student)

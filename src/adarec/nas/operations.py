@@ -139,7 +139,7 @@ class PoolOp(nn.Module):
         if not self.causal:
             raise ValueError("a centred pool reads the next position: it cannot stream")
         # One reduction (not two pairwise ops): at batch 1 each op's dispatch is the cost.
-        return window.amax(dim=0) if self.kind == "max" else window.sum(dim=0) / 3.0
+        return window.amax(dim=0) if self.kind == "max" else window.mean(dim=0)
 
 
 class Zero(nn.Module):

@@ -150,6 +150,11 @@ def _op_step(op: nn.Module, inputs: torch.Tensor, reach: int) -> torch.Tensor:
     return op.step(inputs if inputs.size(0) == span else inputs[inputs.size(0) - span :])
 
 
+def _keeps_zero(op: str) -> bool:
+    """Whether an op maps all-zero inputs to zero (skip and the pools; not convolutions)."""
+    return op == "skip" or op.endswith("pool3")
+
+
 def _push(history: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(window = history + value, the history one position later)."""
     window = torch.cat([history, value.unsqueeze(0)])
@@ -172,15 +177,28 @@ class StudentStreamer(Streamer):
         super().__init__(model)
         self.exact_events = model.max_len
         self.keep = min(model.window, model.max_len)
-        edges = model.genotype.nodes
-        # The cells' output mixing weights, fixed at inference: computed once, not per event.
-        self.node_weights = [torch.softmax(cell.node_weights.detach(), 0) for cell in model.cells]
-        # Queue length per edge input: the longest reach of the ops reading it.
-        self.queue = [0] * (len(edges) + 1)
-        for node in edges:
-            for i, op in node:
-                if op != "none":
-                    self.queue[i] = max(self.queue[i], left_reach(op))
+        # A node whose edges are all "none" is zero at every position, and so is a pool or
+        # skip of it: such edges are left out (a convolution of zeros is kept: its
+        # LayerNorm adds a bias), and zero nodes add nothing to the cell's weighted sum.
+        zero = [False]  # per edge input; input 0 is the cell input
+        self.edges: list[list[tuple[int, str]]] = []
+        for node in model.genotype.nodes:
+            live = [(i, op) for i, op in node if op != "none" and not (zero[i] and _keeps_zero(op))]
+            self.edges.append(live)
+            zero.append(not live)
+        self.live = [j for j, edges in enumerate(self.edges) if edges]
+        # The cells' mixing weights of the live nodes, fixed at inference: computed once.
+        self.node_weights = [
+            torch.softmax(cell.node_weights.detach(), 0)[self.live] for cell in model.cells
+        ]
+        # Per edge input: queue length (the longest reach of the ops reading it) and
+        # whether any op reads it at all.
+        self.queue = [0] * (len(self.edges) + 1)
+        self.read = [False] * (len(self.edges) + 1)
+        for edges in self.edges:
+            for i, op in edges:
+                self.queue[i] = max(self.queue[i], left_reach(op))
+                self.read[i] = True
 
     def _initial_tensors(self) -> list[torch.Tensor]:
         weight = self.model.item_embedding.weight
@@ -208,16 +226,22 @@ class StudentStreamer(Streamer):
         for cell, weights in zip(model.cells, self.node_weights, strict=True):
             inputs = [window(0, F.relu(x))]
             nodes = []
-            for edges, modules in zip(cell.edges, cell.nodes, strict=True):
+            for j, (edges, modules) in enumerate(zip(self.edges, cell.nodes, strict=True)):
                 node = None
                 for i, op in edges:
                     out = _op_step(modules[str(i)][op], inputs[i], left_reach(op))
                     node = out if node is None else node + out
-                node = torch.zeros_like(x) if node is None else node
-                nodes.append(node)
-                inputs.append(window(len(inputs), F.relu(node)))
+                if node is not None:
+                    nodes.append(node)
+                if self.read[j + 1]:
+                    inputs.append(
+                        window(j + 1, torch.zeros_like(x) if node is None else F.relu(node))
+                    )
+                else:
+                    inputs.append(None)
             # Cell.combine for one position: ReLU(LayerNorm(softmax(w) . nodes)) + input.
-            x = F.relu(cell.norm(weights @ torch.stack(nodes))) + x
+            mixed = weights @ torch.stack(nodes) if nodes else torch.zeros_like(x)
+            x = F.relu(cell.norm(mixed)) + x
         return new_queues, x
 
     def _forward_tail(self, items: torch.Tensor) -> torch.Tensor:
