@@ -64,9 +64,17 @@ def split_cpus(threads: int) -> tuple[set[int], set[int]] | None:
 
 
 def start_server(
-    run_dir: Path, backend: str, threads: int, log: Path, cpus: set[int] | None = None
+    run_dir: Path,
+    backend: str,
+    threads: int,
+    log: Path,
+    cpus: set[int] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Server:
-    """``adarec serve`` on a free 127.0.0.1 port (on ``cpus``), once it answers ``/health``."""
+    """``adarec serve`` on a free 127.0.0.1 port (on ``cpus``), once it answers ``/health``.
+
+    ``extra``: more ``serve`` options (e.g. ``--state redis://...``).
+    """
     argv = SERVE + [
         str(run_dir),
         "--host",
@@ -78,6 +86,7 @@ def start_server(
         "--threads",
         str(threads),
         "--no-access-log",
+        *extra,
     ]
     handle = open(log, "w")  # noqa: SIM115 - the server writes to it until stop_server
     # Pinned before exec, so every thread the server starts inherits the cores.

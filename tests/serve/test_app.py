@@ -1,18 +1,18 @@
 """The HTTP service, started for real with uvicorn on a free loopback port."""
 
+import json
 import statistics
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
-import uvicorn
+import torch
 
 from adarec.errors import UserError
 from adarec.io import read_json
-from adarec.serve.app import MAX_BATCH, bind_socket, create_app
+from adarec.serve.app import INLINE_BODY, MAX_BATCH, bind_socket, create_app
 from adarec.serve.predictor import Predictor
+from tests.serve.server import running
 
 
 @pytest.fixture(scope="module")
@@ -23,24 +23,17 @@ def predictor(runs):
 
 @pytest.fixture(scope="module")
 def client(predictor):
-    sock = bind_socket("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
+    with running(create_app(predictor)) as http:
         yield http
-    server.should_exit = True
-    thread.join(timeout=20)
-    assert not thread.is_alive()
 
 
 def test_health_and_model(client, runs):
-    assert client.get("/health").json() == {"status": "ok", "model": "student", "backend": "onnx"}
+    assert client.get("/health").json() == {
+        "status": "ok",
+        "model": "student",
+        "backend": "onnx",
+        "store": None,  # no per-user state: /events is off
+    }
     info = client.get("/model").json()
     assert info["kind"] == "student" and info["dataset"] == "synthetic"
     assert info["architecture"]["op_set"] == "causal"
@@ -143,3 +136,56 @@ def test_busy_port_is_a_user_error():
             bind_socket("127.0.0.1", taken.getsockname()[1])
     finally:
         taken.close()
+
+
+def test_body_over_the_limit_is_413():
+    predictor = Predictor(
+        lambda items: torch.zeros(len(items), 4), [0, "a", "b", "c"], [0, 3, 2, 1], max_len=5
+    )
+    with running(create_app(predictor, max_body=1000)) as http:
+        big = {"history": ["a"] * 400}  # ~2.4 kB: within the per-field limits
+        response = http.post("/recommend", json=big)
+        assert response.status_code == 413
+        assert response.json()["detail"] == "request body: at most 1000 bytes"
+        # Without a Content-Length (chunked), the limit holds while reading.
+        chunks = iter([b'{"history": [', b'"a", ' * 300, b'"a"]}'])
+        response = http.post(
+            "/recommend", content=chunks, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 413
+        assert http.post("/recommend", json={"history": ["a"] * 10, "k": 2}).status_code == 200
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_wrong_content_type_says_so(client, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post("/recommend", content=b'{"history": ["1"]}', headers=headers)
+    assert response.status_code == 415
+    detail = response.json()["detail"]
+    assert detail.startswith("Content-Type must be application/json; got ")
+    assert (content_type or "no Content-Type") in detail
+
+
+def test_a_large_batch_does_not_block_small_requests():
+    """A big batch is scored in a worker thread: /health and a small request answer first."""
+    ids = [0] + [f"item-{i}" for i in range(1, 50)]
+
+    def slow_scorer(items):
+        if len(items) > 1:
+            time.sleep(1.5)  # a batch that takes long to score
+        return torch.arange(len(ids), dtype=torch.float32).repeat(len(items), 1)
+
+    predictor = Predictor(slow_scorer, ids, [0] + [1] * 49, max_len=5)
+    histories = [ids[1:40]] * 400
+    assert len(json.dumps({"histories": histories})) > INLINE_BODY
+    with running(create_app(predictor)) as http, ThreadPoolExecutor(1) as pool:
+        batch = pool.submit(http.post, "/recommend", json={"histories": histories, "k": 2})
+        time.sleep(0.3)  # the batch is being scored
+        start = time.perf_counter()
+        assert http.get("/health").status_code == 200
+        small = http.post("/recommend", json={"history": ["item-1"], "k": 2})
+        waited = time.perf_counter() - start
+        assert not batch.done()
+        assert small.status_code == 200 and small.json()["items"] == ["item-49", "item-48"]
+        assert waited < 0.5
+        assert batch.result().status_code == 200

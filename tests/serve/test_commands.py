@@ -16,6 +16,7 @@ from adarec.io import read_json
 from adarec.models.base import count_parameters
 from adarec.runs import load_run_model
 from adarec.serve.commands import add_serve_commands
+from tests.serve.server import running
 
 # The serving commands behind a parser of their own, as the adarec CLI registers them.
 CLI = """
@@ -172,3 +173,45 @@ def test_serve_answers_and_stops_cleanly(runs, stop):
         process.kill()
     assert process.returncode == 0, output
     assert "server stopped" in output
+
+
+@pytest.fixture
+def served_app(monkeypatch):
+    """``adarec serve`` up to the point of serving: the app it would serve, and its output."""
+    import adarec.serve.app
+
+    apps = []
+    monkeypatch.setattr(adarec.serve.app, "serve", lambda app, sock, access_log: apps.append(app))
+    return apps
+
+
+def test_serve_streams_events_of_a_streamable_model(runs, served_app, capsys):
+    assert run_cli(["serve", str(runs["student-causal"]), "--port", "0"]) == 0
+    assert "/events with the memory store and exact top-k" in capsys.readouterr().out
+    items = read_json(runs["student-causal"] / "items.json")
+    with running(served_app[0]) as http:
+        body = {"user": "u", "item": items[1], "history": [], "k": 3}
+        assert http.post("/events", json=body).json()["events"] == 1
+        assert http.get("/health").json()["store"]["kind"] == "memory"
+
+
+def test_serve_without_state_for_a_model_that_cannot_stream(runs, served_app, capsys):
+    assert run_cli(["serve", str(runs["pop"]), "--port", "0"]) == 0
+    assert "/events off (Popularity has no per-event inference" in capsys.readouterr().out
+    with pytest.raises(UserError, match="Popularity has no per-event inference"):
+        run_cli(["serve", str(runs["pop"]), "--port", "0", "--state", "memory"])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--state", "postgres://db"], "--state must be 'memory' or a redis:// URL"),
+        (["--state", "memory", "--backend", "onnx"], "--state needs the eager backend"),
+        (["--max-body-mb", "0"], "--max-body-mb must be positive"),
+        (["--max-users", "0"], "--max-users and --max-state-mb must be positive"),
+    ],
+)
+def test_serve_refuses_bad_options(runs, served_app, extra, message):
+    with pytest.raises(UserError, match=message):
+        run_cli(["serve", str(runs["student-causal"]), "--port", "0", *extra])
+    assert served_app == []

@@ -70,6 +70,12 @@ class CausalConv1d(nn.Module):
         x = F.pad(x.transpose(1, 2), (self.left_pad, 0))
         return self.conv(x).transpose(1, 2)
 
+    def step(self, window: torch.Tensor) -> torch.Tensor:
+        """The output [C_out] at the newest position from the inputs [left_pad + 1, C_in]
+        ending there (streaming inference: one position per event)."""
+        taps = window[:: self.conv.dilation[0]]  # [kernel, C_in]: t - (k-1)d, ..., t
+        return torch.addmv(self.conv.bias, self.conv.weight.flatten(1), taps.t().flatten())
+
 
 def attention_mask(items: torch.Tensor, causal: bool) -> torch.Tensor:
     """Which keys each query may attend to: [B, L, L] bool (query, key).

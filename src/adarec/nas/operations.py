@@ -91,6 +91,16 @@ class ConvOp(nn.Module):
             return self.norm(y).transpose(1, 2)
         return self.norm(y.transpose(1, 2))
 
+    def step(self, window: torch.Tensor) -> torch.Tensor:
+        """The output at the newest position from the inputs [reach + 1, C] ending there.
+
+        Streaming (one position per event); causal LayerNorm convolutions only.
+        """
+        if self.padding[1] or not isinstance(self.norm, nn.LayerNorm):
+            raise ValueError("only causal LayerNorm convolutions compute one position at a time")
+        taps = window[:: self.conv.dilation[0]]  # [kernel, C]: t - (k-1)d, ..., t
+        return self.norm(torch.mv(self.conv.weight.flatten(1), taps.t().flatten()))
+
 
 class PoolOp(nn.Module):
     """Max or average pooling over a window of 3 positions, stride 1, same length.
@@ -123,6 +133,13 @@ class PoolOp(nn.Module):
         else:
             pooled = F.avg_pool1d(x, 3, 1, padding=1, count_include_pad=False)
         return pooled.transpose(1, 2)
+
+    def step(self, window: torch.Tensor) -> torch.Tensor:
+        """The output at the newest position from the inputs [3, C] at t - 2, t - 1, t."""
+        if not self.causal:
+            raise ValueError("a centred pool reads the next position: it cannot stream")
+        # One reduction (not two pairwise ops): at batch 1 each op's dispatch is the cost.
+        return window.amax(dim=0) if self.kind == "max" else window.mean(dim=0)
 
 
 class Zero(nn.Module):

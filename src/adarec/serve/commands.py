@@ -67,6 +67,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def event_service(predictor: Any, args: argparse.Namespace) -> tuple[Any, str]:
+    """The per-event service of ``serve`` (None: ``/events`` off) and a line saying so.
+
+    Without --state, a model that can stream gets the in-process store and one that
+    cannot serves ``/recommend`` only; an explicit --state on such a model is an error.
+    """
+    from adarec.serve.catalogue import make_catalogue
+    from adarec.serve.events import EventService
+    from adarec.serve.state_store import model_tag, open_store
+    from adarec.serve.streaming import streamer_for
+
+    if args.max_users < 1 or args.max_state_mb <= 0:
+        raise UserError("--max-users and --max-state-mb must be positive")
+    if predictor.model is None:
+        if args.state is not None:
+            raise UserError("--state needs the eager backend (--backend eager, a run directory)")
+        return None, "/events off (it needs the eager backend)"
+    try:
+        streamer = streamer_for(predictor.model)
+    except UserError as exc:
+        if args.state is not None:
+            raise
+        return None, f"/events off ({exc})"
+    tag = model_tag(predictor.model)
+    device = predictor.model.output_layer.weight.device
+    max_bytes = int(args.max_state_mb * 1024 * 1024)
+    store = open_store(args.state or "memory", tag, args.max_users, max_bytes, device)
+    catalogue = make_catalogue(predictor.model, args.index)
+    service = EventService(predictor, streamer, store, catalogue)
+    return service, f"/events with the {store.kind} store and {catalogue.kind} top-k"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from adarec.serve.app import bind_socket, create_app, serve
     from adarec.serve.predictor import Predictor
@@ -75,17 +107,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be between 0 and 65535; got {args.port}")
     if args.threads < 0:
         raise UserError(f"--threads must be 0 (the default) or more; got {args.threads}")
+    if args.max_body_mb <= 0:
+        raise UserError(f"--max-body-mb must be positive; got {args.max_body_mb}")
     try:
         predictor = Predictor.from_run(Path(args.run_dir), args.backend, args.device, args.threads)
+        events, events_note = event_service(predictor, args)
         sock = bind_socket(args.host, args.port)
         host, port = sock.getsockname()[:2]
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         print(
             f"serving {predictor.info.get('model')} ({predictor.info.get('kind')}, "
-            f"{predictor.info['backend']}) on {url}; Ctrl-C stops",
+            f"{predictor.info['backend']}) on {url}; {events_note}; Ctrl-C stops",
             flush=True,
         )
-        serve(create_app(predictor), sock, access_log=not args.no_access_log)
+        app = create_app(predictor, events, max_body=int(args.max_body_mb * 1024 * 1024))
+        serve(app, sock, access_log=not args.no_access_log)
     except KeyboardInterrupt:
         pass  # stopped before the server was up: nothing to shut down
     print("server stopped", flush=True)
@@ -177,6 +213,27 @@ def add_serve_commands(subparsers: Any) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     serve.add_argument("--threads", type=int, default=0, help="CPU threads (0: the default)")
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    serve.add_argument(
+        "--state",
+        help="where /events keeps per-user states: memory (default when the model can "
+        "stream) or redis://host:port/db",
+    )
+    serve.add_argument(
+        "--max-users", type=int, default=1_000_000, help="memory store: users kept (LRU)"
+    )
+    serve.add_argument(
+        "--max-state-mb", type=float, default=1024, help="memory store: MiB of states (LRU)"
+    )
+    serve.add_argument(
+        "--index",
+        default="auto",
+        choices=("auto", "exact", "faiss"),
+        help="top-k of /events: exact matmul, faiss (approximate, for millions of items) "
+        "or auto (exact below 200,000 items)",
+    )
+    serve.add_argument(
+        "--max-body-mb", type=float, default=4, help="largest request body in MiB (413 above)"
+    )
     _add_backend(serve)
     serve.set_defaults(func=cmd_serve)
 

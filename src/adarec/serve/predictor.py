@@ -104,6 +104,7 @@ class Predictor:
         popularity: Sequence[float],
         max_len: int,
         info: dict[str, Any] | None = None,
+        model: torch.nn.Module | None = None,
     ) -> None:
         if len(popularity) != len(item_ids):
             raise ValueError("popularity must have one count per item id (index 0: padding)")
@@ -111,6 +112,7 @@ class Predictor:
         self.item_ids = item_ids
         self.max_len = max_len
         self.info = info or {}
+        self.model = model  # the eager model (None for exported artefacts): streams events
         self.index = {str(raw): internal for internal, raw in enumerate(item_ids) if internal > 0}
         self.popularity = torch.as_tensor(popularity, dtype=torch.float32)
         self.popularity[0] = float("-inf")
@@ -148,7 +150,7 @@ class Predictor:
         info = {**model_info(path, model, spec), "backend": "eager"}
         scorer = _torch_scorer(model.full_sort_predict, torch_device)
         items = run_items(path, spec["num_items"])
-        return cls(scorer, items, training_popularity(path), spec["max_len"], info)
+        return cls(scorer, items, training_popularity(path), spec["max_len"], info, model)
 
     @classmethod
     def _from_artefact(
@@ -189,6 +191,11 @@ class Predictor:
     def check_k(self, k: int) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:
             raise UserError(f"k must be an integer between 1 and {self.num_items}; got {k!r}")
+
+    def popular(self, k: int) -> tuple[list[int], list[float]]:
+        """The ``k`` most popular training items (internal ids) and their counts."""
+        (top,) = _top_k(self.popularity.unsqueeze(0), k)
+        return top
 
     def encode(self, history: Sequence[Any]) -> EncodedHistory:
         """Known items (internal ids) and unknown raw ids of one history."""
@@ -239,7 +246,7 @@ class Predictor:
                 ranked = _top_k(scores, k)
             top = dict(zip(rows, ranked, strict=True))
         if len(rows) < len(encoded):
-            (fallback,) = _top_k(self.popularity.unsqueeze(0), k)
+            fallback = self.popular(k)
         results = []
         for row, e in enumerate(encoded):
             items, scores_k = top[row] if e.items else fallback

@@ -1,0 +1,139 @@
+"""Stateful per-event recommendations: append a user's event, answer top-k from the state.
+
+``EventService`` ties a predictor (id mapping, popularity), a ``Streamer`` (the model's
+per-event step), a ``StateStore`` and a ``Catalogue`` (top-k). Events of one user are
+applied one at a time, in arrival order (a per-user lock around read, step and write), so
+concurrent events of the same user never lose an update.
+
+A user without a usable state (new, evicted, lost, or written by another model) is
+rebuilt from the ``history`` the client sends; without one the event is refused (409),
+never answered from a wrong state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from adarec.errors import UserError
+from adarec.serve.catalogue import Catalogue
+from adarec.serve.predictor import Predictor
+from adarec.serve.state_store import ForeignState, StateStore
+from adarec.serve.streaming import Streamer, StreamState
+
+
+class MissingState(UserError):
+    """The user has no usable state and the request carries no history to rebuild it."""
+
+
+class UserLocks:
+    """One asyncio lock per user with events in flight (dropped once nobody holds it)."""
+
+    def __init__(self) -> None:
+        self.locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, user: str) -> AsyncIterator[None]:
+        lock, holders = self.locks.get(user, (None, 0))
+        lock = lock or asyncio.Lock()
+        self.locks[user] = (lock, holders + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, holders = self.locks[user]
+            if holders == 1:
+                del self.locks[user]
+            else:
+                self.locks[user] = (lock, holders - 1)
+
+
+class EventService:
+    """``event``, ``reset`` and ``user`` of the HTTP service's per-event endpoints."""
+
+    def __init__(
+        self, predictor: Predictor, streamer: Streamer, store: StateStore, catalogue: Catalogue
+    ):
+        self.predictor = predictor
+        self.streamer = streamer
+        self.store = store
+        self.catalogue = catalogue
+        self.locks = UserLocks()
+        self.rebuilds = 0
+
+    async def _load(self, user: str) -> tuple[StreamState | None, str]:
+        try:
+            state = await self.store.get(user)
+        except ForeignState as exc:
+            return None, f"its stored state was refused: {exc}"
+        return state, "new, evicted or lost"
+
+    @staticmethod
+    def _agrees(state: StreamState, history: list[int]) -> bool:
+        """Whether ``state`` is the state of ``history`` (count and the items it kept)."""
+        kept = state.recent
+        return state.events == len(history) and (not kept or history[-len(kept) :] == kept)
+
+    async def event(
+        self, user: str, item: Any, k: int = 10, history: Sequence[Any] | None = None
+    ) -> dict[str, Any]:
+        """Append ``item`` to ``user``'s events; the top-k after it.
+
+        ``history``: the user's earlier items (oldest first), used only when the stored
+        state is missing or disagrees with it.
+        """
+        self.predictor.check_k(k)
+        known_history = None if history is None else self.predictor.encode(history).items
+        internal = self.predictor.index.get(str(item))
+        async with self.locks.hold(user):
+            state, reason = await self._load(user)
+            status = "continued"
+            if known_history is not None and (
+                state is None or not self._agrees(state, known_history)
+            ):
+                state = self.streamer.rebuild(known_history)
+                status = "rebuilt"
+                self.rebuilds += 1
+            if state is None:
+                raise MissingState(
+                    f"user {user!r} has no state on this server ({reason}): send the event "
+                    "again with 'history', the user's earlier items (empty for a new user)"
+                )
+            if internal is not None:
+                state = self.streamer.advance(state, internal)
+            await self.store.put(user, state)
+        if state.output is None:
+            (items, scores), fallback = self.predictor.popular(k), "popularity"
+        else:
+            (items, scores), fallback = self.catalogue.top_k(state.output, k), None
+        return {
+            "user": user,
+            "items": [self.predictor.item_ids[i] for i in items],
+            "scores": scores,
+            "events": state.events,
+            "state": status,
+            "unknown_item": internal is None,
+            "fallback": fallback,
+        }
+
+    async def reset(self, user: str) -> dict[str, Any]:
+        """Forget ``user``'s state; the next event starts from the history it carries."""
+        async with self.locks.hold(user):
+            existed = await self.store.delete(user)
+        return {"user": user, "reset": True, "existed": existed}
+
+    async def user(self, user: str) -> dict[str, Any]:
+        """How many events ``user``'s stored state holds (0 and ``stored: false``: none)."""
+        async with self.locks.hold(user):
+            state, _ = await self._load(user)
+        return {"user": user, "stored": state is not None, "events": state.events if state else 0}
+
+    async def stats(self) -> dict[str, Any]:
+        return {
+            **await self.store.stats(),
+            "index": self.catalogue.kind,
+            "rebuilds": self.rebuilds,
+            "reencodes": self.streamer.reencodes,
+        }

@@ -1,0 +1,249 @@
+"""Where per-user streaming states live: in the server process (bounded LRU) or in Redis.
+
+Both stores have the same asynchronous interface (``get``, ``put``, ``delete``, ``stats``),
+so the service does not care which one it talks to. Redis holds each state serialised by
+``encode_state``: a small binary record tagged with the format and the model, so that a
+state written by another model (or another version of this one) is refused, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Awaitable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import torch
+from torch import nn
+
+from adarec.errors import UserError
+from adarec.serve.streaming import StreamState
+
+FORMAT = 1
+# magic, format, model tag, events, kept items, tensors (the output first, [0, 0] if none)
+_HEADER = struct.Struct("<4sB8sIHH")
+_SHAPE = struct.Struct("<HH")
+_MAGIC = b"ADRS"
+
+
+class ForeignState(ValueError):
+    """A stored state that this model must not use (other model, other format, corrupt)."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The state store cannot be reached (the service answers 503)."""
+
+
+def model_tag(model: nn.Module) -> bytes:
+    """8 bytes that identify a model's class and weights (the version tag of its states)."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.digest()[:8]
+
+
+def encode_state(state: StreamState, tag: bytes) -> bytes:
+    """The compact binary form: header, kept items (int32), tensors (float32 rows)."""
+    output = state.output.unsqueeze(0) if state.output is not None else torch.zeros(0, 0)
+    tensors = [output, *state.tensors]
+    parts = [
+        _HEADER.pack(_MAGIC, FORMAT, tag, state.events, len(state.recent), len(tensors)),
+        np.asarray(state.recent, dtype="<i4").tobytes(),
+    ]
+    for tensor in tensors:
+        parts.append(_SHAPE.pack(*tensor.shape))
+        parts.append(tensor.detach().cpu().numpy().astype("<f4", copy=False).tobytes())
+    return b"".join(parts)
+
+
+def decode_state(data: bytes, tag: bytes, device: str | torch.device = "cpu") -> StreamState:
+    """The state of ``encode_state`` (tensors on ``device``); ForeignState unless written
+    for ``tag`` in this format."""
+    try:
+        magic, fmt, written_by, events, kept, count = _HEADER.unpack_from(data)
+    except struct.error:
+        raise ForeignState("not an adarec streaming state (too short)") from None
+    if magic != _MAGIC or fmt != FORMAT:
+        raise ForeignState(f"not an adarec streaming state of format {FORMAT}")
+    if written_by != tag:
+        raise ForeignState("the state was written by another model")
+    offset = _HEADER.size
+    try:
+        recent = np.frombuffer(data, "<i4", kept, offset).tolist()
+        offset += 4 * kept
+        tensors = []
+        for _ in range(count):
+            rows, cols = _SHAPE.unpack_from(data, offset)
+            offset += _SHAPE.size
+            values = np.frombuffer(data, "<f4", rows * cols, offset).reshape(rows, cols)
+            tensors.append(torch.from_numpy(values.copy()).to(device))
+            offset += 4 * rows * cols
+    except (ValueError, struct.error):
+        raise ForeignState("the state is truncated") from None
+    if offset != len(data) or not tensors:
+        raise ForeignState("the state has trailing or missing bytes")
+    output = tensors[0][0] if tensors[0].numel() else None
+    return StreamState(events, recent, tensors[1:], output)
+
+
+class StateStore(ABC):
+    """Per-user states by user id; ``get`` is None for a user without one."""
+
+    kind: str
+
+    @abstractmethod
+    async def get(self, user: str) -> StreamState | None: ...
+
+    @abstractmethod
+    async def put(self, user: str, state: StreamState) -> None: ...
+
+    @abstractmethod
+    async def delete(self, user: str) -> bool:
+        """Forget ``user``; whether there was a state."""
+
+    @abstractmethod
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None:
+        return None
+
+
+class MemoryStore(StateStore):
+    """States in this process, least recently used evicted beyond ``max_users`` or
+    ``max_bytes`` (counted as tensor bytes, see ``StreamState.nbytes``)."""
+
+    kind = "memory"
+
+    def __init__(self, max_users: int, max_bytes: int):
+        if max_users < 1 or max_bytes < 1:
+            raise UserError("the state store needs room for at least one user and one byte")
+        self.max_users, self.max_bytes = max_users, max_bytes
+        self.states: OrderedDict[str, StreamState] = OrderedDict()
+        self.bytes = 0
+        self.evictions = 0
+
+    async def get(self, user: str) -> StreamState | None:
+        state = self.states.get(user)
+        if state is not None:
+            self.states.move_to_end(user)
+        return state
+
+    async def put(self, user: str, state: StreamState) -> None:
+        old = self.states.pop(user, None)
+        if old is not None:
+            self.bytes -= old.nbytes()
+        self.states[user] = state
+        self.bytes += state.nbytes()
+        while len(self.states) > self.max_users or (
+            self.bytes > self.max_bytes and len(self.states) > 1
+        ):
+            _, evicted = self.states.popitem(last=False)
+            self.bytes -= evicted.nbytes()
+            self.evictions += 1
+
+    async def delete(self, user: str) -> bool:
+        state = self.states.pop(user, None)
+        if state is not None:
+            self.bytes -= state.nbytes()
+        return state is not None
+
+    async def stats(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "status": "ok",
+            "users": len(self.states),
+            "bytes": self.bytes,
+            "max_users": self.max_users,
+            "max_bytes": self.max_bytes,
+            "evictions": self.evictions,
+        }
+
+
+class RedisStore(StateStore):
+    """States in Redis under ``adarec:state:USER``, tagged with the serving model.
+
+    A state of another model is refused (``get`` raises ForeignState and counts it).
+    Eviction is Redis's own (``maxmemory`` with an LRU policy).
+    """
+
+    kind = "redis"
+    PREFIX = "adarec:state:"
+
+    def __init__(self, url: str, tag: bytes, device: str | torch.device = "cpu"):
+        import redis.asyncio
+
+        self.url = url
+        self.tag = tag
+        self.device = device  # where loaded states go: the model's device
+        self.refused = 0
+        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=5)
+
+    async def get(self, user: str) -> StreamState | None:
+        data = await self._call(self.client.get(self.PREFIX + user))
+        if data is None:
+            return None
+        try:
+            return decode_state(data, self.tag, self.device)
+        except ForeignState:
+            self.refused += 1
+            raise
+
+    async def put(self, user: str, state: StreamState) -> None:
+        await self._call(self.client.set(self.PREFIX + user, encode_state(state, self.tag)))
+
+    async def delete(self, user: str) -> bool:
+        return bool(await self._call(self.client.delete(self.PREFIX + user)))
+
+    async def _call(self, command: Awaitable[Any]) -> Any:
+        import redis
+
+        try:
+            return await command
+        except redis.RedisError as exc:
+            location = _without_password(self.url)
+            raise StoreUnavailable(f"the Redis state store {location} failed: {exc}") from None
+
+    async def stats(self) -> dict[str, Any]:
+        import redis
+
+        location = _without_password(self.url)
+        try:
+            await self.client.ping()
+            memory = await self.client.info("memory")
+        except redis.RedisError as exc:
+            return {"kind": self.kind, "status": f"unreachable: {exc}", "url": location}
+        return {
+            "kind": self.kind,
+            "status": "ok",
+            "url": location,
+            "used_memory": memory.get("used_memory"),
+            "refused_states": self.refused,
+        }
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def open_store(
+    spec: str, tag: bytes, max_users: int, max_bytes: int, device: str | torch.device = "cpu"
+) -> StateStore:
+    """``memory`` or ``redis://host:port/db``; UserError for anything else."""
+    if spec == "memory":
+        return MemoryStore(max_users, max_bytes)
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(spec, tag, device)
+    raise UserError(
+        f"--state must be 'memory' or a redis:// URL (redis://host:port/db); got {spec!r}"
+    )

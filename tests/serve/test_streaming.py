@@ -1,0 +1,196 @@
+"""Per-event inference equals a full recomputation of the same history, after every event."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from adarec.data.splits import left_pad
+from adarec.errors import UserError
+from adarec.nas.genotype import Genotype, random_genotype
+from adarec.nas.student import Student
+from adarec.serve.streaming import StreamState, streamer_for
+from tests.models.helpers import tiny_model
+from tests.nas.helpers import add_noise
+
+NUM_ITEMS = 30
+TOLERANCE = 1e-4
+
+
+def full_scores(model, history: list[int]) -> torch.Tensor:
+    """What the predictor serves: the last max_len items, left-padded, full_sort_predict."""
+    window = torch.from_numpy(left_pad([np.asarray(history)], model.max_len))
+    with torch.inference_mode():
+        return model.full_sort_predict(window)[0]
+
+
+def replay(model, history: list[int]) -> list[float]:
+    """Stream ``history`` event by event; the max |streamed - full| after each event."""
+    streamer = streamer_for(model)
+    state = streamer.init_state()
+    errors = []
+    for t, item in enumerate(history):
+        state, scores = streamer.step(state, item)
+        assert state.events == t + 1
+        errors.append((scores - full_scores(model, history[: t + 1])).abs().max().item())
+    return errors
+
+
+def random_student(seed: int, max_len: int = 12) -> Student:
+    rng = random.Random(seed)
+    genotype = random_genotype(
+        "causal", nodes=rng.randint(1, 4), cells=rng.randint(1, 3), width=8, seed=seed
+    )
+    # Random edges may also be "none": the student must skip them.
+    nodes = tuple(
+        tuple((i, "none" if rng.random() < 0.2 else op) for i, op in node)
+        for node in genotype.nodes
+    )
+    genotype = Genotype("causal", nodes, genotype.cells, genotype.width)
+    torch.manual_seed(seed)
+    return add_noise(Student(NUM_ITEMS, max_len, genotype, dropout=0.0), seed).eval()
+
+
+def random_history(seed: int, length: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(1, NUM_ITEMS + 1, (length,), generator=generator).tolist()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_student_streams_exactly_on_random_genotypes(seed):
+    student = random_student(seed)
+    # Longer than max_len (12): the last events re-encode the receptive field.
+    history = random_history(seed, 30)
+    assert max(replay(student, history)) <= TOLERANCE
+
+
+def test_student_leaves_out_edges_that_only_see_zeros():
+    """node_0 is all "none": pools and skips of it are zero and left out; a convolution of
+    it is not zero (its LayerNorm adds a bias) and is kept; node_3 is zero as a whole."""
+    nodes = (
+        ((0, "none"),),
+        ((0, "causal_max_pool3"), (1, "skip")),
+        ((0, "skip"), (1, "causal_conv3"), (2, "causal_avg_pool3")),
+        ((0, "none"), (1, "causal_max_pool3"), (2, "none"), (3, "none")),
+    )
+    genotype = Genotype("causal", nodes, cells=2, width=8)
+    torch.manual_seed(0)
+    student = add_noise(Student(NUM_ITEMS, 12, genotype, dropout=0.0), 0).eval()
+    streamer = streamer_for(student)
+    assert streamer.edges == [
+        [],
+        [(0, "causal_max_pool3")],
+        [(0, "skip"), (1, "causal_conv3"), (2, "causal_avg_pool3")],
+        [],
+    ]
+    assert streamer.live == [1, 2]
+    assert max(replay(student, random_history(7, 20))) <= TOLERANCE
+
+
+def test_student_reencodes_past_max_len_only():
+    student = random_student(3, max_len=12)
+    streamer = streamer_for(student)
+    state = streamer.init_state()
+    for item in random_history(0, 20):
+        state = streamer.advance(state, item)
+        if state.events <= 12:
+            assert state.tensors or not any(streamer.queue)
+    assert streamer.reencodes == 8
+    assert state.tensors == [] and len(state.recent) == min(student.window, 12)
+
+
+# NextItNet's receptive field: 1 + 6 x the dilation per block (kernel 3, convs d and 2d).
+NEXTITNET_FITS = {"num_blocks": 2, "dilations": [1, 1]}  # 13 <= max_len 16
+NEXTITNET_WIDE = {"num_blocks": 2, "dilations": [1, 2]}  # 19 > 16
+
+
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("sasrec", {}),
+        ("bert4rec_causal", {}),
+        ("nextitnet", NEXTITNET_FITS),
+        ("nextitnet", NEXTITNET_WIDE),
+    ],
+)
+def test_teachers_stream_exactly(name, overrides):
+    model = tiny_model(name, num_items=NUM_ITEMS, **overrides)  # max_len 16
+    history = random_history(1, 40)
+    assert max(replay(model, history)) <= TOLERANCE
+
+
+def test_sasrec_reencodes_the_window_past_max_len():
+    model = tiny_model("sasrec", num_items=NUM_ITEMS)
+    streamer = streamer_for(model)
+    state = streamer.init_state()
+    for item in random_history(2, 20):
+        state = streamer.advance(state, item)
+    # 16 events from the key/value cache, then 4 re-encodes of the sliding window.
+    assert streamer.reencodes == 4
+    assert len(state.recent) == model.max_len and state.tensors == []
+
+
+def test_nextitnet_streams_forever_when_its_receptive_field_fits():
+    model = tiny_model("nextitnet", num_items=NUM_ITEMS, **NEXTITNET_FITS)
+    streamer = streamer_for(model)
+    assert streamer.receptive_field <= model.max_len and streamer.exact_events is None
+    state = streamer.init_state()
+    for item in random_history(3, 50):
+        state = streamer.advance(state, item)
+    assert streamer.reencodes == 0 and state.recent == []
+
+
+def test_nextitnet_with_a_wide_receptive_field_reencodes_past_max_len():
+    model = tiny_model("nextitnet", num_items=NUM_ITEMS, **NEXTITNET_WIDE)
+    streamer = streamer_for(model)
+    assert streamer.receptive_field == 19 > model.max_len
+    history = random_history(4, 30)
+    state = streamer.init_state()
+    for item in history:
+        state = streamer.advance(state, item)
+    assert streamer.reencodes == 30 - model.max_len
+
+
+@pytest.mark.parametrize("length", [0, 1, 5, 12, 13, 40])
+def test_rebuild_equals_streaming(length):
+    student = random_student(5)
+    streamer = streamer_for(student)
+    history = random_history(5, length)
+    state = streamer.init_state()
+    for item in history:
+        state = streamer.advance(state, item)
+    rebuilt = streamer.rebuild(history)
+    assert rebuilt.events == state.events == length
+    if length:
+        assert torch.allclose(rebuilt.output, state.output, atol=TOLERANCE)
+        # The rebuilt state keeps streaming exactly.
+        _, scores = streamer.step(rebuilt, 7)
+        assert (scores - full_scores(student, history + [7])).abs().max() <= TOLERANCE
+
+
+def test_state_stays_small():
+    student = random_student(6)
+    streamer = streamer_for(student)
+    state = streamer.init_state()
+    for item in random_history(6, 5):
+        state = streamer.advance(state, item)
+    queue_rows = sum(streamer.queue) * len(student.cells)
+    assert state.nbytes() == 4 * 8 * (queue_rows + 1) + 4 * len(state.recent)
+
+
+def test_bidirectional_bert4rec_is_refused():
+    with pytest.raises(UserError, match="bidirectionally"):
+        streamer_for(tiny_model("bert4rec_bidirectional", num_items=NUM_ITEMS))
+
+
+def test_paper_op_set_is_refused():
+    genotype = random_genotype("paper", nodes=2, cells=1, width=8, seed=0)
+    with pytest.raises(UserError, match="paper.*cannot be served per event"):
+        streamer_for(Student(NUM_ITEMS, 12, genotype).eval())
+
+
+def test_unknown_internal_id_is_a_programming_error():
+    streamer = streamer_for(tiny_model("sasrec", num_items=NUM_ITEMS))
+    with pytest.raises(ValueError, match="internal item id"):
+        streamer.advance(StreamState(), NUM_ITEMS + 1)
