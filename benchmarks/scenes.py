@@ -130,7 +130,6 @@ def main() -> int:
     args = parser.parse_args()
     teachers = dict(item.split("=", 1) for item in args.teacher)
     path = RESULTS / "scenes.json"
-    results = read_json(path) if path.exists() else {"scenes": {}}
     for name in args.only:
         spec = SCENES[name]
         cfg = load_config(ROOT / spec["config"], [*spec["set"], *args.overrides])
@@ -143,12 +142,14 @@ def main() -> int:
         summary["machine"] = report["machine"]
         summary["threads"] = report["threads"]
         summary["date"] = report["date"]
+        # Read again just before writing: other scenes may have been written meanwhile.
+        results = read_json(path) if path.exists() else {"scenes": {}}
         results["scenes"][name] = summary
         atomic_write_json(path, results)  # after every scene: an interrupted run keeps them
         print(
             f"{name}: cell {summary['op_histogram']}, NDCG@10 ratio {summary['ndcg10_ratio']:.3f}"
         )
-    draw_scenes(results["scenes"], RESULTS / "scenes.png")
+    draw_scenes(read_json(path)["scenes"], RESULTS / "scenes.png")
     print(f"wrote {path} and {RESULTS / 'scenes.png'}")
     return 0
 

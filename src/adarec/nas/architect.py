@@ -107,6 +107,11 @@ class Architect:
             )
         self.warmup_epochs = int(cfg.warmup * cfg.epochs)
         self.tau = cfg.tau_initial
+        self.remember_initial()
+
+    def remember_initial(self) -> None:
+        """Keep alpha's starting values (drift is measured from them); called again once
+        DistributedDataParallel has given every rank rank 0's values."""
         self.initial = [a.detach().clone() for a in self.alphas]
 
     def frozen(self, epoch: int) -> bool:

@@ -97,6 +97,8 @@ class DistillStage:
         ).to(device)
         # single_path leaves the ops that were not sampled without gradients.
         self.net = wrap_ddp(self.kd, device, find_unused=self.search)
+        if architect is not None:
+            architect.remember_initial()  # the values every rank now shares
         alpha_ids = {id(p) for p in self._alphas()}
         weights = [p for p in self.kd.parameters() if id(p) not in alpha_ids]
         self.optimizer = make_optimizer(weights, loop)
