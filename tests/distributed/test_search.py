@@ -28,6 +28,10 @@ def _search(runs: Path, out: str, epochs: int, *extra: str) -> None:
         "search.optimization=bilevel",
         "--set",
         f"search.epochs={epochs}",
+        # The entropy ramp spans search.epochs, which the resume below raises from 1 to 2:
+        # switched off, so that the resumed run must match the uninterrupted one exactly.
+        "--set",
+        "search.entropy=0",
         *extra,
     )
 
