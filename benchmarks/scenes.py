@@ -126,6 +126,9 @@ def main() -> int:
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default="runs/scenes")
+    parser.add_argument(
+        "--suffix", default="", help="appended to each scene's name in the JSON (e.g. @10x)"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     teachers = dict(item.split("=", 1) for item in args.teacher)
@@ -144,7 +147,7 @@ def main() -> int:
         summary["date"] = report["date"]
         # Read again just before writing: other scenes may have been written meanwhile.
         results = read_json(path) if path.exists() else {"scenes": {}}
-        results["scenes"][name] = summary
+        results["scenes"][name + args.suffix] = summary
         atomic_write_json(path, results)  # after every scene: an interrupted run keeps them
         print(
             f"{name}: cell {summary['op_histogram']}, NDCG@10 ratio {summary['ndcg10_ratio']:.3f}"

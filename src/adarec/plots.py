@@ -51,14 +51,17 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path, title: str) 
 
 
 def plot_alpha_history(history: list[dict[str, Any]], op_names: list[str], path: Path) -> None:
-    """softmax(alpha) of every edge over the search epochs: one small panel per edge."""
+    """softmax(alpha) of every edge over the search epochs: one small panel per edge, and
+    one for the expected cost against the budget's target when the search had a budget."""
     records = [h for h in history if "alpha_probs" in h]
     if not records:
         return
     edges = records[-1]["alpha_probs"]
     epochs = [h["epoch"] + 1 for h in records]
-    cols = min(3, len(edges))
-    rows = (len(edges) + cols - 1) // cols
+    with_cost = all("expected_cost" in h for h in records)
+    panels = len(edges) + with_cost
+    cols = min(3, panels)
+    rows = (panels + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     for index, edge in enumerate(edges):
         ax = axes[index // cols][index % cols]
@@ -67,7 +70,14 @@ def plot_alpha_history(history: list[dict[str, Any]], op_names: list[str], path:
         ax.set_title(edge["name"], fontsize=9)
         ax.set_ylim(0, 1)
         ax.set_xlabel("epoch", fontsize=8)
-    for index in range(len(edges), rows * cols):
+    if with_cost:
+        ax = axes[len(edges) // cols][len(edges) % cols]
+        target = records[-1]["cost_target"]
+        ax.plot(epochs, [h["expected_cost"] / target for h in records], color="black")
+        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_title("expected cost / budget target", fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+    for index in range(panels, rows * cols):
         axes[index // cols][index % cols].axis("off")
     axes[0][0].set_ylabel("softmax(alpha)")
     handles, labels = axes[0][0].get_legend_handles_labels()
