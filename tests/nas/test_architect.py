@@ -108,3 +108,14 @@ def test_search_prefers_a_convolution_on_the_order_scene(tmp_path):
     conv = sum(p for n, p in zip(names, edge["probs"], strict=True) if "conv" in n)
     pool = sum(p for n, p in zip(names, edge["probs"], strict=True) if "pool" in n)
     assert conv > pool
+
+
+def test_paper_form_is_beta_times_the_sampled_one_hot_costs():
+    net = Supernet(20, 8, 8, 2, 2)
+    table = {op: float(k) for k, op in enumerate(net.op_names)}
+    cfg = SearchConfig(epochs=4, cost_form="paper", beta=8.0, warmup=0.0, entropy=0.0)
+    architect = Architect(net, cfg, seed=0, paper_costs=table)
+    samples = architect.sample(epoch=0, step=0)
+    chosen = sum(float(table[net.op_names[int(k)]]) for s in samples for k in s.argmax(-1))
+    penalty = architect.penalty(torch.tensor(5.0), samples, epoch=0)
+    assert float(penalty.detach()) == pytest.approx(8.0 * chosen)

@@ -81,6 +81,14 @@ def parse_budget(text: str) -> Budget:
     return Budget("macs", value * _MAC_SUFFIXES[prefix])
 
 
+def cost_unit(budget: Budget, cost_setting: str) -> str:
+    """ "macs" or "ms": a budget in MACs or ms fixes the unit; a speed-up takes
+    ``search.cost`` ("macs", or "latency" measured on this machine)."""
+    if budget.kind != "speedup":
+        return budget.kind
+    return "macs" if cost_setting == "macs" else "ms"
+
+
 @dataclass
 class CostModel:
     """Cost per history of a student of the search space, in ``unit`` (macs or ms)."""
@@ -171,12 +179,7 @@ def build_cost_model(
     whose every edge is "none" (its cost is the fixed part). UserError if the budget is
     below the cheapest student of the space.
     """
-    if budget.kind == "macs":
-        unit = "macs"
-    elif budget.kind == "ms":
-        unit = "ms"
-    else:
-        unit = "macs" if unit == "macs" else "ms"
+    unit = cost_unit(budget, unit)
     key = "macs" if unit == "macs" else "latency_ms"
     missing = [op for op, s in op_stats.items() if key not in s]
     if missing:

@@ -16,6 +16,7 @@ from adarec.nas.architect import Architect
 from adarec.nas.budget import (
     CostModel,
     build_cost_model,
+    cost_unit,
     derive_within_budget,
     format_cost,
     parse_budget,
@@ -101,7 +102,7 @@ def search_cost_model(
 ) -> CostModel:
     """The budget's cost model in real units (MACs, or ms at batch 1 on this machine)."""
     budget = parse_budget(cfg.search.budget)
-    unit = "ms" if budget.kind == "ms" or cfg.search.cost == "latency" else "macs"
+    unit = cost_unit(budget, cfg.search.cost)
     if unit == "ms" and "latency_ms" not in next(iter(stats.values())):
         stats = latency_cost_stats(OP_SETS[cfg.search.ops], cfg.search.width, cfg.data.max_len)
     elif unit == "macs" and "macs" not in next(iter(stats.values())):
