@@ -109,11 +109,12 @@ class SearchConfig(LoopConfig):
     ops: str = "causal"  # causal (default, leak-free) | paper (centred ops: leaks labels)
     dropout: float = 0.1
     # full (paper): every op of an edge runs, so alpha's gradient compares the ops;
-    # single_path (GDAS): only the sampled op runs, about 3x cheaper, but alpha then learns
-    # only whether to scale that op up or down (measured: it settles on pools everywhere).
+    # single_path (GDAS): only the sampled op runs, but alpha then learns only whether to
+    # scale that op up or down (measured on the order scene: it settles on pools).
     mode: str = "full"
     optimization: str = "single"  # single (paper) | bilevel (first-order, held-out batches)
     alpha_lr: float = 1e-2  # Adam, betas (0.5, 0.999); the paper's 2e-5 barely moves alpha
+    # Both span search.epochs: a resume that changes epochs changes their schedule.
     warmup: float = 0.25  # fraction of the epochs with alpha frozen (uniform sampling)
     entropy: float = 2.0  # final weight of alpha's entropy term (ramped up after warm-up)
     alpha_weight_decay: float = 1e-4
