@@ -105,11 +105,11 @@ def draw_scenes(scenes: dict[str, dict[str, Any]], path: Path) -> None:
         label = name + (f"\nNDCG ratio {ratio:.3f}" if ratio else "")
         if budget:
             label += f"\nbudget {budget['budget']}"
-        ax.text(c + 0.48, len(edges) + 0.1, label, ha="center", va="bottom", fontsize=8)
+        ax.text(c + 0.48, -0.1, label, ha="center", va="bottom", fontsize=8)
     ax.set_yticks([r + 0.45 for r in range(len(edges))])
     ax.set_yticklabels([f"{inp} -> node_{j}" for j, inp in edges], fontsize=8)
     ax.set_xlim(-0.05, len(names))
-    ax.set_ylim(len(edges) + 1.0, -0.1)
+    ax.set_ylim(len(edges), -1.4)  # rows top down, the scene labels above them
     ax.set_xticks([])
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
