@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from adarec.errors import UserError
-from adarec.nas.genotype import Genotype
+from adarec.nas.genotype import Genotype, random_genotype
 from adarec.nas.profile import count_macs
 
 BUDGET_KINDS = ("speedup", "macs", "ms")
@@ -263,8 +263,6 @@ def random_genotype_within_budget(
     fits, so each feasible cell is equally likely: the sanity baseline of Li & Talwalkar
     (2019), random architectures under the same constraint, trained identically.
     """
-    from adarec.nas.genotype import random_genotype
-
     for attempt in range(100_000):
         genotype = random_genotype(op_set, nodes, cells, width, seed=seed * 100_003 + attempt)
         if model.of_genotype(genotype) <= model.target * (1 + 1e-9):
