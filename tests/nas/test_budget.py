@@ -156,3 +156,21 @@ def test_random_cells_within_budget():
     assert all(op != "none" for g in cells for node in g.nodes for _, op in node)
     assert len(set(cells)) > 1
     assert cells[0] == random_genotype_within_budget(model, "causal", NODES, CELLS, WIDTH, 0)
+
+
+def test_latency_budgets_are_in_measured_milliseconds():
+    from adarec.distill.cost import latency_cost_stats
+
+    stats = latency_cost_stats(OPS, WIDTH, MAX_LEN, repeats=3, warmup=1)
+    common = (_empty_student(), CELLS, NODES, NUM_ITEMS, MAX_LEN)
+    in_ms = build_cost_model(parse_budget("50ms"), "macs", stats, *common, teacher=None)
+    assert in_ms.unit == "ms" and in_ms.target == 50.0 and in_ms.teacher is None
+    assert in_ms.fixed > 0 and all(c > 0 for op, c in in_ms.op_costs.items() if op != "none")
+    # Latency at batch 1 is dispatch-bound: a small teacher is not 2x slower than an empty
+    # student, so the speed-up needs a heavy teacher here.
+    heavy = build_model(
+        ModelConfig(name="nextitnet", hidden_size=128, num_blocks=8), NUM_ITEMS, MAX_LEN
+    )
+    speedup = build_cost_model(parse_budget("2x"), "latency", stats, *common, teacher=heavy)
+    assert speedup.unit == "ms"
+    assert speedup.target == pytest.approx(speedup.teacher / 2)
