@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,6 +31,7 @@ from torch import nn
 from adarec.errors import UserError
 from adarec.nas.genotype import Genotype, random_genotype
 from adarec.nas.profile import count_macs
+from adarec.serve.latency import measure_latency
 
 BUDGET_KINDS = ("speedup", "macs", "ms")
 _MAC_SUFFIXES = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
@@ -129,25 +128,6 @@ def _full_history(num_items: int, max_len: int) -> torch.Tensor:
     return (torch.arange(max_len) % num_items + 1).unsqueeze(0)
 
 
-def measure_ms(model: nn.Module, items: torch.Tensor, repeats: int = 30, warmup: int = 5) -> float:
-    """Median milliseconds of ``model.full_sort_predict(items)`` (no gradient, eval mode)."""
-    device = next(model.parameters()).device
-    items = items.to(device)
-    model.eval()
-    times = []
-    with torch.no_grad():
-        for step in range(warmup + repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model.full_sort_predict(items)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if step >= warmup:
-                times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
-
-
 def model_cost(model: nn.Module, num_items: int, max_len: int, unit: str) -> float:
     """What one full-window history costs ``model`` in ``unit`` (MACs, or ms at batch 1)."""
     history = _full_history(num_items, max_len).to(next(model.parameters()).device)
@@ -157,7 +137,8 @@ def model_cost(model: nn.Module, num_items: int, max_len: int, unit: str) -> flo
         macs = count_macs(model.full_sort_predict, history)
         model.train(was_training)
         return float(macs)
-    return measure_ms(model, history)
+    timed = measure_latency({"model": model}, {1: history}, device=history.device)
+    return timed["model"]["1"]["median_ms"]
 
 
 def build_cost_model(

@@ -152,7 +152,7 @@ def run_search(
     if cfg.search.use_cost and cfg.search.cost_form != "paper":
         # Measured latencies differ per process: every rank uses rank 0's model.
         cost_model = dist.broadcast_object(
-            search_cost_model(cfg, stage_data.data.num_items, teacher.to(device), stats)
+            search_cost_model(cfg, stage_data.data.num_items, teacher, stats)
         )
         log.info(
             "budget %s: target %s per history (teacher %s, student floor %s)",
