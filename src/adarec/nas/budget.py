@@ -114,6 +114,10 @@ class CostModel:
         edges = sum(self.op_costs[op] for node in genotype.nodes for _, op in node)
         return self.fixed + genotype.cells * edges
 
+    def within(self, cost: float) -> bool:
+        """Whether ``cost`` meets the target (up to float rounding of the sums)."""
+        return cost <= self.target * (1 + 1e-9)
+
     def cheapest(self, nodes: int) -> float:
         """The lowest cost any cell of the space can have (every edge on its cheapest op)."""
         edges = nodes * (nodes + 1) // 2
@@ -211,7 +215,7 @@ def derive_within_budget(
         edges = sum(model.op_costs[op] for node in nodes for _, op in node)
         return model.fixed + genotype.cells * edges
 
-    while cost() > model.target * (1 + 1e-9):
+    while not model.within(cost()):
         best = None
         for j, node in enumerate(nodes):
             for e, (i, op) in enumerate(node):
@@ -246,7 +250,7 @@ def random_genotype_within_budget(
     """
     for attempt in range(100_000):
         genotype = random_genotype(op_set, nodes, cells, width, seed=seed * 100_003 + attempt)
-        if model.of_genotype(genotype) <= model.target * (1 + 1e-9):
+        if model.within(model.of_genotype(genotype)):
             return genotype
     raise UserError(
         f"no random cell of the space met the budget {model.budget} in 100,000 draws; "

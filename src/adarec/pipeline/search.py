@@ -274,6 +274,6 @@ def architecture_cost(genotype: Genotype, cost_file: dict[str, Any]) -> dict[str
             "target": model.target,
             "teacher": model.teacher,
             "modelled": modelled,
-            "within": modelled <= model.target * (1 + 1e-9),
+            "within": model.within(modelled),
         }
     return result
