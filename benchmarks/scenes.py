@@ -5,7 +5,7 @@ Usage: python benchmarks/scenes.py [--only successor order ml-100k ml-1m] [--no-
 
 For every scene: train (or reuse) its teacher, search with adarec's defaults (budget 5x
 over the teacher unless --set search.budget=...), retrain the derived student, and (unless
---no-random) retrain RANDOM_BUDGET_CELLS random cells that meet the same budget. Writes
+--no-random) retrain run.random_cells random cells that meet the same budget. Writes
 benchmarks/results/scenes.json ({"scenes": {NAME: {"cell": <genotype>, ...}}}; scenes not
 re-run keep their earlier entry) and benchmarks/results/scenes.png (the cells side by side).
 Finished stages under runs/scenes/NAME are reused, so the script can be interrupted.

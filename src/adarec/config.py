@@ -180,6 +180,7 @@ class RunConfig:
     """What ``adarec run`` compares the student with (``adarec ablate`` runs them all)."""
 
     baselines: list[str] = field(default_factory=lambda: ["pop"])
+    random_cells: int = 3  # how many random cells the random_arch_budget baseline retrains
 
 
 @dataclass
@@ -312,6 +313,7 @@ RANGES: dict[str, Range] = {
     "bench.repeats": AT_LEAST_1,
     "bench.warmup": AT_LEAST_0,
     "bench.threads": AT_LEAST_0,  # 0: torch's default
+    "run.random_cells": AT_LEAST_2,  # a mean and its spread need two
 }
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")

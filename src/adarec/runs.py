@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.pt"
 ITEMS_FILE = "items.json"  # raw item id of each internal id (index 0: padding)
 DATA_FILE = "data.json"  # statistics and the fingerprint of the data the run trained on
+TEST_RANKS_FILE = "test_ranks.json"  # each test user's full-ranking rank, in user order
 
 
 def save_model(
@@ -130,6 +131,18 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
     if missing:
         raise UserError(f"{path} is damaged (no {missing[0]!r}); {hint}")
     return metrics
+
+
+def read_test_ranks(run_dir: Path) -> list[int] | None:
+    """The run's per-user test ranks (None for runs finished before they were kept)."""
+    path = Path(run_dir) / TEST_RANKS_FILE
+    if not path.exists():
+        return None
+    hint = "re-evaluate the run (adarec evaluate RUN) to write it again"
+    ranks = read_json(path, dict, hint).get("full")
+    if not isinstance(ranks, list) or not all(isinstance(r, int) and r >= 0 for r in ranks):
+        raise UserError(f"{path} is damaged (no list of ranks under 'full'); {hint}")
+    return ranks
 
 
 # Where a run's training loops checkpoint (BERT4Rec pretrains in a folder of its own). Runs

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from adarec.pipeline.report import searched_vs_random
+from adarec.pipeline.report import paired_standard_error, searched_vs_random
 
 
 def _metrics(ndcg: float, se: float | None = None) -> dict:
@@ -37,3 +37,47 @@ def test_searched_below_the_random_mean_does_not_beat_chance():
 def test_one_random_cell_is_not_a_comparison():
     with pytest.raises(ValueError, match="two random cells"):
         searched_vs_random(_metrics(0.3), [_metrics(0.2)])
+
+
+def _ndcg10(ranks: list[int]) -> float:
+    return sum(1 / math.log2(r + 2) if r < 10 else 0.0 for r in ranks) / len(ranks)
+
+
+def test_paired_comparison_cancels_the_users_every_model_finds_hard():
+    # Half the users are easy (rank 0) and half hard (rank 50) for every model; the random
+    # cells miss one easy user in five (rank 1). Each model's own error over users is
+    # large (about 0.07), the paired one only reflects where the models differ.
+    searched = [0] * 50 + [50] * 50
+    randoms = [[1 if u % 5 == k else 0 for u in range(50)] + [50] * 50 for k in (0, 1)]
+    own_se = 0.5 / math.sqrt(99)  # gains 1 or 0 half and half (sample standard deviation)
+    result = searched_vs_random(
+        _metrics(_ndcg10(searched), own_se),
+        [_metrics(_ndcg10(r)) for r in randoms],
+        ranks=(searched, randoms),
+    )
+    assert result["paired"] is True
+    assert result["test_se"] < own_se / 5
+    assert result["difference"] > 0
+    unpaired = searched_vs_random(
+        _metrics(_ndcg10(searched), own_se), [_metrics(_ndcg10(r)) for r in randoms]
+    )
+    assert unpaired["test_se"] == own_se and unpaired["paired"] is False
+
+
+def test_paired_standard_error_by_hand():
+    # Ranks 0 (gain 1) or 20 (gain 0): per-user differences 1, 0, -1, 0 against the mean of
+    # the two random cells.
+    searched = [0, 20, 20, 0]
+    randoms = [[20, 20, 0, 0], [20, 20, 0, 0]]
+    difference = [1.0, 0.0, -1.0, 0.0]
+    mean = sum(difference) / 4
+    sd = math.sqrt(sum((d - mean) ** 2 for d in difference) / 3)
+    assert paired_standard_error(searched, randoms) == pytest.approx(sd / 2)
+    with pytest.raises(ValueError, match="same users"):
+        paired_standard_error(searched, [[0, 0, 0]])
+
+
+def test_significance_needs_two_standard_errors():
+    randoms = [_metrics(v) for v in (0.20, 0.21, 0.22)]  # mean 0.21, se 0.01 / sqrt(3)
+    assert searched_vs_random(_metrics(0.215), randoms)["significant"] is False
+    assert searched_vs_random(_metrics(0.23), randoms)["significant"] is True

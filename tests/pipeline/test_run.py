@@ -68,6 +68,13 @@ def test_student_and_random_cells_meet_the_budget(finished_run: Path):
     ]
     assert comparison["random"] == values
     assert comparison["searched"] == report["student"]["test"]["full"]["NDCG@10"]
+    # Every stage kept its per-user test ranks, so the comparison is paired over users.
+    assert comparison["paired"] is True
+    ranks = json.loads((finished_run / "student" / "test_ranks.json").read_text())["full"]
+    assert len(ranks) == report["student"]["test"]["num_users"]
+    assert (
+        "test_ranks" not in report["student"]["test"] and "ranks" not in report["student"]["test"]
+    )
     markdown = (finished_run / "report.md").read_text()
     assert "## Budget" in markdown and "random cells under the same budget" in markdown
 

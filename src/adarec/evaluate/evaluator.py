@@ -94,14 +94,17 @@ def evaluate(
     batch_size: int,
     device: torch.device | str,
     exclude_seen: bool = False,
+    with_ranks: bool = False,
 ) -> dict[str, Any]:
     """``{"full": metrics, "sampled": metrics, "exclude_seen", "num_users", "standard_error"}``.
 
     ``standard_error`` holds each metric's standard error over users, so that a reader can
     tell a real gap from noise (ml-100k has 943 test users: NDCG@10 is uncertain by ~0.007).
+    ``with_ranks`` adds ``"ranks"``: every user's full-ranking rank, in user order, so that
+    two models scored on the same users can be compared user by user (paired).
     """
     full, sampled = compute_ranks(model, split, batch_size, device, exclude_seen)
-    return {
+    result = {
         "full": metrics_from_ranks(full, ks),
         "sampled": metrics_from_ranks(sampled, ks),
         "exclude_seen": bool(exclude_seen),
@@ -111,3 +114,6 @@ def evaluate(
             "sampled": standard_errors(sampled, ks),
         },
     }
+    if with_ranks:
+        result["ranks"] = full.tolist()
+    return result

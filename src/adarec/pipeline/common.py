@@ -24,6 +24,7 @@ from adarec.runs import (
     CHECKPOINT_DIRS,
     DATA_FILE,
     ITEMS_FILE,
+    TEST_RANKS_FILE,
     check_run_data,
     has_weights,
     load_run_config,
@@ -169,7 +170,9 @@ def final_metrics(
         "dataset": stage_data.data.name,
         "model": model_name,
         "valid": evaluate(model, stage_data.valid, ev.ks, ev.batch_size, device, ev.exclude_seen),
-        "test": evaluate(model, stage_data.test, ev.ks, ev.batch_size, device, ev.exclude_seen),
+        "test": evaluate(
+            model, stage_data.test, ev.ks, ev.batch_size, device, ev.exclude_seen, with_ranks=True
+        ),
         "params": count_parameters(model),
         "train_seconds": round(train_seconds, 2),
         "epochs": epochs,
@@ -186,7 +189,10 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     spent training, so the total covers the whole run.
     """
     metrics["train_seconds"] = round(metrics["train_seconds"] + earlier_seconds(run_dir), 2)
+    ranks = metrics["test"].pop("ranks", None)
     if dist.is_main():
+        if ranks is not None:  # before metrics.json, which marks the stage finished
+            write_test_ranks(run_dir, ranks)
         atomic_write_json(Path(run_dir) / "metrics.json", metrics)
     # metrics.json marks a finished stage: no rank may go on to read it before it exists.
     dist.barrier()
@@ -199,6 +205,11 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
         test["sampled"]["NDCG@10"],
         test["sampled"]["HR@10"],
     )
+
+
+def write_test_ranks(run_dir: Path, ranks: list[int]) -> None:
+    """Every test user's full-ranking rank (``TEST_RANKS_FILE``), for paired comparisons."""
+    atomic_write_json(Path(run_dir) / TEST_RANKS_FILE, {"full": ranks})
 
 
 def earlier_seconds(run_dir: Path) -> float:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adarec.pipeline.common import StageData, final_metrics, load_stage_data
+from adarec.pipeline.common import StageData, final_metrics, load_stage_data, write_test_ranks
 from adarec.runs import check_run_data, load_run_config, load_run_model, read_metrics
 from adarec.train import distributed as dist
 
 
 def evaluate_run(run_dir: Path, exclude_seen: bool = False) -> dict[str, Any]:
-    """Fresh metrics for the run's saved model (written to ``evaluation.json``)."""
+    """Fresh metrics for the run's saved model (written to ``evaluation.json``; the per-user
+    test ranks to ``test_ranks.json`` when they are those of the metrics.json's setting)."""
     from adarec.io import atomic_write_json
 
     run_dir = Path(run_dir)
@@ -26,6 +27,9 @@ def evaluate_run(run_dir: Path, exclude_seen: bool = False) -> dict[str, Any]:
     metrics = final_metrics(
         model, cfg, stage_data, device, saved["model"], saved["train_seconds"], saved["epochs"]
     )
+    ranks = metrics["test"].pop("ranks")
     if dist.is_main():
+        if exclude_seen == saved.get("exclude_seen", False):
+            write_test_ranks(run_dir, ranks)
         atomic_write_json(run_dir / "evaluation.json", metrics)
     return metrics

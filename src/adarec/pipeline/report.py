@@ -8,15 +8,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from adarec.config import Config
 from adarec.data.preprocess import prepare
 from adarec.data.splits import eval_split
+from adarec.evaluate.metrics import per_example_gains
 from adarec.io import atomic_write_json, atomic_write_text, read_json
 from adarec.nas.profile import count_macs
 from adarec.plots import plot_accuracy_latency
-from adarec.runs import load_run_model, read_metrics
+from adarec.runs import load_run_model, read_metrics, read_test_ranks
 from adarec.serve.latency import latency_inputs, machine_description, measure_latency
 from adarec.train import distributed as dist
 
@@ -100,7 +102,7 @@ def write_report(
         },
         "search": search_diagnostics(search_history),
         "budget": budget_summary(metrics["student"]),
-        "searched_vs_random": _random_comparison(metrics),
+        "searched_vs_random": _random_comparison(metrics, dirs),
         "targets": check_targets(metrics["teacher"], metrics["student"], speedup),
         "machine": machine_description(),
         "threads": measured["threads"],
@@ -120,15 +122,24 @@ def write_report(
 
 
 def searched_vs_random(
-    searched: dict[str, Any], randoms: list[dict[str, Any]], metric: str = "NDCG@10"
+    searched: dict[str, Any],
+    randoms: list[dict[str, Any]],
+    metric: str = "NDCG@10",
+    ranks: tuple[list[int], list[list[int]]] | None = None,
 ) -> dict[str, Any]:
     """Does the search beat chance? The searched student's test ``metric`` (full ranking)
     against the mean of random cells under the same budget, retrained identically.
 
-    The random mean's standard error is the spread over the cells (sample standard
-    deviation / sqrt(n)): it measures how much the choice of architecture matters. The
-    difference's standard error adds the searched student's own (over test users) in
-    quadrature; ``beats`` says whether the searched value exceeds the random mean.
+    Two sources of noise, each with its standard error:
+    - ``random_se``: the spread over the random cells (sample standard deviation /
+      sqrt(n)), i.e. how much the draw of architectures moves their mean;
+    - ``test_se``: the test users. All models are scored on the same users, so with the
+      per-user ``ranks`` (searched, one list per random cell) this is the standard error
+      of the per-user difference searched - mean of the random cells (paired: users that
+      are hard for every model cancel out). Without them it falls back to the searched
+      student's own standard error over users, which overstates it.
+    ``difference_se`` adds both in quadrature; ``beats`` says whether the searched value
+    exceeds the random mean, ``significant`` whether by more than two ``difference_se``.
     """
     if len(randoms) < 2:
         raise ValueError("comparing with chance needs at least two random cells")
@@ -139,7 +150,10 @@ def searched_vs_random(
     random_se = spread / math.sqrt(n)
     value = searched["test"]["full"][metric]
     searched_se = searched["test"].get("standard_error", {}).get("full", {}).get(metric, 0.0)
-    diff_se = math.sqrt(random_se**2 + searched_se**2)
+    test_se, paired = searched_se, False
+    if ranks is not None:
+        test_se, paired = paired_standard_error(ranks[0], ranks[1], metric), True
+    diff_se = math.sqrt(random_se**2 + test_se**2)
     return {
         "metric": metric,
         "searched": value,
@@ -148,9 +162,25 @@ def searched_vs_random(
         "random_mean": mean,
         "random_se": random_se,
         "difference": value - mean,
+        "test_se": test_se,
+        "paired": paired,
         "difference_se": diff_se,
         "beats": value > mean,
+        "significant": value - mean > 2 * diff_se,
     }
+
+
+def paired_standard_error(
+    searched: list[int], randoms: list[list[int]], metric: str = "NDCG@10"
+) -> float:
+    """Standard error over users of (searched gain - mean random gain), from 0-based ranks."""
+    name, k = metric.split("@")
+    if any(len(r) != len(searched) for r in randoms):
+        raise ValueError("per-user ranks of different lengths: not scored on the same users")
+    gains = [per_example_gains(np.asarray(r, dtype=np.float64), [int(k)])[metric] for r in randoms]
+    own = per_example_gains(np.asarray(searched, dtype=np.float64), [int(k)])[metric]
+    difference = own - np.mean(gains, axis=0)
+    return float(difference.std(ddof=1) / math.sqrt(len(difference))) if len(own) > 1 else 0.0
 
 
 def budget_summary(student: dict[str, Any]) -> dict[str, Any] | None:
@@ -187,9 +217,13 @@ def search_diagnostics(history: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _random_comparison(metrics: dict[str, Any]) -> dict[str, Any] | None:
-    randoms = [m for name, m in metrics.items() if name.startswith("random_arch_budget_")]
-    return searched_vs_random(metrics["student"], randoms) if len(randoms) >= 2 else None
+def _random_comparison(metrics: dict[str, Any], dirs: dict[str, Path]) -> dict[str, Any] | None:
+    names = [name for name in metrics if name.startswith("random_arch_budget_")]
+    if len(names) < 2:
+        return None
+    ranks = [read_test_ranks(dirs[name]) for name in ["student", *names]]
+    paired = None if any(r is None for r in ranks) else (ranks[0], ranks[1:])
+    return searched_vs_random(metrics["student"], [metrics[n] for n in names], ranks=paired)
 
 
 def check_targets(teacher: dict, student: dict, speedup: dict[str, float]) -> dict[str, Any]:
@@ -337,12 +371,21 @@ def _budget_lines(report: dict[str, Any]) -> list[str]:
             "",
             f"- {c['metric']}: searched {c['searched']:.4f} ± {c['searched_se']:.4f}; "
             f"random cells {', '.join(f'{v:.4f}' for v in c['random'])} (mean "
-            f"{c['random_mean']:.4f} ± {c['random_se']:.4f}); difference "
-            f"{c['difference']:+.4f} ± {c['difference_se']:.4f} "
-            f"({'the search beats' if c['beats'] else 'the search does NOT beat'} chance)",
+            f"{c['random_mean']:.4f} ± {c['random_se']:.4f} over cells); difference "
+            f"{c['difference']:+.4f} ± {c['difference_se']:.4f} (cells and "
+            f"{'paired ' if c.get('paired') else ''}test users: ± {c.get('test_se', 0):.4f}): "
+            f"{_verdict(c)}",
             "",
         ]
     return lines
+
+
+def _verdict(c: dict[str, Any]) -> str:
+    if not c["beats"]:
+        return "the search does NOT beat chance"
+    if c.get("significant"):
+        return "the search beats chance (by more than two standard errors)"
+    return "the search is above the random mean, but within two standard errors"
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -35,9 +35,6 @@ BASELINES = (
     "fixed_mapping",
     "no_cost",
 )
-# random_arch_budget: this many random cells that meet the search's budget, each retrained
-# as the searched student is (their mean and spread are compared with the search).
-RANDOM_BUDGET_CELLS = 3
 SMALL_STUDENTS = {
     # METHOD.md section 5: hand-designed small students of the teacher's family.
     "nextitnet": {"hidden_size": 64, "num_blocks": 8, "dilations": [1, 4]},
@@ -136,7 +133,7 @@ def run_baseline(
 def _random_within_budget(
     cfg: Config, root: Path, search_dir: Path, quiet: bool
 ) -> dict[str, Path]:
-    """RANDOM_BUDGET_CELLS random cells under the search's budget, retrained like the student."""
+    """``run.random_cells`` random cells under the search's budget, retrained like the student."""
     budget = read_json(search_dir / "cost_table.json").get("budget")
     if not budget:
         raise UserError(
@@ -146,7 +143,7 @@ def _random_within_budget(
     model = CostModel(**budget)
     s = cfg.search
     dirs = {}
-    for k in range(RANDOM_BUDGET_CELLS):
+    for k in range(cfg.run.random_cells):
         name = f"random_arch_budget_{k}"
         genotype = random_genotype_within_budget(
             model, s.ops, s.nodes, s.cells, s.width, seed=cfg.seed + k
