@@ -11,8 +11,8 @@ from torch import nn
 from adarec.config import Config, ModelConfig, load_config, to_dict
 from adarec.errors import UserError
 from adarec.io import read_json, read_text
-from adarec.train import distributed as dist
-from adarec.train.checkpoint import load_checkpoint, save_checkpoint
+from adarec.runtime import distributed as dist
+from adarec.runtime.checkpoint import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from adarec.data.preprocess import PreparedData

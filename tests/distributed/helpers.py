@@ -132,7 +132,7 @@ def _capture_stages(stages: list) -> None:
 
 def _seed_per_rank(rank: int) -> None:
     import adarec.pipeline.common as common
-    from adarec.seed import seed_everything
+    from adarec.runtime.seed import seed_everything
 
     common.seed_everything = lambda seed: seed_everything(seed + rank)
 

@@ -8,7 +8,7 @@ import torch
 
 from adarec.models.factory import build_model
 from adarec.pipeline.common import load_stage_data
-from adarec.seed import seed_everything
+from adarec.runtime.seed import seed_everything
 from adarec.train.loop import run_training
 from adarec.train.supervised import SupervisedStage, next_item_batch
 from tests.conftest import tiny_config

@@ -18,7 +18,6 @@ from adarec.data.stats import describe
 from adarec.errors import UserError
 from adarec.evaluate.evaluator import evaluate
 from adarec.io import atomic_write_json, read_json, writable_dir
-from adarec.logs import setup_logging
 from adarec.models.base import count_parameters
 from adarec.runs import (
     CHECKPOINT_DIRS,
@@ -28,8 +27,9 @@ from adarec.runs import (
     has_weights,
     load_run_config,
 )
-from adarec.seed import seed_everything
-from adarec.train import distributed as dist
+from adarec.runtime import distributed as dist
+from adarec.runtime.logs import setup_logging
+from adarec.runtime.seed import seed_everything
 from adarec.train.loop import EARLIER_SECONDS_FILE
 
 log = logging.getLogger("adarec")

@@ -17,8 +17,8 @@ from adarec.io import atomic_write_json, atomic_write_text, read_json
 from adarec.nas.profile import count_macs
 from adarec.plots import plot_accuracy_latency
 from adarec.runs import load_run_model, read_metrics
+from adarec.runtime import distributed as dist
 from adarec.serve.latency import latency_inputs, machine_description, measure_latency
-from adarec.train import distributed as dist
 
 log = logging.getLogger("adarec")
 

@@ -44,7 +44,7 @@ from adarec.pipeline.common import (
 )
 from adarec.plots import plot_alpha_history, plot_training_curves
 from adarec.runs import load_run_model, save_model
-from adarec.train import distributed as dist
+from adarec.runtime import distributed as dist
 from adarec.train.distill_stage import DistillStage
 from adarec.train.loop import run_training
 

@@ -25,7 +25,7 @@ from adarec.pipeline.common import (
 )
 from adarec.plots import plot_training_curves
 from adarec.runs import save_model, teacher_spec
-from adarec.train import distributed as dist
+from adarec.runtime import distributed as dist
 from adarec.train.loop import run_training
 from adarec.train.supervised import SupervisedStage
 
@@ -109,7 +109,7 @@ def _pretrain_bert4rec(
     model.causal = False
     if not run_pretrain:
         # Fine-tuning alone starts from an earlier pretraining of this run directory.
-        from adarec.train.checkpoint import load_checkpoint
+        from adarec.runtime.checkpoint import load_checkpoint
 
         best = pre_dir / "checkpoints" / "best.pt"
         if best.exists():
