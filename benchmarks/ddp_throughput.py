@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         worker(args)
         return 0
+    from adarec.evaluate.latency import machine_description
     from adarec.io import atomic_write_json
     from adarec.runtime.distributed import resolve_device
-    from adarec.serve.latency import machine_description
 
     load_before = [round(x, 2) for x in os.getloadavg()]
     single, several = f"1 process x {args.cores} threads", f"{args.cores} processes x 1 thread"

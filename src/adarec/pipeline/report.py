@@ -13,12 +13,12 @@ import torch
 from adarec.config import Config
 from adarec.data.preprocess import prepare
 from adarec.data.splits import eval_split
+from adarec.evaluate.latency import latency_inputs, machine_description, measure_latency
 from adarec.io import atomic_write_json, atomic_write_text, read_json
 from adarec.nas.profile import count_macs
 from adarec.plots import plot_accuracy_latency
 from adarec.runs import load_run_model, read_metrics
 from adarec.runtime import distributed as dist
-from adarec.serve.latency import latency_inputs, machine_description, measure_latency
 
 log = logging.getLogger("adarec")
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from adarec.config import Config
-from adarec.distill.cost import cost_table, format_cost_table, latency_cost_stats
+from adarec.config import Config, parse_budget
+from adarec.distill.cost import cost_table, format_cost_table
 from adarec.errors import UserError
 from adarec.io import atomic_write_json, atomic_write_text, read_json
 from adarec.nas.architect import Architect
@@ -19,7 +19,6 @@ from adarec.nas.budget import (
     cost_unit,
     derive_within_budget,
     format_cost,
-    parse_budget,
 )
 from adarec.nas.genotype import (
     Genotype,
@@ -30,7 +29,7 @@ from adarec.nas.genotype import (
     save_genotype,
 )
 from adarec.nas.operations import OP_SETS
-from adarec.nas.profile import op_cost_stats
+from adarec.nas.profile import latency_cost_stats, op_cost_stats
 from adarec.nas.student import Student
 from adarec.nas.supernet import Supernet
 from adarec.pipeline.common import (
