@@ -48,8 +48,8 @@ def worker(args: argparse.Namespace) -> None:
 
     from adarec.config import load_config
     from adarec.io import atomic_write_json
-    from adarec.models.factory import build_model
     from adarec.pipeline.common import load_stage_data
+    from adarec.registry import build_model
     from adarec.runtime import distributed as dist
     from adarec.runtime.seed import seed_everything
     from adarec.train.supervised import SupervisedStage

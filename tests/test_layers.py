@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("config", "plots"),
     ("data", "models", "evaluate", "distill"),
     ("nas",),
+    ("registry",),
     ("train", "runs"),
     ("serve",),
     ("pipeline",),

@@ -7,7 +7,6 @@ import torch
 
 from adarec.config import ModelConfig, parse_budget
 from adarec.errors import UserError
-from adarec.models.factory import build_model
 from adarec.nas.budget import (
     CostModel,
     build_cost_model,
@@ -19,6 +18,7 @@ from adarec.nas.genotype import Genotype, derive_genotype, random_genotype
 from adarec.nas.operations import CAUSAL_OPS
 from adarec.nas.profile import count_macs, latency_cost_stats, op_cost_stats
 from adarec.nas.student import Student
+from adarec.registry import build_model
 
 NUM_ITEMS, MAX_LEN, WIDTH, CELLS, NODES = 40, 12, 8, 2, 3
 OPS = list(CAUSAL_OPS)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from adarec.config import Config
-from adarec.models.factory import build_model
 from adarec.pipeline.common import (
     Timer,
     final_metrics,
@@ -18,7 +17,8 @@ from adarec.pipeline.common import (
 )
 from adarec.pipeline.search import check_same_data
 from adarec.plots import plot_training_curves
-from adarec.runs import load_run_model, save_model, teacher_spec
+from adarec.registry import build_model
+from adarec.runs import load_run_model, save_model
 from adarec.train.distill_stage import DistillStage
 from adarec.train.loop import run_training
 
@@ -33,9 +33,8 @@ def train_small_kd(cfg: Config, run_dir: Path, teacher_dir: Path, quiet: bool) -
     teacher, _ = load_run_model(teacher_dir, device)
     num_items, max_len = stage_data.data.num_items, cfg.data.max_len
     student = build_model(cfg.model, num_items, max_len)
-    extra = {}
     if hasattr(student, "causal"):  # a BERT4Rec student is trained autoregressively
-        student.causal, extra = True, {"causal": True}
+        student.causal = True
     kd = copy.deepcopy(cfg.search)
     kd.use_emb, kd.use_hid, kd.use_cost, kd.gamma_decay = False, False, False, 1.0
     timer = Timer()
@@ -54,7 +53,7 @@ def train_small_kd(cfg: Config, run_dir: Path, teacher_dir: Path, quiet: bool) -
         desc="small_kd",
     )
     plot_training_curves(result.history, run_dir / "curves.png", "small student with KD")
-    save_model(run_dir, student, teacher_spec(cfg.model, num_items, max_len, **extra))
+    save_model(run_dir, student)
     metrics = final_metrics(
         student,
         cfg,

@@ -22,7 +22,6 @@ from adarec.nas.budget import (
 )
 from adarec.nas.genotype import (
     Genotype,
-    derive_genotype,
     draw_genotype,
     genotype_to_dict,
     genotype_to_text,
@@ -213,11 +212,9 @@ def run_search(
         select_on_valid=False,
         desc="search",
     )
-    alphas = list(supernet.alphas)
-    genotype = derive_genotype(
-        alphas, supernet.op_names, cfg.search.ops, cfg.search.cells, cfg.search.width
-    )
+    genotype = supernet.genotype()
     if cost_model is not None:
+        alphas = list(supernet.alphas)
         genotype, changes = derive_within_budget(alphas, supernet.op_names, genotype, cost_model)
         for change in changes:
             log.info("derivation: %s", change)
@@ -229,18 +226,7 @@ def run_search(
         draw_genotype(genotype, run_dir / "genotype.png")
         plot_alpha_history(result.history, supernet.op_names, run_dir / "alphas.png")
         plot_training_curves(result.history, run_dir / "curves.png", "architecture search")
-    spec = {
-        "kind": "supernet",
-        "num_items": stage_data.data.num_items,
-        "max_len": cfg.data.max_len,
-        "width": cfg.search.width,
-        "cells": cfg.search.cells,
-        "nodes": cfg.search.nodes,
-        "op_set": cfg.search.ops,
-        "dropout": cfg.search.dropout,
-        "mode": cfg.search.mode,
-    }
-    save_model(run_dir, supernet, spec, filename=SUPERNET_FILE)
+    save_model(run_dir, supernet, filename=SUPERNET_FILE)
     metrics = final_metrics(
         supernet,
         cfg,

@@ -29,16 +29,6 @@ from adarec.train.supervised import SupervisedStage
 log = logging.getLogger("adarec")
 
 
-def student_spec(genotype: Genotype, num_items: int, max_len: int, dropout: float) -> dict:
-    return {
-        "kind": "student",
-        "genotype": genotype_to_dict(genotype),
-        "num_items": num_items,
-        "max_len": max_len,
-        "dropout": dropout,
-    }
-
-
 def _search_file(search_dir: Path, name: str, key: str) -> dict[str, Any]:
     """A JSON file the search wrote, holding ``key``; UserError naming the file if damaged."""
     path = Path(search_dir) / name
@@ -103,7 +93,7 @@ def run_student(
         desc=name,
     )
     plot_training_curves(result.history, run_dir / "curves.png", f"{name} retraining")
-    save_model(run_dir, student, student_spec(genotype, num_items, max_len, cfg.search.dropout))
+    save_model(run_dir, student)
     metrics = final_metrics(
         student,
         cfg,

@@ -12,8 +12,6 @@ from adarec.config import Config
 from adarec.data.splits import item_counts
 from adarec.errors import UserError
 from adarec.models.bert4rec import mask_items
-from adarec.models.factory import build_model
-from adarec.models.pop import Popularity
 from adarec.pipeline.common import (
     StageData,
     Timer,
@@ -24,7 +22,8 @@ from adarec.pipeline.common import (
     write_metrics,
 )
 from adarec.plots import plot_training_curves
-from adarec.runs import save_model, teacher_spec
+from adarec.registry import build_model
+from adarec.runs import save_model
 from adarec.runtime import distributed as dist
 from adarec.train.loop import run_training
 from adarec.train.supervised import SupervisedStage
@@ -46,9 +45,8 @@ def train_teacher(
     num_items, max_len = stage_data.data.num_items, cfg.data.max_len
 
     if cfg.model.name == "pop":
-        model = Popularity(num_items)
+        model = build_model(cfg.model, num_items, max_len)
         model.fit(item_counts(stage_data.data))
-        spec = teacher_spec(cfg.model, num_items, max_len)
         epochs = 0
     else:
         model = build_model(cfg.model, num_items, max_len)
@@ -84,11 +82,9 @@ def train_teacher(
         )
         epochs += result.epochs
         plot_training_curves(result.history, run_dir / "curves.png", cfg.model.name)
-        extra = {"causal": True} if cfg.model.name == "bert4rec" else {}
-        spec = teacher_spec(cfg.model, num_items, max_len, **extra)
 
     model.to(device)
-    save_model(run_dir, model, spec)
+    save_model(run_dir, model)
     metrics = final_metrics(model, cfg, stage_data, device, cfg.model.name, timer.seconds(), epochs)
     write_metrics(run_dir, metrics)
     return metrics
