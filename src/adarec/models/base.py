@@ -65,9 +65,15 @@ class Teacher(SequentialRecommender):
     config: ModelConfig | None = None  # what from_config built it from
 
     @classmethod
-    def config_arguments(cls, cfg: ModelConfig) -> dict[str, Any]:  # pragma: no cover
-        """The constructor's keyword arguments (beside num_items and max_len) that ``cfg`` sets."""
-        raise NotImplementedError
+    def config_arguments(cls, cfg: ModelConfig) -> dict[str, Any]:
+        """The constructor's keyword arguments (beside num_items and max_len) that ``cfg``
+        sets; subclasses add their own to these, which every neural teacher takes."""
+        return {
+            "hidden_size": cfg.hidden_size,
+            "num_blocks": cfg.num_blocks,
+            "dropout": cfg.dropout,
+            "distill_every": cfg.distill_every,
+        }
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, num_items: int, max_len: int) -> Self:

@@ -86,13 +86,10 @@ class NextItNet(Teacher):
     @classmethod
     def config_arguments(cls, cfg: ModelConfig) -> dict[str, Any]:
         return {
-            "hidden_size": cfg.hidden_size,
-            "num_blocks": cfg.num_blocks,
+            **super().config_arguments(cfg),
             "dilations": list(cfg.dilations),
             "kernel_size": cfg.kernel_size,
             "residual_scale": cfg.residual_scale,
-            "dropout": cfg.dropout,
-            "distill_every": cfg.distill_every,
         }
 
     def forward(self, items: torch.Tensor) -> SeqOutput:

@@ -30,7 +30,7 @@ class Popularity(Teacher):
 
     @classmethod
     def config_arguments(cls, cfg: ModelConfig) -> dict[str, Any]:
-        return {}
+        return {}  # nothing to configure: the scores come from ``fit``
 
     def fit(self, counts: np.ndarray | torch.Tensor) -> Popularity:
         """Store ``counts`` [num_items + 1] (index 0 is padding and is ignored)."""

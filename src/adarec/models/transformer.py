@@ -59,12 +59,9 @@ class TransformerRecommender(Teacher):
     @classmethod
     def config_arguments(cls, cfg: ModelConfig) -> dict[str, Any]:
         return {
-            "hidden_size": cfg.hidden_size,
-            "num_blocks": cfg.num_blocks,
+            **super().config_arguments(cfg),
             "num_heads": cfg.num_heads,
             "inner_size": cfg.inner_size,
-            "dropout": cfg.dropout,
-            "distill_every": cfg.distill_every,
         }
 
     def attends_causally(self) -> bool:  # pragma: no cover - abstract
