@@ -48,10 +48,10 @@ def worker(args: argparse.Namespace) -> None:
 
     from adarec.config import load_config
     from adarec.io import atomic_write_json
-    from adarec.models.factory import build_model
     from adarec.pipeline.common import load_stage_data
-    from adarec.seed import seed_everything
-    from adarec.train import distributed as dist
+    from adarec.registry import build_model
+    from adarec.runtime import distributed as dist
+    from adarec.runtime.seed import seed_everything
     from adarec.train.supervised import SupervisedStage
 
     cfg = load_config(CONFIG, ["data.dataset=ml-100k", "model.name=sasrec"])
@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         worker(args)
         return 0
+    from adarec.evaluate.latency import machine_description
     from adarec.io import atomic_write_json
-    from adarec.serve.latency import machine_description
-    from adarec.train.distributed import resolve_device
+    from adarec.runtime.distributed import resolve_device
 
     load_before = [round(x, 2) for x in os.getloadavg()]
     single, several = f"1 process x {args.cores} threads", f"{args.cores} processes x 1 thread"

@@ -36,8 +36,8 @@ from typing import IO, Any
 import httpx
 import numpy as np
 
+from adarec.evaluate.latency import machine_description
 from adarec.serve.bench import merge_results
-from adarec.serve.latency import machine_description
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "serving.json"
 SERVE = [sys.executable, "-m", "adarec", "serve"]  # the installed CLI, run by this Python

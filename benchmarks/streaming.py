@@ -51,10 +51,10 @@ from loadtest import Connection, split_cpus, start_server, stop_server  # noqa: 
 
 from adarec.data.preprocess import prepare  # noqa: E402
 from adarec.data.splits import left_pad  # noqa: E402
+from adarec.evaluate.latency import machine_description  # noqa: E402
 from adarec.runs import load_run_config  # noqa: E402
 from adarec.serve.bench import merge_results  # noqa: E402
 from adarec.serve.catalogue import ExactCatalogue, FaissCatalogue  # noqa: E402
-from adarec.serve.latency import machine_description  # noqa: E402
 from adarec.serve.predictor import Predictor  # noqa: E402
 from adarec.serve.state_store import encode_state, model_tag  # noqa: E402
 from adarec.serve.streaming import streamer_for  # noqa: E402

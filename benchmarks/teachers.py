@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from adarec.config import load_config
+from adarec.evaluate.latency import machine_description
 from adarec.io import atomic_write_json
 from adarec.pipeline.teacher import train_teacher
 from adarec.runs import read_metrics
-from adarec.serve.latency import machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRIES = [

@@ -3,7 +3,16 @@ from pathlib import Path
 
 import pytest
 
-from adarec.config import RANGES, Range, all_keys, load_config, numeric_keys, save_config
+from adarec.config import (
+    RANGES,
+    Budget,
+    Range,
+    all_keys,
+    load_config,
+    numeric_keys,
+    parse_budget,
+    save_config,
+)
 from adarec.errors import UserError
 
 
@@ -120,3 +129,26 @@ def test_config_file_that_is_a_folder_or_not_text(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(Path, "open", refuse)  # root reads every file: simulate a refusal
     with pytest.raises(UserError, match="cannot read config file .*Permission denied"):
         load_config(binary)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("5x", "speedup", 5.0),
+        ("12.5X", "speedup", 12.5),
+        ("2.5M", "macs", 2.5e6),
+        ("2500000macs", "macs", 2.5e6),
+        ("3.1 MMACs", "macs", 3.1e6),
+        ("800k", "macs", 8e5),
+        ("1.5ms", "ms", 1.5),
+        ("1e6", "macs", 1e6),
+    ],
+)
+def test_parse_budget(text, kind, value):
+    assert parse_budget(text) == Budget(kind, pytest.approx(value))
+
+
+@pytest.mark.parametrize("text", ["", "fast", "5 times", "-3x", "0ms", "1x", "0.5x", "5xx"])
+def test_bad_budgets_are_user_errors(text):
+    with pytest.raises(UserError, match="budget"):
+        parse_budget(text)

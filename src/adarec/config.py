@@ -318,6 +318,54 @@ RANGES: dict[str, Range] = {
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
+# search.budget: the grammar is checked with the rest of the configuration, before any
+# work starts; adarec.nas.budget turns a Budget into a cost model.
+BUDGET_KINDS = ("speedup", "macs", "ms")
+_MAC_SUFFIXES = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+_BUDGET_RE = re.compile(
+    r"^\s*(?P<value>[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*"
+    r"(?P<unit>x|ms|[kmg]?(?:macs?)?)\s*$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A user's budget: ``kind`` speedup (over the teacher), macs or ms (per history)."""
+
+    kind: str
+    value: float
+
+    def __str__(self) -> str:
+        if self.kind == "speedup":
+            return f"{self.value:g}x"
+        if self.kind == "ms":
+            return f"{self.value:g}ms"
+        return f"{self.value / 1e6:g}M MACs"
+
+
+def parse_budget(text: str) -> Budget:
+    """``"5x"`` (speed-up), ``"2.5M"`` / ``"2500000macs"`` / ``"3.1 MMACs"`` or ``"1.5ms"``."""
+    match = _BUDGET_RE.match(str(text))
+    if match is None:
+        raise UserError(
+            f"budget {text!r} is not understood; write a speed-up over the teacher "
+            "('5x'), MACs per history ('2.5M', '2500000macs') or milliseconds per "
+            "history at batch 1 ('1.5ms')"
+        )
+    value = float(match["value"])
+    unit = match["unit"].lower()
+    if value <= 0 or not math.isfinite(value):
+        raise UserError(f"budget {text!r} must be positive")
+    if unit == "x":
+        if value <= 1:
+            raise UserError(f"budget {text!r}: a speed-up over the teacher must exceed 1x")
+        return Budget("speedup", value)
+    if unit == "ms":
+        return Budget("ms", value)
+    prefix = unit[0] if unit and unit[0] in "kmg" and not unit.startswith("mac") else ""
+    return Budget("macs", value * _MAC_SUFFIXES[prefix])
+
 
 def _parse_yaml(text: str, key: str) -> Any:
     """A ``--set`` value read as YAML (so 1e-3, [1, 2] and null have their types)."""
@@ -469,8 +517,6 @@ def validate(cfg: Config) -> None:
             f"config: model.hidden_size ({cfg.model.hidden_size}) must be divisible by "
             f"model.num_heads ({cfg.model.num_heads})"
         )
-    from adarec.nas.budget import parse_budget  # the budget grammar lives with the cost model
-
     try:
         parse_budget(cfg.search.budget)
     except UserError as error:

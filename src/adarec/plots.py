@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from adarec.io import atomic_write  # noqa: E402
-from adarec.train import distributed as dist  # noqa: E402
+from adarec.runtime import distributed as dist  # noqa: E402
 
 
 def save_figure(fig: Any, path: Path) -> None:

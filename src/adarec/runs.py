@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
-from adarec.config import Config, ModelConfig, load_config, to_dict
+from adarec.config import Config, load_config, to_dict
 from adarec.errors import UserError
 from adarec.io import read_json, read_text
-from adarec.train import distributed as dist
-from adarec.train.checkpoint import load_checkpoint, save_checkpoint
+from adarec.models.base import SequentialRecommender
+from adarec.registry import model_from_spec
+from adarec.runtime import distributed as dist
+from adarec.runtime.checkpoint import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from adarec.data.preprocess import PreparedData
@@ -23,64 +24,16 @@ DATA_FILE = "data.json"  # statistics and the fingerprint of the data the run tr
 TEST_RANKS_FILE = "test_ranks.json"  # each test user's full-ranking rank, in user order
 
 
-def save_model(
-    run_dir: Path, model: nn.Module, spec: dict[str, Any], filename: str = MODEL_FILE
-) -> None:
-    """``spec`` says how to rebuild the model: kind, num_items, max_len, and its architecture."""
+def save_model(run_dir: Path, model: SequentialRecommender, filename: str = MODEL_FILE) -> None:
+    """The weights with the model's spec (``to_spec``), which says how to rebuild it."""
     if dist.is_main():
-        save_checkpoint(Path(run_dir) / filename, {"spec": spec, "state_dict": model.state_dict()})
-
-
-def teacher_spec(model_cfg: ModelConfig, num_items: int, max_len: int, **extra: Any) -> dict:
-    from dataclasses import asdict
-
-    return {
-        "kind": "teacher",
-        "model": asdict(model_cfg),
-        "num_items": num_items,
-        "max_len": max_len,
-        **extra,
-    }
-
-
-def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """An untrained model of the architecture that ``spec`` describes."""
-    if spec["kind"] == "teacher":
-        from adarec.models.factory import build_model
-
-        model = build_model(ModelConfig(**spec["model"]), spec["num_items"], spec["max_len"])
-        if "causal" in spec:
-            model.causal = spec["causal"]
-        return model
-    if spec["kind"] == "student":
-        from adarec.nas.genotype import genotype_from_dict
-        from adarec.nas.student import Student
-
-        return Student(
-            spec["num_items"],
-            spec["max_len"],
-            genotype_from_dict(spec["genotype"]),
-            dropout=spec.get("dropout", 0.1),
-        )
-    if spec["kind"] == "supernet":
-        from adarec.nas.supernet import Supernet
-
-        return Supernet(
-            spec["num_items"],
-            spec["max_len"],
-            spec["width"],
-            spec["cells"],
-            spec["nodes"],
-            op_set=spec["op_set"],
-            dropout=spec["dropout"],
-            mode=spec["mode"],
-        )
-    raise UserError(f"unknown model kind {spec['kind']!r} in model file")
+        state = {"spec": model.to_spec(), "state_dict": model.state_dict()}
+        save_checkpoint(Path(run_dir) / filename, state)
 
 
 def load_run_model(
     run_dir: Path, device: torch.device | str = "cpu", filename: str = MODEL_FILE
-) -> tuple[nn.Module, dict]:
+) -> tuple[SequentialRecommender, dict]:
     """The trained model of a run directory (teacher, student or supernet), in eval mode."""
     path = Path(run_dir) / filename
     if not path.exists():
@@ -88,7 +41,7 @@ def load_run_model(
     hint = "re-run the stage that wrote it (remove its metrics.json first)"
     state = load_checkpoint(path, device, keys=("spec", "state_dict"), hint=hint)
     try:
-        model = build_from_spec(state["spec"])
+        model = model_from_spec(state["spec"])
         model.load_state_dict(state["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError):
         raise UserError(f"{path} is damaged (its weights do not fit its model); {hint}") from None

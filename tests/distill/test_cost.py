@@ -1,4 +1,3 @@
-import importlib.util
 import math
 
 import pytest
@@ -9,9 +8,9 @@ from adarec.distill.cost import (
     cost_loss,
     cost_table,
     format_cost_table,
-    latency_cost_stats,
     latency_cost_table,
 )
+from adarec.nas.profile import latency_cost_stats
 
 WIDTH, LENGTH = 64, 50
 K3 = ["conv_k3", "dil_conv_k3", "causal_dil_conv_k3"]
@@ -66,18 +65,6 @@ def test_latency_cost_table_ranks_a_heavy_op_above_a_trivial_one():
     table = latency_cost_table(stats)
     assert table["heavy"] > 1 > table["identity"]
     assert cost_table(stats) == table  # cost_table accepts latency statistics too
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("adarec.nas.operations") is None, reason="op zoo not written yet"
-)
-def test_latency_cost_stats_builds_the_ops_of_the_zoo():
-    from adarec.nas.operations import OP_SETS
-
-    names = OP_SETS["causal"]
-    stats = latency_cost_stats(names, width=8, length=6, repeats=2, warmup=0)
-    assert list(stats) == list(names)
-    assert all(s["latency_ms"] >= 0 for s in stats.values())
 
 
 def test_cost_loss_is_the_sum_of_sampled_costs_with_gradient():

@@ -29,7 +29,6 @@ _WRITE_EVENTS = (
     "os.symlink",
     "shutil.rmtree",
 )
-_PIPELINE_MODULES = ("teacher", "search", "student", "distill_baseline")
 
 
 def free_port() -> int:
@@ -113,9 +112,8 @@ def _record_write(event: str, args: tuple, watched: list[str], audit: dict) -> N
 
 
 def _capture_stages(stages: list) -> None:
-    """Wrap the loop as every pipeline module sees it: keep each stage's final state."""
-    import importlib
-
+    """Wrap the loop as every stage runs it (``StageRun.train``): keep each final state."""
+    import adarec.pipeline.stage as stage_module
     from adarec.train.loop import run_training
 
     def capturing(stage, *args, **kwargs):
@@ -126,13 +124,12 @@ def _capture_stages(stages: list) -> None:
         stages.append((kwargs.get("desc", "train"), _cpu(state)))
         return result
 
-    for name in _PIPELINE_MODULES:
-        importlib.import_module(f"adarec.pipeline.{name}").run_training = capturing
+    stage_module.run_training = capturing
 
 
 def _seed_per_rank(rank: int) -> None:
     import adarec.pipeline.common as common
-    from adarec.seed import seed_everything
+    from adarec.runtime.seed import seed_everything
 
     common.seed_everything = lambda seed: seed_everything(seed + rank)
 

@@ -9,7 +9,7 @@ import torch
 
 from adarec.config import load_config
 from adarec.pipeline.run import run_baseline
-from adarec.train import distributed as dist
+from adarec.runtime import distributed as dist
 from tests.distributed.helpers import assert_identical, cli, run_two_processes, tiny_flags
 
 STAGES = ["sasrec", "search", "search", "search", "student", "small_kd"]

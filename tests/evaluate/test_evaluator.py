@@ -11,7 +11,7 @@ from torch import nn
 from adarec.evaluate import evaluator
 from adarec.evaluate.evaluator import compute_ranks, evaluate
 from adarec.evaluate.metrics import metrics_from_ranks
-from adarec.train import distributed
+from adarec.runtime import distributed
 
 
 @dataclass

@@ -1,11 +1,11 @@
-"""MACs and parameter counts of models and ops."""
+"""MACs, parameter counts and latency of models and ops."""
 
 import pytest
 import torch
 from torch import nn
 
 from adarec.nas.operations import OP_SETS
-from adarec.nas.profile import count_macs, op_cost_stats
+from adarec.nas.profile import count_macs, latency_cost_stats, op_cost_stats
 
 
 def test_count_macs_of_a_linear_layer():
@@ -31,3 +31,10 @@ def test_op_costs_rank_k5_convs_above_k3_convs_above_pools_skip_none(op_set):
     for key in ("macs", "params"):
         assert min(stats[n][key] for n in k5) > max(stats[n][key] for n in k3)
         assert min(stats[n][key] for n in k3) > max(stats[n][key] for n in cheap)
+
+
+def test_latency_cost_stats_builds_the_ops_of_the_zoo():
+    names = OP_SETS["causal"]
+    stats = latency_cost_stats(names, width=8, length=6, repeats=2, warmup=0)
+    assert list(stats) == list(names)
+    assert all(s["latency_ms"] >= 0 for s in stats.values())

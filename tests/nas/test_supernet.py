@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from adarec.errors import UserError
+from adarec.nas.genotype import derive_genotype
 from adarec.nas.supernet import Supernet, alpha_summary, temperature
 from tests.nas.helpers import (
     MAX_LEN,
@@ -194,3 +195,15 @@ def test_bad_options_are_user_errors():
         Supernet(NUM_ITEMS, MAX_LEN, WIDTH, 1, 1, op_set="mine")
     with pytest.raises(UserError, match="mode"):
         Supernet(NUM_ITEMS, MAX_LEN, WIDTH, 1, 1, mode="both")
+
+
+def test_the_supernet_derives_its_genotype_from_its_alphas():
+    net = tiny_supernet(op_set="paper")
+    genotype = net.genotype()
+    assert genotype == derive_genotype(list(net.alphas), net.op_names, "paper", 2, WIDTH)
+    assert (genotype.op_set, genotype.cells, genotype.width, len(genotype.nodes)) == (
+        "paper",
+        2,
+        WIDTH,
+        3,
+    )

@@ -36,6 +36,8 @@ def test_teacher_run_writes_the_contract(tmp_path: Path, name: str):
     model, spec = load_run_model(run)
     if name == "bert4rec":
         assert model.causal and (run / "pretrain" / "checkpoints" / "last.pt").exists()
+        loops = [json.loads((d / "history.json").read_text()) for d in (run, run / "pretrain")]
+        assert saved["epochs"] == sum(len(history) for history in loops)  # both loops count
     again = evaluate_run(run)
     assert again["test"] == saved["test"]
 

@@ -16,7 +16,6 @@ from adarec.io import read_json
 from adarec.nas.genotype import genotype_from_dict
 from adarec.nas.operations import OP_SETS
 from adarec.nas.student import Student
-from adarec.pipeline.student import student_spec
 from adarec.runs import load_run_config as run_config
 from adarec.runs import load_run_model, save_model
 from adarec.serve import export as export_module
@@ -79,7 +78,7 @@ def _all_ops_student(run_dir, op_set: str, target) -> None:
     with torch.no_grad():
         for parameter in student.parameters():
             parameter.add_(0.3 * torch.randn_like(parameter))
-    save_model(target, student, student_spec(genotype, spec["num_items"], spec["max_len"], 0.1))
+    save_model(target, student)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -171,7 +170,7 @@ def test_run_backend_reuses_its_export_until_the_model_changes(runs, tmp_path):
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.1)
-    save_model(run, model, spec)
+    save_model(run, model)
     Predictor.from_run(run, backend="onnx")
     check_parity(run, "onnx", first)  # exported again: a stale artefact would not match
 

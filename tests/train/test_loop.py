@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from adarec.models.factory import build_model
 from adarec.pipeline.common import load_stage_data
-from adarec.seed import seed_everything
+from adarec.registry import build_model
+from adarec.runtime.seed import seed_everything
 from adarec.train.loop import run_training
 from adarec.train.supervised import SupervisedStage, next_item_batch
 from tests.conftest import tiny_config

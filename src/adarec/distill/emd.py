@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from adarec.distill.losses import hidden_distance_matrix
-from adarec.train import distributed
+from adarec.runtime import distributed
 
 # Keeps the re-weighting finite when a layer's transport cost (or weight) is exactly 0.
 _EPS = 1e-12

@@ -18,7 +18,7 @@ from adarec.evaluate.metrics import (
     sampled_ranks,
     standard_errors,
 )
-from adarec.train import distributed
+from adarec.runtime import distributed
 
 
 class Split(Protocol):

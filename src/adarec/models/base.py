@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any, Self
 
 import torch
 from torch import nn
+
+from adarec.config import ModelConfig
 
 
 @dataclass
@@ -37,6 +41,61 @@ class SequentialRecommender(nn.Module):
     def full_sort_predict(self, items: torch.Tensor) -> torch.Tensor:
         """Scores at the last position only: [B, num_items + 1] (column 0 is padding)."""
         return self.logits(self.forward(items).output[:, -1, :])
+
+    def to_spec(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        """What rebuilds this architecture (``from_spec``): model files keep it beside the
+        weights, as nanoGPT's checkpoints keep ``model_args``. Plain JSON-able values."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Self:  # pragma: no cover - abstract
+        """An untrained model of the architecture that ``spec`` (``to_spec``) describes."""
+        raise NotImplementedError
+
+
+class Teacher(SequentialRecommender):
+    """A model of ``adarec.models`` built from a ModelConfig: the teachers, the hand-designed
+    small students of their families, and the popularity baseline.
+
+    Its spec keeps the whole configuration: ``{"kind": "teacher", "model": asdict(config),
+    "num_items", "max_len"}``. Subclasses say which constructor arguments the configuration
+    sets (``config_arguments``).
+    """
+
+    config: ModelConfig | None = None  # what from_config built it from
+
+    @classmethod
+    def config_arguments(cls, cfg: ModelConfig) -> dict[str, Any]:
+        """The constructor's keyword arguments (beside num_items and max_len) that ``cfg``
+        sets; subclasses add their own to these, which every neural teacher takes."""
+        return {
+            "hidden_size": cfg.hidden_size,
+            "num_blocks": cfg.num_blocks,
+            "dropout": cfg.dropout,
+            "distill_every": cfg.distill_every,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, num_items: int, max_len: int) -> Self:
+        """An untrained model of the hyper-parameters in ``cfg``."""
+        model = cls(num_items, max_len, **cls.config_arguments(cfg))
+        # A copy: the spec must describe this model even if the caller's config changes later.
+        model.config = copy.deepcopy(cfg)
+        return model
+
+    def to_spec(self) -> dict[str, Any]:
+        if self.config is None:
+            raise ValueError(f"{type(self).__name__} has no spec: build it with from_config")
+        return {
+            "kind": "teacher",
+            "model": asdict(self.config),
+            "num_items": self.num_items,
+            "max_len": self.max_len,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Self:
+        return cls.from_config(ModelConfig(**spec["model"]), spec["num_items"], spec["max_len"])
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

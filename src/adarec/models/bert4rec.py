@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, Self
+
 import torch
 
+from adarec.config import ModelConfig
 from adarec.models.layers import padding_mask
 from adarec.models.transformer import TransformerRecommender
 
@@ -46,6 +49,20 @@ class BERT4Rec(TransformerRecommender):
         self.mask_token = num_items + 1
         self.mask_prob = mask_prob
         self.causal = causal
+
+    @classmethod
+    def config_arguments(cls, cfg: ModelConfig) -> dict[str, Any]:
+        return {**super().config_arguments(cfg), "mask_prob": cfg.mask_prob}
+
+    def to_spec(self) -> dict[str, Any]:
+        # Fine-tuned (and distilled) BERT4Rec attends causally; the spec says so.
+        return {**super().to_spec(), "causal": self.causal}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Self:
+        model = super().from_spec(spec)
+        model.causal = spec.get("causal", model.causal)
+        return model
 
     def attends_causally(self) -> bool:
         return self.causal

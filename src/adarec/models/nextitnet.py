@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from adarec.models.base import SeqOutput, SequentialRecommender
+from adarec.config import ModelConfig
+from adarec.models.base import SeqOutput, Teacher
 from adarec.models.layers import CausalConv1d, init_weights, padding_mask
 
 
@@ -43,7 +46,7 @@ class ResidualBlock(nn.Module):
         return x + branch
 
 
-class NextItNet(SequentialRecommender):
+class NextItNet(Teacher):
     """Item embedding (padding zeroed, dropout), then residual blocks of causal convs.
 
     Block i uses dilation ``dilations[i % len(dilations)]`` (and twice that in its second
@@ -79,6 +82,15 @@ class NextItNet(SequentialRecommender):
         )
         self.output_layer = nn.Linear(hidden_size, num_items + 1)
         self.apply(init_weights)
+
+    @classmethod
+    def config_arguments(cls, cfg: ModelConfig) -> dict[str, Any]:
+        return {
+            **super().config_arguments(cfg),
+            "dilations": list(cfg.dilations),
+            "kernel_size": cfg.kernel_size,
+            "residual_scale": cfg.residual_scale,
+        }
 
     def forward(self, items: torch.Tensor) -> SeqOutput:
         real = padding_mask(items).unsqueeze(-1).float()

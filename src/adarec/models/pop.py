@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
-from adarec.models.base import SeqOutput, SequentialRecommender
+from adarec.config import ModelConfig
+from adarec.models.base import SeqOutput, Teacher
 
 
-class Popularity(SequentialRecommender):
+class Popularity(Teacher):
     """Scores items by how often they occur in the training data; no trainable parameters.
 
     ``forward`` returns zero-width states ([B, L, 0], no hidden states) and ``logits`` maps
@@ -16,13 +19,18 @@ class Popularity(SequentialRecommender):
     ``full_sort_predict`` behave as for every other model. Column 0 (padding) is -inf.
     """
 
-    def __init__(self, num_items: int):
+    def __init__(self, num_items: int, max_len: int = 0):
         super().__init__()
-        self.num_items, self.max_len, self.hidden_size = num_items, 0, 0
+        # max_len: the length of the histories it is served (it reads none of them).
+        self.num_items, self.max_len, self.hidden_size = num_items, max_len, 0
         # Scores over [padding] + items: the counts, with padding never ranked.
         scores = torch.zeros(num_items + 1)
         scores[0] = float("-inf")
         self.register_buffer("scores", scores)
+
+    @classmethod
+    def config_arguments(cls, cfg: ModelConfig) -> dict[str, Any]:
+        return {}  # nothing to configure: the scores come from ``fit``
 
     def fit(self, counts: np.ndarray | torch.Tensor) -> Popularity:
         """Store ``counts`` [num_items + 1] (index 0 is padding and is ignored)."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from adarec.models.base import SeqOutput, SequentialRecommender
+from adarec.config import ModelConfig
+from adarec.models.base import SeqOutput, Teacher
 from adarec.models.layers import (
     PositionEmbedding,
     TransformerBlock,
@@ -15,7 +18,7 @@ from adarec.models.layers import (
 )
 
 
-class TransformerRecommender(SequentialRecommender):
+class TransformerRecommender(Teacher):
     """Item + learned position embedding, LayerNorm, dropout, post-LN transformer blocks.
 
     Subclasses say whether attention is causal (``attends_causally``). Padding positions are
@@ -52,6 +55,14 @@ class TransformerRecommender(SequentialRecommender):
         )
         self.output_layer = nn.Linear(hidden_size, num_items + 1)
         self.apply(init_weights)
+
+    @classmethod
+    def config_arguments(cls, cfg: ModelConfig) -> dict[str, Any]:
+        return {
+            **super().config_arguments(cfg),
+            "num_heads": cfg.num_heads,
+            "inner_size": cfg.inner_size,
+        }
 
     def attends_causally(self) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -2,8 +2,9 @@
 
 A user states the budget as a speed-up over the teacher (``"5x"``), as MACs per history
 (``"2.5M"``, ``"2500000 macs"``) or as milliseconds per history at batch 1 on this machine
-(``"1.5ms"``). A speed-up is measured in the unit of ``search.cost``: MACs (the default:
-deterministic, the same on every machine) or measured latency.
+(``"1.5ms"``), parsed with the rest of the configuration (``adarec.config.parse_budget``).
+A speed-up is measured in the unit of ``search.cost``: MACs (the default: deterministic,
+the same on every machine) or measured latency.
 
 The cost of a student, per history it scores, is modelled as
 
@@ -20,64 +21,17 @@ softmax(alpha)-weighted mean of the op costs: it is differentiable in alpha at e
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from adarec.config import Budget
 from adarec.errors import UserError
+from adarec.evaluate.latency import measure_latency
 from adarec.nas.genotype import Genotype, random_genotype
 from adarec.nas.profile import count_macs
-from adarec.serve.latency import measure_latency
-
-BUDGET_KINDS = ("speedup", "macs", "ms")
-_MAC_SUFFIXES = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
-_BUDGET_RE = re.compile(
-    r"^\s*(?P<value>[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*"
-    r"(?P<unit>x|ms|[kmg]?(?:macs?)?)\s*$",
-    re.IGNORECASE,
-)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A user's budget: ``kind`` speedup (over the teacher), macs or ms (per history)."""
-
-    kind: str
-    value: float
-
-    def __str__(self) -> str:
-        if self.kind == "speedup":
-            return f"{self.value:g}x"
-        if self.kind == "ms":
-            return f"{self.value:g}ms"
-        return f"{self.value / 1e6:g}M MACs"
-
-
-def parse_budget(text: str) -> Budget:
-    """``"5x"`` (speed-up), ``"2.5M"`` / ``"2500000macs"`` / ``"3.1 MMACs"`` or ``"1.5ms"``."""
-    match = _BUDGET_RE.match(str(text))
-    if match is None:
-        raise UserError(
-            f"budget {text!r} is not understood; write a speed-up over the teacher "
-            "('5x'), MACs per history ('2.5M', '2500000macs') or milliseconds per "
-            "history at batch 1 ('1.5ms')"
-        )
-    value = float(match["value"])
-    unit = match["unit"].lower()
-    if value <= 0 or not math.isfinite(value):
-        raise UserError(f"budget {text!r} must be positive")
-    if unit == "x":
-        if value <= 1:
-            raise UserError(f"budget {text!r}: a speed-up over the teacher must exceed 1x")
-        return Budget("speedup", value)
-    if unit == "ms":
-        return Budget("ms", value)
-    prefix = unit[0] if unit and unit[0] in "kmg" and not unit.startswith("mac") else ""
-    return Budget("macs", value * _MAC_SUFFIXES[prefix])
 
 
 def cost_unit(budget: Budget, cost_setting: str) -> str:

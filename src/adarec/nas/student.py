@@ -8,6 +8,8 @@ forward has no data-dependent control flow: it traces with ``torch.jit.trace``.
 
 from __future__ import annotations
 
+from typing import Any, Self
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,7 +18,7 @@ from adarec.errors import UserError
 from adarec.models.base import SeqOutput
 from adarec.models.layers import item_positions
 from adarec.nas.cells import Cell, CellNetwork
-from adarec.nas.genotype import Genotype
+from adarec.nas.genotype import Genotype, genotype_from_dict, genotype_to_dict
 from adarec.nas.operations import make_op
 from adarec.nas.supernet import Supernet
 
@@ -66,6 +68,20 @@ class Student(CellNetwork):
         self.genotype = genotype
         # The last position depends on this many latest items only (no attention).
         self.window = genotype.receptive_field()
+
+    def to_spec(self) -> dict[str, Any]:
+        return {
+            "kind": "student",
+            "genotype": genotype_to_dict(self.genotype),
+            "num_items": self.num_items,
+            "max_len": self.max_len,
+            "dropout": self.embedding_dropout.p,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Self:
+        genotype = genotype_from_dict(spec["genotype"])
+        return cls(spec["num_items"], spec["max_len"], genotype, dropout=spec.get("dropout", 0.1))
 
     def forward(self, items: torch.Tensor, positions: torch.Tensor | None = None) -> SeqOutput:
         return self.run_cells(items, lambda cell, x, mask: cell(x, mask), positions)

@@ -9,6 +9,7 @@ straight-through Gumbel-softmax) or the argmax of alpha (``derived_weights``).
 from __future__ import annotations
 
 import math
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from torch import nn
 from adarec.errors import UserError
 from adarec.models.base import SeqOutput
 from adarec.nas.cells import Cell, CellNetwork
-from adarec.nas.genotype import input_name
+from adarec.nas.genotype import Genotype, derive_genotype, input_name
 from adarec.nas.operations import OP_SETS, make_op
 
 MODES = ("single_path", "full")
@@ -104,6 +105,39 @@ class Supernet(CellNetwork):
         self.mode = mode
         self.alphas = nn.ParameterList(
             nn.Parameter(alpha_init_std * torch.randn(j + 1, len(op_names))) for j in range(nodes)
+        )
+
+    def to_spec(self) -> dict[str, Any]:
+        return {
+            "kind": "supernet",
+            "num_items": self.num_items,
+            "max_len": self.max_len,
+            "width": self.width,
+            "cells": len(self.cells),
+            "nodes": len(self.alphas),
+            "op_set": self.op_set,
+            "dropout": self.embedding_dropout.p,
+            "mode": self.mode,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Self:
+        return cls(
+            spec["num_items"],
+            spec["max_len"],
+            spec["width"],
+            spec["cells"],
+            spec["nodes"],
+            op_set=spec["op_set"],
+            dropout=spec["dropout"],
+            mode=spec["mode"],
+        )
+
+    def genotype(self) -> Genotype:
+        """The derived cell: the argmax op of alpha on every edge (DARTS's
+        ``Network.genotype()``), used in as many cells as the supernet has."""
+        return derive_genotype(
+            list(self.alphas), self.op_names, self.op_set, len(self.cells), self.width
         )
 
     def arch_parameters(self) -> list[nn.Parameter]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from adarec.data.stats import describe
 from adarec.errors import UserError
 from adarec.evaluate.evaluator import evaluate
 from adarec.io import atomic_write_json, read_json, writable_dir
-from adarec.logs import setup_logging
 from adarec.models.base import count_parameters
 from adarec.runs import (
     CHECKPOINT_DIRS,
@@ -29,8 +27,9 @@ from adarec.runs import (
     has_weights,
     load_run_config,
 )
-from adarec.seed import seed_everything
-from adarec.train import distributed as dist
+from adarec.runtime import distributed as dist
+from adarec.runtime.logs import setup_logging
+from adarec.runtime.seed import seed_everything
 from adarec.train.loop import EARLIER_SECONDS_FILE
 
 log = logging.getLogger("adarec")
@@ -140,6 +139,17 @@ def load_stage_data(cfg: Config, quiet: bool = True) -> StageData:
     )
 
 
+def check_same_data(source_dir: Path, stage_data: StageData) -> None:
+    """The run a stage follows (a teacher, a search) must have used this item catalogue."""
+    items = read_json(Path(source_dir) / ITEMS_FILE)
+    if items != stage_data.data.item_ids:
+        raise UserError(
+            f"the teacher in {source_dir} was trained on another dataset or preprocessing "
+            f"({len(items) - 1} items, here {stage_data.data.num_items}); "
+            "use the teacher's data settings"
+        )
+
+
 def write_data_files(run_dir: Path, data: PreparedData) -> None:
     """The id mapping (so the run can be served alone), the dataset statistics and the
     data's fingerprint. A run that already holds weights keeps its data: other data is
@@ -216,11 +226,3 @@ def earlier_seconds(run_dir: Path) -> float:
     """Training seconds that earlier processes of a resumed run spent in its loops."""
     paths = [Path(run_dir) / name / EARLIER_SECONDS_FILE for name in CHECKPOINT_DIRS]
     return sum(float(read_json(p, dict).get("seconds", 0.0)) for p in paths if p.is_file())
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start

@@ -7,7 +7,7 @@ from typing import Any
 
 from adarec.pipeline.common import StageData, final_metrics, load_stage_data, write_test_ranks
 from adarec.runs import check_run_data, load_run_config, load_run_model, read_metrics
-from adarec.train import distributed as dist
+from adarec.runtime import distributed as dist
 
 
 def evaluate_run(run_dir: Path, exclude_seen: bool = False) -> dict[str, Any]:

@@ -14,13 +14,13 @@ import torch
 from adarec.config import Config
 from adarec.data.preprocess import prepare
 from adarec.data.splits import eval_split
+from adarec.evaluate.latency import latency_inputs, machine_description, measure_latency
 from adarec.evaluate.metrics import per_example_gains
 from adarec.io import atomic_write_json, atomic_write_text, read_json
 from adarec.nas.profile import count_macs
 from adarec.plots import plot_accuracy_latency
 from adarec.runs import load_run_model, read_metrics, read_test_ranks
-from adarec.serve.latency import latency_inputs, machine_description, measure_latency
-from adarec.train import distributed as dist
+from adarec.runtime import distributed as dist
 
 log = logging.getLogger("adarec")
 

@@ -16,13 +16,13 @@ from typing import Any
 from adarec.config import Config
 from adarec.errors import UserError
 from adarec.io import read_json
-from adarec.logs import setup_logging
 from adarec.nas.budget import CostModel, random_genotype_within_budget
 from adarec.nas.genotype import random_genotype
 from adarec.pipeline.search import run_search
 from adarec.pipeline.student import run_student
 from adarec.pipeline.teacher import train_teacher
 from adarec.runs import read_metrics
+from adarec.runtime.logs import setup_logging
 
 log = logging.getLogger("adarec")
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from adarec.config import Config
-from adarec.distill.cost import cost_table, format_cost_table, latency_cost_stats
+from adarec.config import Config, parse_budget
+from adarec.distill.cost import cost_table, format_cost_table
 from adarec.errors import UserError
 from adarec.io import atomic_write_json, atomic_write_text, read_json
 from adarec.nas.architect import Architect
@@ -19,50 +19,28 @@ from adarec.nas.budget import (
     cost_unit,
     derive_within_budget,
     format_cost,
-    parse_budget,
 )
 from adarec.nas.genotype import (
     Genotype,
-    derive_genotype,
     draw_genotype,
     genotype_to_dict,
     genotype_to_text,
     save_genotype,
 )
 from adarec.nas.operations import OP_SETS
-from adarec.nas.profile import op_cost_stats
+from adarec.nas.profile import latency_cost_stats, op_cost_stats
 from adarec.nas.student import Student
 from adarec.nas.supernet import Supernet
-from adarec.pipeline.common import (
-    StageData,
-    Timer,
-    final_metrics,
-    load_stage_data,
-    start_run,
-    write_data_files,
-    write_metrics,
-)
-from adarec.plots import plot_alpha_history, plot_training_curves
-from adarec.runs import load_run_model, save_model
-from adarec.train import distributed as dist
+from adarec.pipeline.stage import StageRun
+from adarec.plots import plot_alpha_history
+from adarec.runs import load_run_model
+from adarec.runtime import distributed as dist
 from adarec.train.distill_stage import DistillStage
-from adarec.train.loop import run_training
 
 log = logging.getLogger("adarec")
 
 SUPERNET_FILE = "supernet.pt"
 HELD_OUT_FRACTION = 0.2  # bi-level search: share of training windows kept for alpha
-
-
-def check_same_data(teacher_dir: Path, stage_data: StageData) -> None:
-    """The teacher must have been trained on exactly this item catalogue."""
-    items = read_json(Path(teacher_dir) / "items.json")
-    if items != stage_data.data.item_ids:
-        raise UserError(
-            f"the teacher in {teacher_dir} was trained on another dataset or preprocessing "
-            f"({len(items) - 1} items, here {stage_data.data.num_items}); "
-            "use the teacher's data settings"
-        )
 
 
 def build_supernet(cfg: Config, num_items: int) -> Supernet:
@@ -136,23 +114,51 @@ def run_search(
     cfg: Config, run_dir: Path, teacher_dir: Path, quiet: bool = False, resume: bool = False
 ) -> dict[str, Any]:
     """Search a student cell for this scene; writes genotype.json/.txt/.png and supernet.pt."""
-    run_dir, teacher_dir = Path(run_dir), Path(teacher_dir)
-    device = start_run(cfg, run_dir, resume, quiet)
-    stage_data = load_stage_data(cfg, quiet)
-    check_same_data(teacher_dir, stage_data)
-    write_data_files(run_dir, stage_data.data)
-    teacher, teacher_spec = load_run_model(teacher_dir, device)
+    teacher_dir = Path(teacher_dir)
+    run = StageRun(cfg, run_dir, resume, quiet, data_of=teacher_dir)
+    teacher, teacher_spec = load_run_model(teacher_dir, run.device)
     if teacher_spec["model"]["name"] == "pop":
         raise UserError("the popularity baseline cannot be a teacher; train a sequential model")
     if dist.is_main():
-        atomic_write_json(run_dir / "teacher.json", {"run_dir": str(teacher_dir.resolve())})
+        atomic_write_json(run.run_dir / "teacher.json", {"run_dir": str(teacher_dir.resolve())})
+    costs, cost_model = _costs_and_budget(cfg, run, teacher)
 
+    run.start_clock()  # measuring the ops and the budget above is not training time
+    supernet = build_supernet(cfg, run.data.data.num_items).to(run.device)
+    train_set, held_out = run.data.train, None
+    if cfg.search.optimization == "bilevel":
+        train_set, held_out = _split_held_out(run.data.train, cfg.seed)
+    architect = Architect(supernet, cfg.search, cfg.seed, cost_model, costs)
+    stage = DistillStage(
+        supernet,
+        teacher,
+        cfg.search,
+        cfg.search,
+        run.device,
+        cfg.seed,
+        architect=architect,
+        held_out=held_out,
+        amp=cfg.amp,
+    )
+    # The architecture is derived from the final alpha (no early stopping in the search);
+    # validation is still computed every epoch to watch the derived cell.
+    run.train(stage, cfg.search, "search", train_set=train_set, select_on_valid=False)
+    genotype = _derive(supernet, cost_model, run)
+    cost = architecture_cost(genotype, read_json(run.run_dir / "cost_table.json"))
+    extra = {"architecture": genotype_to_dict(genotype), "cost": cost}
+    return run.finish(supernet, "supernet", "architecture search", extra, SUPERNET_FILE)
+
+
+def _costs_and_budget(
+    cfg: Config, run: StageRun, teacher: torch.nn.Module
+) -> tuple[dict[str, float], CostModel | None]:
+    """The op cost table and, for a budgeted search, its cost model; both in cost_table.json."""
     costs, stats = search_costs(cfg)
     cost_model = None
     if cfg.search.use_cost and cfg.search.cost_form != "paper":
         # Measured latencies differ per process: every rank uses rank 0's model.
         cost_model = dist.broadcast_object(
-            search_cost_model(cfg, stage_data.data.num_items, teacher, stats)
+            search_cost_model(cfg, run.data.data.num_items, teacher, stats)
         )
         log.info(
             "budget %s: target %s per history (teacher %s, student floor %s)",
@@ -172,7 +178,7 @@ def run_search(
         )
     if dist.is_main():
         atomic_write_json(
-            run_dir / "cost_table.json",
+            run.run_dir / "cost_table.json",
             {
                 "method": cfg.search.cost,
                 "stats": stats,
@@ -180,83 +186,26 @@ def run_search(
                 "budget": None if cost_model is None else cost_model.to_dict(),
             },
         )
+    return costs, cost_model
 
-    timer = Timer()
-    supernet = build_supernet(cfg, stage_data.data.num_items).to(device)
-    train_set, held_out = stage_data.train, None
-    if cfg.search.optimization == "bilevel":
-        train_set, held_out = _split_held_out(stage_data.train, cfg.seed)
-    architect = Architect(supernet, cfg.search, cfg.seed, cost_model, costs)
-    stage = DistillStage(
-        supernet,
-        teacher,
-        cfg.search,
-        cfg.search,
-        device,
-        cfg.seed,
-        architect=architect,
-        held_out=held_out,
-        amp=cfg.amp,
-    )
-    # The architecture is derived from the final alpha (no early stopping in the search);
-    # validation is still computed every epoch to watch the derived cell.
-    result = run_training(
-        stage,
-        train_set,
-        stage_data.valid,
-        cfg.search,
-        cfg.eval,
-        run_dir,
-        cfg.seed,
-        device,
-        quiet,
-        resume,
-        select_on_valid=False,
-        desc="search",
-    )
-    alphas = list(supernet.alphas)
-    genotype = derive_genotype(
-        alphas, supernet.op_names, cfg.search.ops, cfg.search.cells, cfg.search.width
-    )
+
+def _derive(supernet: Supernet, cost_model: CostModel | None, run: StageRun) -> Genotype:
+    """The supernet's cell, repaired to meet the budget; written as genotype.json/.txt/.png,
+    beside the architecture weights over the search (alphas.png)."""
+    genotype = supernet.genotype()
     if cost_model is not None:
+        alphas = list(supernet.alphas)
         genotype, changes = derive_within_budget(alphas, supernet.op_names, genotype, cost_model)
         for change in changes:
             log.info("derivation: %s", change)
     text = genotype_to_text(genotype)
     log.info("derived cell:\n%s", text)
     if dist.is_main():
-        save_genotype(genotype, run_dir / "genotype.json")
-        atomic_write_text(run_dir / "genotype.txt", text + "\n")
-        draw_genotype(genotype, run_dir / "genotype.png")
-        plot_alpha_history(result.history, supernet.op_names, run_dir / "alphas.png")
-        plot_training_curves(result.history, run_dir / "curves.png", "architecture search")
-    spec = {
-        "kind": "supernet",
-        "num_items": stage_data.data.num_items,
-        "max_len": cfg.data.max_len,
-        "width": cfg.search.width,
-        "cells": cfg.search.cells,
-        "nodes": cfg.search.nodes,
-        "op_set": cfg.search.ops,
-        "dropout": cfg.search.dropout,
-        "mode": cfg.search.mode,
-    }
-    save_model(run_dir, supernet, spec, filename=SUPERNET_FILE)
-    metrics = final_metrics(
-        supernet,
-        cfg,
-        stage_data,
-        device,
-        "supernet",
-        timer.seconds(),
-        result.epochs,
-        extra={
-            "architecture": genotype_to_dict(genotype),
-            "cost": architecture_cost(genotype, read_json(run_dir / "cost_table.json")),
-        },
-    )
-    write_metrics(run_dir, metrics)
-    return metrics
+        save_genotype(genotype, run.run_dir / "genotype.json")
+        atomic_write_text(run.run_dir / "genotype.txt", text + "\n")
+        draw_genotype(genotype, run.run_dir / "genotype.png")
+        plot_alpha_history(run.history, supernet.op_names, run.run_dir / "alphas.png")
+    return genotype
 
 
 def architecture_cost(genotype: Genotype, cost_file: dict[str, Any]) -> dict[str, Any]:

@@ -11,32 +11,13 @@ from adarec.errors import UserError
 from adarec.io import read_json
 from adarec.nas.genotype import Genotype, genotype_to_dict, load_genotype
 from adarec.nas.student import Student, inherit_weights
-from adarec.pipeline.common import (
-    Timer,
-    final_metrics,
-    load_stage_data,
-    start_run,
-    write_data_files,
-    write_metrics,
-)
-from adarec.pipeline.search import SUPERNET_FILE, architecture_cost, check_same_data
-from adarec.plots import plot_training_curves
-from adarec.runs import load_run_model, save_model
+from adarec.pipeline.search import SUPERNET_FILE, architecture_cost
+from adarec.pipeline.stage import StageRun
+from adarec.runs import load_run_model
 from adarec.train.distill_stage import DistillStage
-from adarec.train.loop import run_training
 from adarec.train.supervised import SupervisedStage
 
 log = logging.getLogger("adarec")
-
-
-def student_spec(genotype: Genotype, num_items: int, max_len: int, dropout: float) -> dict:
-    return {
-        "kind": "student",
-        "genotype": genotype_to_dict(genotype),
-        "num_items": num_items,
-        "max_len": max_len,
-        "dropout": dropout,
-    }
 
 
 def _search_file(search_dir: Path, name: str, key: str) -> dict[str, Any]:
@@ -63,7 +44,7 @@ def run_student(
     ``cfg.student.init``: inherit the supernet's weights of the chosen ops (paper) or start
     fresh; ``cfg.student.loss``: cross-entropy only (paper) or with the distillation losses.
     """
-    run_dir, search_dir = Path(run_dir), Path(search_dir)
+    search_dir = Path(search_dir)
     if not (search_dir / "genotype.json").exists():
         raise UserError(f"{search_dir} holds no finished search (genotype.json missing)")
     # The search's files are read before anything is written or trained.
@@ -71,51 +52,23 @@ def run_student(
     cost_file = _search_file(search_dir, "cost_table.json", "cost")
     if cfg.student.loss == "kd":
         teacher_dir = Path(_search_file(search_dir, "teacher.json", "run_dir")["run_dir"])
-    device = start_run(cfg, run_dir, resume, quiet)
-    stage_data = load_stage_data(cfg, quiet)
-    check_same_data(search_dir, stage_data)
-    write_data_files(run_dir, stage_data.data)
-    num_items, max_len = stage_data.data.num_items, cfg.data.max_len
-    student = Student(num_items, max_len, genotype, dropout=cfg.search.dropout)
+    run = StageRun(cfg, run_dir, resume, quiet, data_of=search_dir)
+    num_items = run.data.data.num_items
+    student = Student(num_items, cfg.data.max_len, genotype, dropout=cfg.search.dropout)
     if cfg.student.init == "inherit":
-        supernet, _ = load_run_model(search_dir, device, filename=SUPERNET_FILE)
+        supernet, _ = load_run_model(search_dir, run.device, filename=SUPERNET_FILE)
         copied = inherit_weights(student, supernet)
         log.info("student inherits %d tensors from the searched supernet", copied)
-    timer = Timer()
     if cfg.student.loss == "kd":
-        teacher, _ = load_run_model(teacher_dir, device)
+        teacher, _ = load_run_model(teacher_dir, run.device)
         stage = DistillStage(
-            student, teacher, cfg.search, cfg.student, device, cfg.seed, amp=cfg.amp
+            student, teacher, cfg.search, cfg.student, run.device, cfg.seed, amp=cfg.amp
         )
     else:
-        stage = SupervisedStage(student, cfg.student, device, cfg.amp)
-    result = run_training(
-        stage,
-        stage_data.train,
-        stage_data.valid,
-        cfg.student,
-        cfg.eval,
-        run_dir,
-        cfg.seed,
-        device,
-        quiet,
-        resume,
-        desc=name,
-    )
-    plot_training_curves(result.history, run_dir / "curves.png", f"{name} retraining")
-    save_model(run_dir, student, student_spec(genotype, num_items, max_len, cfg.search.dropout))
-    metrics = final_metrics(
-        student,
-        cfg,
-        stage_data,
-        device,
-        name,
-        timer.seconds(),
-        result.epochs,
-        extra={
-            "architecture": genotype_to_dict(genotype),
-            "cost": architecture_cost(genotype, cost_file),
-        },
-    )
-    write_metrics(run_dir, metrics)
-    return metrics
+        stage = SupervisedStage(student, cfg.student, run.device, cfg.amp)
+    run.train(stage, cfg.student, name)
+    extra = {
+        "architecture": genotype_to_dict(genotype),
+        "cost": architecture_cost(genotype, cost_file),
+    }
+    return run.finish(student, name, f"{name} retraining", extra)

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from adarec.errors import UserError
+from adarec.evaluate.latency import latency_inputs, machine_description, measure_latency
 from adarec.io import atomic_write_json, read_json
 from adarec.models.base import count_parameters
 from adarec.runs import load_run_config, load_run_model, read_metrics
+from adarec.runtime.distributed import resolve_device
 from adarec.serve.export import MODEL_FILES, export_run, run_items
-from adarec.serve.latency import latency_inputs, machine_description, measure_latency
 from adarec.serve.predictor import BACKENDS, Scorer, load_torchscript, onnx_scorer
-from adarec.train.distributed import resolve_device
 
 
 class ScorerModule(nn.Module):

@@ -26,7 +26,7 @@ from adarec.errors import UserError
 from adarec.io import atomic_write_json, read_json, writable_dir
 from adarec.models.base import count_parameters
 from adarec.runs import MODEL_FILE, check_run_data, load_run_config, load_run_model, read_metrics
-from adarec.train.distributed import resolve_device
+from adarec.runtime.distributed import resolve_device
 
 FORMATS = ("torchscript", "onnx")
 MODEL_FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}

@@ -18,6 +18,7 @@ import torch
 from adarec.data.splits import left_pad
 from adarec.errors import UserError
 from adarec.io import read_json
+from adarec.runtime.distributed import resolve_device
 from adarec.serve.export import (
     INPUT_NAME,
     ITEMS_FILE,
@@ -31,7 +32,6 @@ from adarec.serve.export import (
     run_items,
     training_popularity,
 )
-from adarec.train.distributed import resolve_device
 
 BACKENDS = ("eager", "torchscript", "onnx")
 

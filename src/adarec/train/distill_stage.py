@@ -28,7 +28,7 @@ from adarec.distill.losses import (
 )
 from adarec.nas.architect import Architect
 from adarec.nas.supernet import Supernet
-from adarec.train import distributed as dist
+from adarec.runtime import distributed as dist
 from adarec.train.losses import next_item_loss, target_mask
 from adarec.train.optim import make_optimizer, make_scheduler
 from adarec.train.supervised import autocast, next_item_batch, wrap_ddp

@@ -26,20 +26,29 @@ from adarec.config import EvalConfig, LoopConfig
 from adarec.errors import UserError
 from adarec.evaluate.evaluator import evaluate
 from adarec.io import atomic_write_json
-from adarec.train import distributed as dist
-from adarec.train.checkpoint import (
-    LAST_KEYS,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from adarec.runtime import distributed as dist
+from adarec.runtime.checkpoint import load_checkpoint, save_checkpoint
+from adarec.runtime.seed import rng_state, set_rng_state
 
 log = logging.getLogger("adarec")
 
 SELECTION_METRIC = "NDCG@10"
 # Training seconds of the processes before a resumed one (the loop's own clock restarts).
 EARLIER_SECONDS_FILE = "earlier_seconds.json"
+# What the training loop's last.pt holds.
+LAST_KEYS = (
+    "model",
+    "stage",
+    "rng",
+    "history",
+    "epoch",
+    "best_value",
+    "best_epoch",
+    "bad_epochs",
+    "seconds",
+    "best_valid",
+    "finished",
+)
 
 
 class Stage(Protocol):

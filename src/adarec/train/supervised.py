@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from adarec.config import LoopConfig
 from adarec.models.base import SeqOutput
-from adarec.train import distributed as dist
+from adarec.runtime import distributed as dist
 from adarec.train.losses import next_item_loss
 from adarec.train.optim import make_optimizer, make_scheduler
 

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from adarec.train import distributed as dist
+from adarec.runtime import distributed as dist
 
 LOGGER = "adarec"
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from adarec.errors import UserError
-from adarec.train.distributed import resolve_device
+from adarec.runtime.distributed import resolve_device
 
 
 def test_cpu_and_auto_resolve():

@@ -1,12 +1,10 @@
-"""Checkpoints written atomically, with every RNG state needed to resume exactly."""
+"""Checkpoint files: written atomically, and read back with one clear error when damaged."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from adarec.errors import UserError
@@ -14,23 +12,8 @@ from adarec.io import atomic_write
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` ``state`` to ``path``; the old file stays whole until the new one is."""
     atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
-
-
-# What the training loop's last.pt holds.
-LAST_KEYS = (
-    "model",
-    "stage",
-    "rng",
-    "history",
-    "epoch",
-    "best_value",
-    "best_epoch",
-    "bad_epochs",
-    "seconds",
-    "best_valid",
-    "finished",
-)
 
 
 def load_checkpoint(
@@ -55,22 +38,3 @@ def load_checkpoint(
     if missing:
         raise UserError(f"{path} is not the checkpoint adarec wrote (no {missing[0]!r}); {hint}")
     return state
-
-
-def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
