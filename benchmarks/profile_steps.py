@@ -32,7 +32,7 @@ from adarec.nas.student import Student
 from adarec.pipeline.common import load_stage_data
 from adarec.pipeline.search import build_supernet, empty_genotype, search_cost_model, search_costs
 from adarec.runs import load_run_model
-from adarec.serve.latency import machine_description
+from adarec.evaluate.latency import machine_description
 from adarec.train.distill_stage import DistillStage
 from adarec.train.supervised import SupervisedStage, next_item_batch
 
