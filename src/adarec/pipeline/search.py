@@ -43,7 +43,7 @@ from adarec.pipeline.common import (
     write_metrics,
 )
 from adarec.plots import plot_alpha_history, plot_training_curves
-from adarec.runs import load_run_model, save_model
+from adarec.runs import load_run_model, relative_to_run, save_model
 from adarec.train import distributed as dist
 from adarec.train.distill_stage import DistillStage
 from adarec.train.loop import run_training
@@ -145,7 +145,9 @@ def run_search(
     if teacher_spec["model"]["name"] == "pop":
         raise UserError("the popularity baseline cannot be a teacher; train a sequential model")
     if dist.is_main():
-        atomic_write_json(run_dir / "teacher.json", {"run_dir": str(teacher_dir.resolve())})
+        atomic_write_json(
+            run_dir / "teacher.json", {"run_dir": relative_to_run(teacher_dir, run_dir)}
+        )
 
     costs, stats = search_costs(cfg)
     cost_model = None

@@ -21,7 +21,7 @@ from adarec.pipeline.common import (
 )
 from adarec.pipeline.search import SUPERNET_FILE, architecture_cost, check_same_data
 from adarec.plots import plot_training_curves
-from adarec.runs import load_run_model, save_model
+from adarec.runs import load_run_model, resolve_from_run, save_model
 from adarec.train.distill_stage import DistillStage
 from adarec.train.loop import run_training
 from adarec.train.supervised import SupervisedStage
@@ -70,7 +70,8 @@ def run_student(
     genotype = genotype or load_genotype(search_dir / "genotype.json")
     cost_file = _search_file(search_dir, "cost_table.json", "cost")
     if cfg.student.loss == "kd":
-        teacher_dir = Path(_search_file(search_dir, "teacher.json", "run_dir")["run_dir"])
+        recorded = _search_file(search_dir, "teacher.json", "run_dir")["run_dir"]
+        teacher_dir = resolve_from_run(recorded, search_dir)
     device = start_run(cfg, run_dir, resume, quiet)
     stage_data = load_stage_data(cfg, quiet)
     check_same_data(search_dir, stage_data)
