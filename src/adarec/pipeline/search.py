@@ -10,6 +10,7 @@ import torch
 
 from adarec.config import Config
 from adarec.distill.cost import cost_table, format_cost_table, latency_cost_stats
+from adarec.distill.teacher import check_teacher
 from adarec.errors import UserError
 from adarec.io import atomic_write_json, atomic_write_text, read_json
 from adarec.nas.architect import Architect
@@ -132,22 +133,55 @@ def _split_held_out(windows: torch.utils.data.Dataset, seed: int):
     )
 
 
+def distilled_teacher(
+    teacher_dir: Path | None,
+    teacher: torch.nn.Module | None,
+    stage_data: StageData,
+    max_len: int,
+    device: torch.device,
+) -> torch.nn.Module:
+    """The teacher a stage distils: the trained teacher of ``teacher_dir`` (on the same
+    data), or ``teacher``, a user's module checked against the ``Teacher`` protocol."""
+    if (teacher is None) == (teacher_dir is None):
+        raise ValueError("give one of a teacher run directory and a teacher module")
+    if teacher is not None:
+        teacher.to(device)
+        check_teacher(teacher, stage_data.data.num_items, max_len)
+        return teacher
+    check_same_data(Path(teacher_dir), stage_data)
+    model, spec = load_run_model(teacher_dir, device)
+    if spec["model"]["name"] == "pop":
+        raise UserError("the popularity baseline cannot be a teacher; train a sequential model")
+    return model
+
+
 def run_search(
-    cfg: Config, run_dir: Path, teacher_dir: Path, quiet: bool = False, resume: bool = False
+    cfg: Config,
+    run_dir: Path,
+    teacher_dir: Path | None,
+    quiet: bool = False,
+    resume: bool = False,
+    teacher: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Search a student cell for this scene; writes genotype.json/.txt/.png and supernet.pt."""
-    run_dir, teacher_dir = Path(run_dir), Path(teacher_dir)
+    """Search a student cell for this scene; writes genotype.json/.txt/.png and supernet.pt.
+
+    The teacher is the trained one in ``teacher_dir``, or ``teacher`` (then ``teacher_dir``
+    is None): any module that follows ``adarec.distill.teacher.Teacher``.
+    """
+    run_dir = Path(run_dir)
     device = start_run(cfg, run_dir, resume, quiet)
     stage_data = load_stage_data(cfg, quiet)
-    check_same_data(teacher_dir, stage_data)
+    teacher = distilled_teacher(teacher_dir, teacher, stage_data, cfg.data.max_len, device)
     write_data_files(run_dir, stage_data.data)
-    teacher, teacher_spec = load_run_model(teacher_dir, device)
-    if teacher_spec["model"]["name"] == "pop":
-        raise UserError("the popularity baseline cannot be a teacher; train a sequential model")
     if dist.is_main():
-        atomic_write_json(
-            run_dir / "teacher.json", {"run_dir": relative_to_run(teacher_dir, run_dir)}
+        # A module given in Python cannot be found again from the run: retraining with
+        # KD needs it given again.
+        record = (
+            {"run_dir": None, "module": type(teacher).__qualname__}
+            if teacher_dir is None
+            else {"run_dir": relative_to_run(teacher_dir, run_dir)}
         )
+        atomic_write_json(run_dir / "teacher.json", record)
 
     costs, stats = search_costs(cfg)
     cost_model = None

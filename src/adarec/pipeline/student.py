@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from adarec.config import Config
 from adarec.errors import UserError
 from adarec.io import read_json
@@ -19,7 +21,12 @@ from adarec.pipeline.common import (
     write_data_files,
     write_metrics,
 )
-from adarec.pipeline.search import SUPERNET_FILE, architecture_cost, check_same_data
+from adarec.pipeline.search import (
+    SUPERNET_FILE,
+    architecture_cost,
+    check_same_data,
+    distilled_teacher,
+)
 from adarec.plots import plot_training_curves
 from adarec.runs import load_run_model, resolve_from_run, save_model
 from adarec.train.distill_stage import DistillStage
@@ -57,11 +64,13 @@ def run_student(
     resume: bool = False,
     genotype: Genotype | None = None,
     name: str = "student",
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Build the student from ``search_dir``'s genotype (or ``genotype``) and retrain it.
 
     ``cfg.student.init``: inherit the supernet's weights of the chosen ops (paper) or start
-    fresh; ``cfg.student.loss``: cross-entropy only (paper) or with the distillation losses.
+    fresh; ``cfg.student.loss``: cross-entropy only (paper) or with the distillation losses,
+    from the search's teacher or from ``teacher`` (a module; needed when the search had one).
     """
     run_dir, search_dir = Path(run_dir), Path(search_dir)
     if not (search_dir / "genotype.json").exists():
@@ -69,8 +78,14 @@ def run_student(
     # The search's files are read before anything is written or trained.
     genotype = genotype or load_genotype(search_dir / "genotype.json")
     cost_file = _search_file(search_dir, "cost_table.json", "cost")
-    if cfg.student.loss == "kd":
+    teacher_dir = None
+    if cfg.student.loss == "kd" and teacher is None:
         recorded = _search_file(search_dir, "teacher.json", "run_dir")["run_dir"]
+        if recorded is None:
+            raise UserError(
+                f"the search in {search_dir} distilled a teacher module given in Python; "
+                "retraining with student.loss=kd needs that module again (teacher=...)"
+            )
         teacher_dir = resolve_from_run(recorded, search_dir)
     device = start_run(cfg, run_dir, resume, quiet)
     stage_data = load_stage_data(cfg, quiet)
@@ -84,7 +99,7 @@ def run_student(
         log.info("student inherits %d tensors from the searched supernet", copied)
     timer = Timer()
     if cfg.student.loss == "kd":
-        teacher, _ = load_run_model(teacher_dir, device)
+        teacher = distilled_teacher(teacher_dir, teacher, stage_data, max_len, device)
         stage = DistillStage(
             student, teacher, cfg.search, cfg.student, device, cfg.seed, amp=cfg.amp
         )
