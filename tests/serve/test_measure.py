@@ -13,6 +13,7 @@ from adarec.errors import UserError
 from adarec.nas.profile import count_macs
 from adarec.runs import load_run_config, load_run_model
 from adarec.serve.measure import measure_runs, run_histories
+from tests.serve.conftest import damaged_copy
 
 BACKENDS = ("eager", "torchscript", "onnx")
 
@@ -28,12 +29,7 @@ def test_kept_histories_are_the_real_test_inputs(runs):
 
 @pytest.mark.parametrize("content", [None, b"[]", b"[[1, 2], 3]", b"[[0]]", b"[[100000]]", b"{"])
 def test_missing_or_damaged_histories_name_the_file(runs, tmp_path, content):
-    run = tmp_path / "run"
-    shutil.copytree(runs["sasrec"], run)
-    if content is None:
-        (run / "test_histories.json").unlink()
-    else:
-        (run / "test_histories.json").write_bytes(content)
+    run = damaged_copy(runs["sasrec"], tmp_path / "run", "test_histories.json", content)
     with pytest.raises(UserError, match=r"test_histories[.]json is (missing|damaged)"):
         measure_runs({"t": run}, [1], repeats=1, warmup=0)
 

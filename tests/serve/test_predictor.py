@@ -13,6 +13,7 @@ from adarec.runs import load_run_config as run_config
 from adarec.runs import load_run_model
 from adarec.serve.export import export_run
 from adarec.serve.predictor import Predictor
+from tests.serve.conftest import damaged_copy
 
 ITEMS = ["<pad>", "10", "20", "30", "40", "50"]
 POPULARITY = [0, 5, 9, 1, 7, 3]  # most popular: 20, 40, 10, 50, 30
@@ -150,12 +151,7 @@ def test_run_is_served_and_exported_without_preparing_data(runs, tmp_path, no_da
 
 @pytest.mark.parametrize("content", [None, b"", b"{", b"[1, 2]", b'["a"]'])
 def test_missing_or_damaged_run_popularity_names_the_file(runs, tmp_path, content):
-    run = tmp_path / "run"
-    shutil.copytree(runs["sasrec"], run)
-    if content is None:
-        (run / "popularity.json").unlink()
-    else:
-        (run / "popularity.json").write_bytes(content)
+    run = damaged_copy(runs["sasrec"], tmp_path / "run", "popularity.json", content)
     message = r"popularity[.]json is (missing|damaged).*re-run the stage"
     with pytest.raises(UserError, match=message):
         Predictor.from_run(run)
