@@ -25,6 +25,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from adarec.config import load_config
+from adarec.evaluate.latency import machine_description
 from adarec.io import atomic_write_json
 from adarec.nas.architect import Architect
 from adarec.nas.genotype import load_genotype
@@ -32,7 +33,6 @@ from adarec.nas.student import Student
 from adarec.pipeline.common import load_stage_data
 from adarec.pipeline.search import build_supernet, empty_genotype, search_cost_model, search_costs
 from adarec.runs import load_run_model
-from adarec.evaluate.latency import machine_description
 from adarec.train.distill_stage import DistillStage
 from adarec.train.supervised import SupervisedStage, next_item_batch
 

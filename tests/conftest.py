@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from adarec.config import Config, load_config
@@ -42,3 +44,22 @@ def tiny_config(*overrides: str) -> Config:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Prepared data is cached; keep the tests' cache out of the user's home directory.
     monkeypatch.setenv("ADAREC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def forbid_data_preparation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any preparation of a dataset fail the test (what serving must never need)."""
+    from adarec.data import preprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dataset was prepared")
+
+    original = preprocess.prepare
+    # Modules that imported ``prepare`` by name hold their own reference: replace it there too.
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] == "adarec" and vars(module).get("prepare") is original:
+            monkeypatch.setattr(module, "prepare", refuse)
+
+
+@pytest.fixture
+def no_data_preparation(monkeypatch):
+    forbid_data_preparation(monkeypatch)

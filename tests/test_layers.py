@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("train", "runs"),
     ("serve",),
     ("pipeline",),
-    ("cli",),
+    ("cli", "api"),
     ("__init__", "__main__"),
 ]
 LEVEL = {part: level for level, parts in enumerate(LAYERS) for part in parts}

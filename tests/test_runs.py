@@ -39,7 +39,8 @@ def run(finished: Path, tmp_path: Path) -> Path:
 
 READERS = {
     "evaluate": ("model.pt", "metrics.json", "config.yaml", "data.json"),
-    "recommend": ("model.pt", "metrics.json", "config.yaml", "data.json", "items.json"),
+    # Serving reads only what the stage wrote for it, never the data (nor data.json).
+    "recommend": ("model.pt", "metrics.json", "items.json", "popularity.json"),
 }
 CASES = [(command, file) for command, files in READERS.items() for file in files]
 

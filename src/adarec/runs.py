@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,10 @@ MODEL_FILE = "model.pt"
 ITEMS_FILE = "items.json"  # raw item id of each internal id (index 0: padding)
 DATA_FILE = "data.json"  # statistics and the fingerprint of the data the run trained on
 TEST_RANKS_FILE = "test_ranks.json"  # each test user's full-ranking rank, in user order
+# What serving, bench and the report need from the data, written with it at training time so
+# that they never prepare the data again (a run directory can be served alone, or moved):
+POPULARITY_FILE = "popularity.json"  # training interactions per internal id (index 0: padding)
+HISTORIES_FILE = "test_histories.json"  # real test inputs (internal ids) that latency is timed on
 
 
 def save_model(run_dir: Path, model: SequentialRecommender, filename: str = MODEL_FILE) -> None:
@@ -130,3 +135,15 @@ def check_run_data(run_dir: Path, data: PreparedData) -> None:
             "negatives (rows edited, added, removed or re-ordered, or other preprocessing); "
             "use the original data file, or train a new run on this data"
         )
+
+
+def relative_to_run(path: Path, run_dir: Path) -> str:
+    """``path`` as a run directory's files record it: relative to ``run_dir``, so that runs
+    moved together (a pipeline's teacher/ beside its search/) still find each other."""
+    return os.path.relpath(Path(path).resolve(), Path(run_dir).resolve())
+
+
+def resolve_from_run(recorded: str, run_dir: Path) -> Path:
+    """A path read from ``run_dir``'s files: relative to the run (absolute in older runs)."""
+    path = Path(recorded)
+    return path if path.is_absolute() else Path(run_dir) / path

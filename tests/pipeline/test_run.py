@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from adarec.pipeline.evaluate import evaluate_run
+from adarec.pipeline.report import write_report
 from adarec.pipeline.run import run_pipeline
+from adarec.pipeline.student import run_student
 from adarec.runs import load_run_model
-from tests.conftest import tiny_config
+from adarec.serve.bench import bench_runs
+from adarec.serve.export import export_run
+from adarec.serve.predictor import Predictor
+from tests.conftest import forbid_data_preparation, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +108,30 @@ def test_rerun_reuses_finished_stages(finished_run: Path):
     cfg = tiny_config("model.name=nextitnet", "run.baselines=[pop,no_kd,random_arch_budget]")
     run_pipeline(cfg, finished_run, quiet=True)
     assert (finished_run / "search" / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_a_moved_run_still_serves_measures_evaluates_and_retrains(tmp_path: Path, monkeypatch):
+    """Runs find each other by relative paths and keep what serving needs: a pipeline's
+    directory moved elsewhere works, and serving, bench and the report prepare no data."""
+    cfg = tiny_config("model.name=sasrec", "train.epochs=1", "search.epochs=1", "student.epochs=1")
+    run_pipeline(cfg, tmp_path / "before", baselines=[], quiet=True)
+    moved = tmp_path / "elsewhere" / "after"
+    shutil.move(tmp_path / "before", moved)
+    assert json.loads((moved / "search" / "teacher.json").read_text()) == {"run_dir": "../teacher"}
+
+    with monkeypatch.context() as patch:
+        forbid_data_preparation(patch)
+        artefact = export_run(moved / "student", "onnx", tmp_path / "artefact")
+        assert Predictor.from_run(artefact).recommend([], k=2)["fallback"] == "popularity"
+        assert Predictor.from_run(moved / "student").recommend([], k=2)["items"]
+        bench = bench_runs([moved / "teacher", moved / "student"], 1, (1, 2), 1, 0, ("eager",))
+        assert [run["model"] for run in bench["runs"]] == ["sasrec", "student"]
+        teacher, search, student = (moved / name for name in ("teacher", "search", "student"))
+        report = write_report(cfg, moved, teacher, search, student, {})
+        assert set(report["latency_ms"]) == {"teacher", "student"}
+
+    saved = json.loads((moved / "student" / "metrics.json").read_text())
+    assert evaluate_run(moved / "student")["test"] == saved["test"]
+    kd = copy.deepcopy(cfg)
+    kd.student.loss = "kd"  # reads the teacher through the search's teacher.json
+    assert run_student(kd, moved / "kd", moved / "search", quiet=True)["test"]

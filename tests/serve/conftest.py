@@ -39,6 +39,17 @@ def tiny_config(*extra: str):
     return load_config(None, TINY + list(extra))
 
 
+def damaged_copy(run: Path, target: Path, name: str, content: bytes | None) -> Path:
+    """A copy of ``run`` at ``target`` whose file ``name`` is removed (``content`` None) or
+    holds ``content``."""
+    shutil.copytree(run, target)
+    if content is None:
+        (target / name).unlink()
+    else:
+        (target / name).write_bytes(content)
+    return target
+
+
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Run directories: one per teacher type and a derived student of each op set."""

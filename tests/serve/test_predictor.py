@@ -1,14 +1,19 @@
 """Predictor: id mapping, padding, truncation, fallback, exclusion and every bad input."""
 
+import shutil
+
 import pytest
 import torch
 
 from adarec.data.preprocess import prepare
 from adarec.data.splits import item_counts
 from adarec.errors import UserError
+from adarec.io import read_json
 from adarec.runs import load_run_config as run_config
 from adarec.runs import load_run_model
+from adarec.serve.export import export_run
 from adarec.serve.predictor import Predictor
+from tests.serve.conftest import damaged_copy
 
 ITEMS = ["<pad>", "10", "20", "30", "40", "50"]
 POPULARITY = [0, 5, 9, 1, 7, 3]  # most popular: 20, 40, 10, 50, 30
@@ -130,6 +135,28 @@ def test_run_predictor_matches_the_model(runs):
     counts = item_counts(prepare(cfg.data, cfg.seed))
     fallback = predictor.recommend([], k=3)
     assert fallback["scores"] == sorted(counts.tolist(), reverse=True)[:3]
+
+
+def test_run_is_served_and_exported_without_preparing_data(runs, tmp_path, no_data_preparation):
+    """Popularity and ids come from the files the stage wrote, not from the dataset."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["nextitnet"], run)
+    counts = read_json(run / "popularity.json")
+    for backend in ("eager", "onnx"):
+        fallback = Predictor.from_run(run, backend).recommend([], k=3)
+        assert fallback["scores"] == sorted(counts, reverse=True)[:3]
+    artefact = export_run(run, "torchscript", tmp_path / "artefact")
+    assert read_json(artefact / "popularity.json") == counts
+
+
+@pytest.mark.parametrize("content", [None, b"", b"{", b"[1, 2]", b'["a"]'])
+def test_missing_or_damaged_run_popularity_names_the_file(runs, tmp_path, content):
+    run = damaged_copy(runs["sasrec"], tmp_path / "run", "popularity.json", content)
+    message = r"popularity[.]json is (missing|damaged).*re-run the stage"
+    with pytest.raises(UserError, match=message):
+        Predictor.from_run(run)
+    with pytest.raises(UserError, match=message):
+        export_run(run, "onnx", tmp_path / "artefact")
 
 
 def test_from_run_rejects_bad_paths_and_backends(runs, tmp_path):

@@ -12,7 +12,7 @@ from torch import nn
 
 from adarec.config import STAGES, Config, differences, save_config
 from adarec.data.preprocess import PreparedData, prepare
-from adarec.data.splits import EvalSplit, TrainWindows, eval_split, train_windows
+from adarec.data.splits import EvalSplit, TrainWindows, eval_split, item_counts, train_windows
 from adarec.data.stats import describe
 from adarec.errors import UserError
 from adarec.evaluate.evaluator import evaluate
@@ -21,7 +21,9 @@ from adarec.models.base import count_parameters
 from adarec.runs import (
     CHECKPOINT_DIRS,
     DATA_FILE,
+    HISTORIES_FILE,
     ITEMS_FILE,
+    POPULARITY_FILE,
     TEST_RANKS_FILE,
     check_run_data,
     has_weights,
@@ -151,17 +153,32 @@ def check_same_data(source_dir: Path, stage_data: StageData) -> None:
 
 
 def write_data_files(run_dir: Path, data: PreparedData) -> None:
-    """The id mapping (so the run can be served alone), the dataset statistics and the
-    data's fingerprint. A run that already holds weights keeps its data: other data is
-    refused (a resume must continue on what it started with)."""
+    """The id mapping, training popularity and real test histories (so the run can be
+    served, exported and timed alone), the dataset statistics and the data's fingerprint.
+    A run that already holds weights keeps its data: other data is refused (a resume must
+    continue on what it started with)."""
     run_dir = Path(run_dir)
     if has_weights(run_dir):
         check_run_data(run_dir, data)
     if dist.is_main():
         atomic_write_json(run_dir / ITEMS_FILE, data.item_ids)
+        atomic_write_json(run_dir / POPULARITY_FILE, [int(c) for c in item_counts(data)])
+        atomic_write_json(run_dir / HISTORIES_FILE, latency_histories(data))
         atomic_write_json(
             run_dir / DATA_FILE, {**describe(data), "fingerprint": data.fingerprint()}
         )
+
+
+# bench and the report time batches of real test histories: this many are kept with a run,
+# enough for the default batch sizes (a larger batch repeats them, as a small split does).
+KEPT_HISTORIES = 1024
+
+
+def latency_histories(data: PreparedData) -> list[list[int]]:
+    """The first ``KEPT_HISTORIES`` test inputs, oldest item first, cut to the window."""
+    # The data was prepared for the run's window length (it is part of the cache key).
+    max_len = data.options["max_len"]
+    return [seq[:-1][-max_len:].tolist() for seq in data.sequences[:KEPT_HISTORIES]]
 
 
 def final_metrics(

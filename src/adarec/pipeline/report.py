@@ -12,15 +12,13 @@ import numpy as np
 import torch
 
 from adarec.config import Config
-from adarec.data.preprocess import prepare
-from adarec.data.splits import eval_split
-from adarec.evaluate.latency import latency_inputs, machine_description, measure_latency
+from adarec.evaluate.latency import machine_description
 from adarec.evaluate.metrics import per_example_gains
 from adarec.io import atomic_write_json, atomic_write_text, read_json
-from adarec.nas.profile import count_macs
 from adarec.plots import plot_accuracy_latency
-from adarec.runs import load_run_model, read_metrics, read_test_ranks
+from adarec.runs import read_metrics, read_test_ranks
 from adarec.runtime import distributed as dist
+from adarec.serve.measure import measure_runs
 
 log = logging.getLogger("adarec")
 
@@ -28,26 +26,23 @@ log = logging.getLogger("adarec")
 TARGETS = {"ndcg_ratio": 0.95, "body_params_ratio": 10.0, "speedup_256": 4.0}
 
 
-def _macs(model: torch.nn.Module, items: torch.Tensor) -> int:
-    with torch.no_grad():
-        return count_macs(model.full_sort_predict, items)
-
-
 def measure_models(cfg: Config, dirs: dict[str, Path]) -> dict[str, Any]:
     """MACs per history and latency of every model, on CPU, in this one process."""
-    # The data is cached by now; no collective here, as under torchrun only rank 0 measures.
-    test = eval_split(prepare(cfg.data, cfg.seed), "test", cfg.data.max_len)
-    batch_sizes = [int(b) for b in cfg.bench.batch_sizes]
-    inputs = latency_inputs(test.inputs, batch_sizes)
-    models = {name: load_run_model(d, "cpu")[0] for name, d in dirs.items()}
-    macs = {name: _macs(m, inputs[batch_sizes[0]][:1]) for name, m in models.items()}
-    latency = measure_latency(
-        models, inputs, cfg.bench.repeats, cfg.bench.warmup, cfg.bench.threads, "cpu"
+    b = cfg.bench
+    # The histories come from the student, which this pipeline trained: a reused teacher
+    # may be older than the histories that runs keep.
+    measured = measure_runs(
+        dirs,
+        [int(x) for x in b.batch_sizes],
+        b.repeats,
+        b.warmup,
+        b.threads,
+        histories_from=dirs["student"],
     )
     return {
-        "macs": macs,
-        "latency": latency,
-        "threads": torch.get_num_threads() if cfg.bench.threads <= 0 else cfg.bench.threads,
+        "macs": measured.macs,
+        "latency": {name: per_backend["eager"] for name, per_backend in measured.latency.items()},
+        "threads": torch.get_num_threads() if b.threads <= 0 else b.threads,
     }
 
 

@@ -10,6 +10,7 @@ import torch
 
 from adarec.config import Config, parse_budget
 from adarec.distill.cost import cost_table, format_cost_table
+from adarec.distill.teacher import check_teacher
 from adarec.errors import UserError
 from adarec.io import atomic_write_json, atomic_write_text, read_json
 from adarec.nas.architect import Architect
@@ -31,9 +32,10 @@ from adarec.nas.operations import OP_SETS
 from adarec.nas.profile import latency_cost_stats, op_cost_stats
 from adarec.nas.student import Student
 from adarec.nas.supernet import Supernet
+from adarec.pipeline.common import StageData
 from adarec.pipeline.stage import StageRun
 from adarec.plots import plot_alpha_history
-from adarec.runs import load_run_model
+from adarec.runs import load_run_model, relative_to_run
 from adarec.runtime import distributed as dist
 from adarec.train.distill_stage import DistillStage
 
@@ -110,17 +112,52 @@ def _split_held_out(windows: torch.utils.data.Dataset, seed: int):
     )
 
 
-def run_search(
-    cfg: Config, run_dir: Path, teacher_dir: Path, quiet: bool = False, resume: bool = False
-) -> dict[str, Any]:
-    """Search a student cell for this scene; writes genotype.json/.txt/.png and supernet.pt."""
-    teacher_dir = Path(teacher_dir)
-    run = StageRun(cfg, run_dir, resume, quiet, data_of=teacher_dir)
-    teacher, teacher_spec = load_run_model(teacher_dir, run.device)
-    if teacher_spec["model"]["name"] == "pop":
+def distilled_teacher(
+    teacher_dir: Path | None,
+    teacher: torch.nn.Module | None,
+    stage_data: StageData,
+    max_len: int,
+    device: torch.device,
+) -> torch.nn.Module:
+    """The teacher a stage distils: the trained teacher of ``teacher_dir`` (its data is
+    checked by the stage, as ``StageRun``'s ``data_of``), or ``teacher``, a user's module
+    checked against the ``Teacher`` protocol."""
+    if (teacher is None) == (teacher_dir is None):
+        raise ValueError("give one of a teacher run directory and a teacher module")
+    if teacher is not None:
+        teacher.to(device)
+        check_teacher(teacher, stage_data.data.num_items, max_len)
+        return teacher
+    model, spec = load_run_model(teacher_dir, device)
+    if spec["model"]["name"] == "pop":
         raise UserError("the popularity baseline cannot be a teacher; train a sequential model")
+    return model
+
+
+def run_search(
+    cfg: Config,
+    run_dir: Path,
+    teacher_dir: Path | None,
+    quiet: bool = False,
+    resume: bool = False,
+    teacher: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """Search a student cell for this scene; writes genotype.json/.txt/.png and supernet.pt.
+
+    The teacher is the trained one in ``teacher_dir``, or ``teacher`` (then ``teacher_dir``
+    is None): any module that follows ``adarec.distill.teacher.Teacher``.
+    """
+    run = StageRun(cfg, run_dir, resume, quiet, data_of=teacher_dir)
+    teacher = distilled_teacher(teacher_dir, teacher, run.data, cfg.data.max_len, run.device)
     if dist.is_main():
-        atomic_write_json(run.run_dir / "teacher.json", {"run_dir": str(teacher_dir.resolve())})
+        # A module given in Python cannot be found again from the run: retraining with
+        # KD needs it given again.
+        record = (
+            {"run_dir": None, "module": type(teacher).__qualname__}
+            if teacher_dir is None
+            else {"run_dir": relative_to_run(teacher_dir, run.run_dir)}
+        )
+        atomic_write_json(run.run_dir / "teacher.json", record)
     costs, cost_model = _costs_and_budget(cfg, run, teacher)
 
     run.start_clock()  # measuring the ops and the budget above is not training time

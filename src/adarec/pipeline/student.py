@@ -6,14 +6,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from adarec.config import Config
 from adarec.errors import UserError
 from adarec.io import read_json
 from adarec.nas.genotype import Genotype, genotype_to_dict, load_genotype
 from adarec.nas.student import Student, inherit_weights
-from adarec.pipeline.search import SUPERNET_FILE, architecture_cost
+from adarec.pipeline.search import SUPERNET_FILE, architecture_cost, distilled_teacher
 from adarec.pipeline.stage import StageRun
-from adarec.runs import load_run_model
+from adarec.runs import load_run_model, resolve_from_run
 from adarec.train.distill_stage import DistillStage
 from adarec.train.supervised import SupervisedStage
 
@@ -38,11 +40,13 @@ def run_student(
     resume: bool = False,
     genotype: Genotype | None = None,
     name: str = "student",
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Build the student from ``search_dir``'s genotype (or ``genotype``) and retrain it.
 
     ``cfg.student.init``: inherit the supernet's weights of the chosen ops (paper) or start
-    fresh; ``cfg.student.loss``: cross-entropy only (paper) or with the distillation losses.
+    fresh; ``cfg.student.loss``: cross-entropy only (paper) or with the distillation losses,
+    from the search's teacher or from ``teacher`` (a module; needed when the search had one).
     """
     search_dir = Path(search_dir)
     if not (search_dir / "genotype.json").exists():
@@ -50,8 +54,15 @@ def run_student(
     # The search's files are read before anything is written or trained.
     genotype = genotype or load_genotype(search_dir / "genotype.json")
     cost_file = _search_file(search_dir, "cost_table.json", "cost")
-    if cfg.student.loss == "kd":
-        teacher_dir = Path(_search_file(search_dir, "teacher.json", "run_dir")["run_dir"])
+    teacher_dir = None
+    if cfg.student.loss == "kd" and teacher is None:
+        recorded = _search_file(search_dir, "teacher.json", "run_dir")["run_dir"]
+        if recorded is None:
+            raise UserError(
+                f"the search in {search_dir} distilled a teacher module given in Python; "
+                "retraining with student.loss=kd needs that module again (teacher=...)"
+            )
+        teacher_dir = resolve_from_run(recorded, search_dir)
     run = StageRun(cfg, run_dir, resume, quiet, data_of=search_dir)
     num_items = run.data.data.num_items
     student = Student(num_items, cfg.data.max_len, genotype, dropout=cfg.search.dropout)
@@ -60,7 +71,7 @@ def run_student(
         copied = inherit_weights(student, supernet)
         log.info("student inherits %d tensors from the searched supernet", copied)
     if cfg.student.loss == "kd":
-        teacher, _ = load_run_model(teacher_dir, run.device)
+        teacher = distilled_teacher(teacher_dir, teacher, run.data, cfg.data.max_len, run.device)
         stage = DistillStage(
             student, teacher, cfg.search, cfg.student, run.device, cfg.seed, amp=cfg.amp
         )

@@ -1,48 +1,26 @@
 """``adarec bench``: size, MACs and latency of runs under every serving backend, side by side.
 
-All runs and backends are timed in one process with the same threads and the same batches
-of real test histories (``measure_latency`` interleaves them repeat by repeat).
+All runs and backends are measured by ``adarec.serve.measure.measure_runs``: in one process,
+with the same threads and the same batches of real test histories (interleaved repeat by
+repeat), as the pipeline's report is.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
 from adarec.errors import UserError
-from adarec.evaluate.latency import latency_inputs, machine_description, measure_latency
+from adarec.evaluate.latency import machine_description
 from adarec.io import atomic_write_json, read_json
 from adarec.models.base import count_parameters
-from adarec.runs import load_run_config, load_run_model, read_metrics
+from adarec.runs import read_metrics
 from adarec.runtime.distributed import resolve_device
-from adarec.serve.export import MODEL_FILES, export_run, run_items
-from adarec.serve.predictor import BACKENDS, Scorer, load_torchscript, onnx_scorer
-
-
-class ScorerModule(nn.Module):
-    """A scorer behind ``full_sort_predict``, the interface ``measure_latency`` times."""
-
-    def __init__(self, scorer: Scorer):
-        super().__init__()
-        self.scorer = scorer
-
-    def full_sort_predict(self, items: torch.Tensor) -> torch.Tensor:
-        return self.scorer(items)
-
-
-def real_histories(run_dir: Path, max_len: int) -> np.ndarray:
-    """[users, max_len] test-split inputs of the run's dataset (real histories)."""
-    from adarec.data.preprocess import prepare
-    from adarec.data.splits import eval_split
-
-    cfg = load_run_config(run_dir)
-    return eval_split(prepare(cfg.data, cfg.seed), "test", max_len).inputs
+from adarec.serve.measure import measure_runs
+from adarec.serve.predictor import BACKENDS
 
 
 def _labels(names: list[str], run_dirs: list[Path]) -> list[str]:
@@ -51,28 +29,6 @@ def _labels(names: list[str], run_dirs: list[Path]) -> list[str]:
         name if names.count(name) == 1 else f"{name}:{run_dir.name}"
         for name, run_dir in zip(names, run_dirs, strict=True)
     ]
-
-
-def _backend_models(
-    model: nn.Module,
-    run_dir: Path,
-    backends: list[str],
-    tmp: Path,
-    device: torch.device,
-    threads: int,
-) -> dict[str, nn.Module]:
-    models: dict[str, nn.Module] = {}
-    for backend in backends:
-        if backend == "eager":
-            models[backend] = model
-            continue
-        out = export_run(run_dir, backend, tmp / backend, device)
-        path = out / MODEL_FILES[backend]
-        if backend == "torchscript":
-            models[backend] = ScorerModule(load_torchscript(path, device))
-        else:
-            models[backend] = ScorerModule(onnx_scorer(path, device, threads))
-    return models
 
 
 def bench_runs(
@@ -97,35 +53,22 @@ def bench_runs(
         raise UserError("batch sizes must be positive integers")
     if repeats <= 0 or warmup < 0 or threads < 0:
         raise UserError("--repeats must be positive, --warmup and --threads non-negative")
-    from adarec.nas.profile import count_macs
-
     run_dirs = [Path(r) for r in run_dirs]
     torch_device = resolve_device(device)
-    loaded = [load_run_model(run_dir, torch_device) for run_dir in run_dirs]
-    items = run_items(run_dirs[0], loaded[0][1]["num_items"])
-    max_len = loaded[0][1]["max_len"]
-    for run_dir, (_, spec) in zip(run_dirs, loaded, strict=True):
-        if run_items(run_dir, spec["num_items"]) != items or spec["max_len"] != max_len:
-            raise UserError(
-                f"{run_dir} was trained on other data than {run_dirs[0]}; "
-                "bench runs of the same dataset and max_len together"
-            )
-    inputs = latency_inputs(real_histories(run_dirs[0], max_len), list(batch_sizes))
     metrics = [read_metrics(run_dir) for run_dir in run_dirs]
     labels = _labels([m["model"] for m in metrics], run_dirs)
-
-    timed: dict[str, nn.Module] = {}
-    with tempfile.TemporaryDirectory(prefix="adarec-bench-") as tmp:
-        for label, run_dir, (model, _) in zip(labels, run_dirs, loaded, strict=True):
-            per_backend = _backend_models(
-                model, run_dir, list(backends), Path(tmp) / label, torch_device, threads
-            )
-            timed.update({f"{label}/{b}": m for b, m in per_backend.items()})
-        latency = measure_latency(timed, inputs, repeats, warmup, threads, torch_device)
-
-    one = inputs[min(inputs)][:1].to(torch_device)
+    measured = measure_runs(
+        dict(zip(labels, run_dirs, strict=True)),
+        batch_sizes,
+        repeats,
+        warmup,
+        threads,
+        torch_device,
+        backends,
+    )
     runs = []
-    for label, run_dir, (model, spec), m in zip(labels, run_dirs, loaded, metrics, strict=True):
+    for label, run_dir, m in zip(labels, run_dirs, metrics, strict=True):
+        model, spec = measured.models[label]
         runs.append(
             {
                 "label": label,
@@ -134,9 +77,9 @@ def bench_runs(
                 "model": m["model"],
                 "dataset": m["dataset"],
                 "params": count_parameters(model),
-                "macs_per_history": count_macs(model.full_sort_predict, one),
+                "macs_per_history": measured.macs[label],
                 "test_ndcg10": m["test"]["full"].get("NDCG@10"),
-                "latency": {b: latency[f"{label}/{b}"] for b in backends},
+                "latency": measured.latency[label],
             }
         )
     for run in runs:

@@ -25,7 +25,7 @@ from torch import nn
 from adarec.errors import UserError
 from adarec.io import atomic_write_json, read_json, writable_dir
 from adarec.models.base import count_parameters
-from adarec.runs import MODEL_FILE, check_run_data, load_run_config, load_run_model, read_metrics
+from adarec.runs import MODEL_FILE, load_run_config, load_run_model, read_metrics
 from adarec.runtime.distributed import resolve_device
 
 FORMATS = ("torchscript", "onnx")
@@ -97,21 +97,27 @@ def read_metadata(artefact_dir: Path) -> dict[str, Any]:
     return metadata
 
 
-def training_popularity(run_dir: Path) -> list[int]:
-    """Training interaction counts [num_items + 1] of the run's dataset (index 0 is padding)."""
-    from adarec.data.preprocess import prepare
-    from adarec.data.splits import item_counts
-
-    cfg = load_run_config(run_dir)
-    try:
-        data = prepare(cfg.data, cfg.seed)
-    except UserError as exc:
+def read_popularity(path: Path, num_items: int, hint: str) -> list[float]:
+    """Training counts [num_items + 1] (index 0: padding), the fallback for empty histories,
+    from a run's or an artefact's popularity.json; UserError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
         raise UserError(
-            f"cannot read the training data of {run_dir} for the popularity fallback ({exc}); "
-            "serve an artefact exported where the data is available (adarec export)"
-        ) from None
-    check_run_data(run_dir, data)
-    return [int(c) for c in item_counts(data)]
+            f"{path} is missing (the training popularity that serving falls back on); {hint}"
+        )
+    counts = read_json(path, list, hint)
+    if len(counts) != num_items + 1 or not all(
+        isinstance(c, int | float) and not isinstance(c, bool) for c in counts
+    ):
+        raise UserError(f"{path} is damaged (not one count per item of {ITEMS_FILE}); {hint}")
+    return counts
+
+
+def run_popularity(run_dir: Path, num_items: int) -> list[float]:
+    """The training popularity a run's stage wrote beside its items.json."""
+    # Runs from before popularity.json was written lack it: they are trained again.
+    hint = "re-run the stage that wrote the run (it writes popularity.json with items.json)"
+    return read_popularity(Path(run_dir) / POPULARITY_FILE, num_items, hint)
 
 
 def _metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +250,7 @@ def export_run(
     traced_on = trace_device(fmt, device)
     model, spec = load_run_model(run_dir, traced_on)
     items = run_items(run_dir, spec["num_items"])
-    popularity = training_popularity(run_dir)
+    popularity = run_popularity(run_dir, spec["num_items"])
     metadata = {
         **model_info(run_dir, model, spec),
         "format": fmt,

@@ -29,8 +29,9 @@ from adarec.serve.export import (
     is_artefact,
     model_info,
     read_metadata,
+    read_popularity,
     run_items,
-    training_popularity,
+    run_popularity,
 )
 
 BACKENDS = ("eager", "torchscript", "onnx")
@@ -150,7 +151,8 @@ class Predictor:
         info = {**model_info(path, model, spec), "backend": "eager"}
         scorer = _torch_scorer(model.full_sort_predict, torch_device)
         items = run_items(path, spec["num_items"])
-        return cls(scorer, items, training_popularity(path), spec["max_len"], info, model)
+        popularity = run_popularity(path, spec["num_items"])
+        return cls(scorer, items, popularity, spec["max_len"], info, model)
 
     @classmethod
     def _from_artefact(
@@ -179,13 +181,9 @@ class Predictor:
         info = {**metadata, "backend": backend}
         hint = "export the run again (adarec export RUN_DIR)"
         items = read_json(path / ITEMS_FILE, list, hint)
-        popularity = read_json(path / POPULARITY_FILE, list, hint)
         if len(items) != metadata["num_items"] + 1:
             raise UserError(f"{path / ITEMS_FILE} does not match the model's items; {hint}")
-        if len(popularity) != len(items) or not all(
-            isinstance(c, int | float) and not isinstance(c, bool) for c in popularity
-        ):
-            raise UserError(f"{path / POPULARITY_FILE} does not match {ITEMS_FILE}; {hint}")
+        popularity = read_popularity(path / POPULARITY_FILE, metadata["num_items"], hint)
         return cls(scorer, items, popularity, metadata["max_len"], info)
 
     def check_k(self, k: int) -> None:

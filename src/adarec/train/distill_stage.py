@@ -130,7 +130,9 @@ class DistillStage:
 
     def _layer_count(self, model: nn.Module) -> int:
         """How many hidden states a model exposes for distillation (one probe forward)."""
-        probe = torch.zeros(1, model.max_len, dtype=torch.long, device=self.device)
+        # The student's window: both models see the same inputs (a user's teacher need not
+        # say its max_len).
+        probe = torch.zeros(1, self.model.max_len, dtype=torch.long, device=self.device)
         probe[0, -1] = 1
         was_training = model.training
         model.eval()

@@ -1,0 +1,134 @@
+"""What a teacher must provide to be distilled, and a check that a given module does.
+
+adarec's own teachers (NextItNet, SASRec, BERT4Rec after causal fine-tuning) follow the
+``Teacher`` protocol; so can any torch module of a user's, which the search and the
+retraining then distil exactly as they distil ours (see ``adarec.api.search``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from adarec.errors import UserError
+from adarec.models.base import SeqOutput
+
+
+class Teacher(Protocol):
+    """A sequential recommender that a student can be distilled from.
+
+    Inputs are ``items``, a LongTensor [B, L] of the prepared data's internal item ids
+    (1..N; 0 is padding, on the left), with L the run's ``data.max_len``. C_t below is
+    ``hidden_size``; the student's widths are projected to it by learned linear maps.
+
+    - ``forward(items)`` returns a ``SeqOutput`` (or any object with these attributes):
+      ``embedding`` [B, L, C_t], the input representation that L_emb matches;
+      ``hidden_states``, a list of T tensors [B, L, C_t], the intermediate layers to distil,
+      ordered from input to output; ``output`` [B, L, C_t], the final states.
+    - ``logits(output)`` [B, L, N + 1]: scores over padding (column 0, ignored) and the N
+      items at every position; their softmax at temperature tau is L_logit's target.
+    - ``full_sort_predict(items)`` [B, N + 1]: the scores at the last position. A speed-up
+      budget ("5x") counts the teacher's MACs, or times it, through this call.
+
+    "Hidden states" are whichever layers the teacher offers: EMD matches the student's K
+    cell outputs with these T layers many to many (an optimal transport between two sets
+    of layer weights, costed by a distance between hidden vectors at the same positions),
+    so T need not equal K, and each student cell learns from the teacher layers that suit
+    it. Every layer must have the width C_t (one projection serves all student cells).
+
+    Causal: the outputs at position t may depend on items[:, : t + 1] only. The student
+    learns to predict item t + 1 at position t from the teacher's outputs there; a teacher
+    that sees later items hands it the answer (adarec's BERT4Rec is a teacher only after
+    its causal fine-tuning). Distillation runs the teacher in eval mode, without gradients,
+    with its parameters frozen.
+    """
+
+    hidden_size: int
+
+    def __call__(self, items: torch.Tensor) -> SeqOutput: ...
+
+    def logits(self, output: torch.Tensor) -> torch.Tensor: ...
+
+    def full_sort_predict(self, items: torch.Tensor) -> torch.Tensor: ...
+
+
+def _probe(num_items: int, max_len: int, device: torch.device) -> torch.Tensor:
+    """Two histories [2, max_len]: one full, one left-padded (the cases a teacher meets)."""
+    generator = torch.Generator().manual_seed(0)
+    items = torch.randint(1, num_items + 1, (2, max_len), generator=generator)
+    items[1, : max_len // 2] = 0
+    return items.to(device)
+
+
+def _outputs(teacher: nn.Module, items: torch.Tensor) -> dict[str, torch.Tensor]:
+    out = teacher(items)
+    missing = [key for key in ("embedding", "hidden_states", "output") if not hasattr(out, key)]
+    if missing:
+        raise UserError(
+            f"the teacher's forward must return embedding, hidden_states and output "
+            f"(a SeqOutput); {type(out).__name__} has no {missing[0]!r}"
+        )
+    if not isinstance(out.hidden_states, list | tuple) or not out.hidden_states:
+        raise UserError("the teacher's hidden_states must be a non-empty list of tensors")
+    named = {"embedding": out.embedding, "output": out.output}
+    named.update({f"hidden_states[{i}]": h for i, h in enumerate(out.hidden_states)})
+    named["logits"] = teacher.logits(out.output)
+    return named
+
+
+def check_teacher(teacher: nn.Module, num_items: int, max_len: int) -> None:
+    """UserError unless ``teacher`` follows ``Teacher`` for this catalogue and window.
+
+    One probe batch checks the shapes and causality: changing the last item must leave
+    every earlier position's outputs unchanged (a probe, not a proof). Train/eval mode
+    is restored afterwards.
+    """
+    if not isinstance(teacher, nn.Module):
+        raise UserError(f"a teacher must be a torch.nn.Module; got {type(teacher).__name__}")
+    missing = [
+        name
+        for name in ("hidden_size", "logits", "full_sort_predict")
+        if not hasattr(teacher, name)
+    ]
+    if missing:
+        raise UserError(
+            f"the teacher {type(teacher).__name__} lacks {', '.join(missing)}; a teacher "
+            "follows adarec.distill.teacher.Teacher"
+        )
+    width = teacher.hidden_size
+    param = next(teacher.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    items = _probe(num_items, max_len, device)
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            outputs = _outputs(teacher, items)
+            expected = {name: (2, max_len, width) for name in outputs}
+            expected["logits"] = (2, max_len, num_items + 1)
+            for name, tensor in outputs.items():
+                if tuple(tensor.shape) != expected[name]:
+                    raise UserError(
+                        f"the teacher's {name} has shape {tuple(tensor.shape)}, expected "
+                        f"{expected[name]} ([batch, max_len, hidden_size {width}], logits "
+                        f"over padding + {num_items} items)"
+                    )
+            scores = teacher.full_sort_predict(items)
+            if tuple(scores.shape) != (2, num_items + 1):
+                raise UserError(
+                    f"the teacher's full_sort_predict has shape {tuple(scores.shape)}, "
+                    f"expected (2, {num_items + 1}) (scores at the last position)"
+                )
+            changed = items.clone()
+            changed[:, -1] = changed[:, -1] % num_items + 1
+            for name, tensor in _outputs(teacher, changed).items():
+                if not torch.allclose(tensor[:, :-1], outputs[name][:, :-1], atol=1e-5):
+                    raise UserError(
+                        f"the teacher is not causal: its {name} at earlier positions changes "
+                        "with the last item; a teacher must see only items up to each "
+                        "position (it would hand the student the next item)"
+                    )
+    finally:
+        teacher.train(was_training)

@@ -1,0 +1,70 @@
+"""The teacher protocol: adarec's teachers follow it, and a module that does not is named."""
+
+import pytest
+import torch
+from torch import nn
+
+from adarec.distill.teacher import check_teacher
+from adarec.errors import UserError
+from adarec.models.base import SeqOutput
+from tests.models.helpers import CAUSAL, MAX_LEN, NUM_ITEMS, tiny_model
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_adarec_teachers_follow_the_protocol(name):
+    model = tiny_model(name).train()
+    check_teacher(model, NUM_ITEMS, MAX_LEN)
+    assert model.training  # the check restores the mode it found
+
+
+def test_a_bidirectional_teacher_is_refused():
+    with pytest.raises(UserError, match="not causal"):
+        check_teacher(tiny_model("bert4rec_bidirectional"), NUM_ITEMS, MAX_LEN)
+
+
+class Plain(nn.Module):
+    """A per-position teacher (causal by construction) with configurable faults."""
+
+    def __init__(self, width=8, hidden_width=8, items=NUM_ITEMS, hidden=2, peek=False):
+        super().__init__()
+        self.hidden_size = width
+        self.peek = peek
+        self.embed = nn.Embedding(NUM_ITEMS + 1, width)
+        self.layers = nn.ModuleList(nn.Linear(width, hidden_width) for _ in range(hidden))
+        self.head = nn.Linear(width, items + 1)
+
+    def forward(self, items):
+        x = self.embed(items)
+        if self.peek:  # position t also sees item t + 1
+            x = x + torch.roll(x, -1, dims=1)
+        return SeqOutput(x, [layer(x) for layer in self.layers], x)
+
+    def logits(self, output):
+        return self.head(output)
+
+    def full_sort_predict(self, items):
+        return self.logits(self.forward(items).output[:, -1])
+
+
+def test_a_plain_module_that_follows_the_protocol_passes():
+    check_teacher(Plain(), NUM_ITEMS, MAX_LEN)
+
+
+class NoLogits(nn.Module):
+    hidden_size = 8
+
+
+@pytest.mark.parametrize(
+    ("teacher", "message"),
+    [
+        (lambda items: None, "must be a torch.nn.Module"),
+        (NoLogits(), "lacks logits, full_sort_predict"),
+        (Plain(hidden=0), "non-empty list"),
+        (Plain(hidden_width=4), r"hidden_states\[0\] has shape \(2, 16, 4\)"),
+        (Plain(items=NUM_ITEMS - 1), r"logits has shape .* over padding \+ 30 items"),
+        (Plain(peek=True), "not causal"),
+    ],
+)
+def test_a_module_that_breaks_the_protocol_is_named(teacher, message):
+    with pytest.raises(UserError, match=message):
+        check_teacher(teacher, NUM_ITEMS, MAX_LEN)
