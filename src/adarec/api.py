@@ -15,7 +15,7 @@ returns its metrics (or a path, or an object to use). Nothing is printed unless
     artefact = api.export("runs/py/student", "onnx")
 
 The teacher of ``search`` may also be any torch module that follows
-``adarec.distill.teacher.Teacher`` (bring your own teacher).
+``adarec.models.teacher_protocol.TeacherProtocol`` (bring your own teacher).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 from torch import nn
 
 from adarec.config import Config, load_config
-from adarec.distill.teacher import Teacher
+from adarec.models.teacher_protocol import TeacherProtocol
 from adarec.pipeline import teacher as teacher_stage
 from adarec.pipeline.common import StageData, load_stage_data
 from adarec.pipeline.evaluate import evaluate_run
@@ -39,7 +39,7 @@ from adarec.serve.predictor import Predictor
 
 __all__ = [
     "StageData",
-    "Teacher",
+    "TeacherProtocol",
     "config",
     "evaluate",
     "export",
@@ -91,12 +91,12 @@ def load_teacher(run_dir: str | Path, device: str = "cpu") -> nn.Module:
 def search(
     cfg: Config,
     out: str | Path,
-    teacher: str | Path | Teacher,
+    teacher: str | Path | TeacherProtocol,
     resume: bool = False,
     quiet: bool = True,
 ) -> dict[str, Any]:
     """Search a student cell into ``out``, distilled from ``teacher``: a finished teacher
-    run directory, or a torch module that follows ``Teacher`` (it is checked, moved to
+    run directory, or a torch module that follows ``TeacherProtocol`` (it is checked, moved to
     ``cfg.device``, put in eval mode and frozen). The metrics hold the ``architecture``."""
     if isinstance(teacher, nn.Module):
         return run_search(cfg, Path(out), None, quiet=quiet, resume=resume, teacher=teacher)
@@ -107,7 +107,7 @@ def retrain(
     cfg: Config,
     out: str | Path,
     search: str | Path,
-    teacher: Teacher | None = None,
+    teacher: TeacherProtocol | None = None,
     resume: bool = False,
     quiet: bool = True,
 ) -> dict[str, Any]:

@@ -10,9 +10,9 @@ import torch
 
 from adarec.config import Config, parse_budget
 from adarec.distill.cost import cost_table, format_cost_table
-from adarec.distill.teacher import check_teacher
 from adarec.errors import UserError
 from adarec.io import atomic_write_json, atomic_write_text, read_json
+from adarec.models.teacher_protocol import check_teacher
 from adarec.nas.architect import Architect
 from adarec.nas.budget import (
     CostModel,
@@ -121,7 +121,7 @@ def distilled_teacher(
 ) -> torch.nn.Module:
     """The teacher a stage distils: the trained teacher of ``teacher_dir`` (its data is
     checked by the stage, as ``StageRun``'s ``data_of``), or ``teacher``, a user's module
-    checked against the ``Teacher`` protocol."""
+    checked against the ``TeacherProtocol``."""
     if (teacher is None) == (teacher_dir is None):
         raise ValueError("give one of a teacher run directory and a teacher module")
     if teacher is not None:
@@ -145,7 +145,7 @@ def run_search(
     """Search a student cell for this scene; writes genotype.json/.txt/.png and supernet.pt.
 
     The teacher is the trained one in ``teacher_dir``, or ``teacher`` (then ``teacher_dir``
-    is None): any module that follows ``adarec.distill.teacher.Teacher``.
+    is None): any module that follows ``adarec.models.teacher_protocol.TeacherProtocol``.
     """
     run = StageRun(cfg, run_dir, resume, quiet, data_of=teacher_dir)
     teacher = distilled_teacher(teacher_dir, teacher, run.data, cfg.data.max_len, run.device)

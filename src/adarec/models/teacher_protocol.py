@@ -1,7 +1,7 @@
 """What a teacher must provide to be distilled, and a check that a given module does.
 
 adarec's own teachers (NextItNet, SASRec, BERT4Rec after causal fine-tuning) follow the
-``Teacher`` protocol; so can any torch module of a user's, which the search and the
+``TeacherProtocol``; so can any torch module of a user's, which the search and the
 retraining then distil exactly as they distil ours (see ``adarec.api.search``).
 """
 
@@ -16,7 +16,7 @@ from adarec.errors import UserError
 from adarec.models.base import SeqOutput
 
 
-class Teacher(Protocol):
+class TeacherProtocol(Protocol):
     """A sequential recommender that a student can be distilled from.
 
     Inputs are ``items``, a LongTensor [B, L] of the prepared data's internal item ids
@@ -79,7 +79,7 @@ def _outputs(teacher: nn.Module, items: torch.Tensor) -> dict[str, torch.Tensor]
 
 
 def check_teacher(teacher: nn.Module, num_items: int, max_len: int) -> None:
-    """UserError unless ``teacher`` follows ``Teacher`` for this catalogue and window.
+    """UserError unless ``teacher`` follows ``TeacherProtocol`` for this catalogue and window.
 
     One probe batch checks the shapes and causality: changing the last item must leave
     every earlier position's outputs unchanged (a probe, not a proof). Train/eval mode
@@ -95,7 +95,7 @@ def check_teacher(teacher: nn.Module, num_items: int, max_len: int) -> None:
     if missing:
         raise UserError(
             f"the teacher {type(teacher).__name__} lacks {', '.join(missing)}; a teacher "
-            "follows adarec.distill.teacher.Teacher"
+            "follows adarec.models.teacher_protocol.TeacherProtocol"
         )
     width = teacher.hidden_size
     param = next(teacher.parameters(), None)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from adarec.distill.teacher import check_teacher
 from adarec.errors import UserError
 from adarec.models.base import SeqOutput
+from adarec.models.teacher_protocol import check_teacher
 from tests.models.helpers import CAUSAL, MAX_LEN, NUM_ITEMS, tiny_model
 
 
