@@ -152,11 +152,30 @@ def test_run_is_served_and_exported_without_preparing_data(runs, tmp_path, no_da
 @pytest.mark.parametrize("content", [None, b"", b"{", b"[1, 2]", b'["a"]'])
 def test_missing_or_damaged_run_popularity_names_the_file(runs, tmp_path, content):
     run = damaged_copy(runs["sasrec"], tmp_path / "run", "popularity.json", content)
-    message = r"popularity[.]json is (missing|damaged).*re-run the stage"
+    message = r"popularity[.]json is (missing|damaged).*adarec evaluate RUN"
     with pytest.raises(UserError, match=message):
         Predictor.from_run(run)
     with pytest.raises(UserError, match=message):
         export_run(run, "onnx", tmp_path / "artefact")
+
+
+def test_evaluate_completes_a_run_from_before_the_serving_files(runs, tmp_path):
+    """An older run (no popularity.json, no test_histories.json) is served again after
+    ``adarec evaluate RUN``, which writes them from its own, checked data."""
+    from adarec.pipeline.evaluate import evaluate_run
+    from adarec.serve.measure import run_histories
+
+    run = damaged_copy(runs["sasrec"], tmp_path / "run", "popularity.json", None)
+    (run / "test_histories.json").unlink()
+    with pytest.raises(UserError, match="adarec evaluate RUN"):
+        Predictor.from_run(run)
+    evaluate_run(run)
+    assert read_json(run / "popularity.json") == read_json(runs["sasrec"] / "popularity.json")
+    assert read_json(run / "test_histories.json") == read_json(
+        runs["sasrec"] / "test_histories.json"
+    )
+    assert Predictor.from_run(run).recommend([], k=3)["items"]
+    assert run_histories(run, 8, len(read_json(run / "items.json")) - 1).shape[1] == 8
 
 
 def test_from_run_rejects_bad_paths_and_backends(runs, tmp_path):

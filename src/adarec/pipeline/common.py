@@ -162,11 +162,27 @@ def write_data_files(run_dir: Path, data: PreparedData) -> None:
         check_run_data(run_dir, data)
     if dist.is_main():
         atomic_write_json(run_dir / ITEMS_FILE, data.item_ids)
-        atomic_write_json(run_dir / POPULARITY_FILE, [int(c) for c in item_counts(data)])
-        atomic_write_json(run_dir / HISTORIES_FILE, latency_histories(data))
+        write_serving_files(run_dir, data)
         atomic_write_json(
             run_dir / DATA_FILE, {**describe(data), "fingerprint": data.fingerprint()}
         )
+
+
+def write_serving_files(run_dir: Path, data: PreparedData, only_missing: bool = False) -> list[str]:
+    """What serving, bench and the report read instead of preparing the data: training
+    popularity and real test histories. ``only_missing`` completes a run from before they
+    were written (``adarec evaluate`` does, after checking the data is the run's own).
+    Returns the names of the files written."""
+    files = {
+        POPULARITY_FILE: lambda: [int(c) for c in item_counts(data)],
+        HISTORIES_FILE: lambda: latency_histories(data),
+    }
+    written = []
+    for name, content in files.items():
+        if not (only_missing and (Path(run_dir) / name).exists()):
+            atomic_write_json(Path(run_dir) / name, content())
+            written.append(name)
+    return written
 
 
 # bench and the report time batches of real test histories: this many are kept with a run,

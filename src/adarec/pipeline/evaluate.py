@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from adarec.pipeline.common import StageData, final_metrics, load_stage_data, write_test_ranks
+from adarec.pipeline.common import (
+    StageData,
+    final_metrics,
+    load_stage_data,
+    write_serving_files,
+    write_test_ranks,
+)
 from adarec.runs import check_run_data, load_run_config, load_run_model, read_metrics
 from adarec.runtime import distributed as dist
+
+log = logging.getLogger("adarec")
 
 
 def evaluate_run(run_dir: Path, exclude_seen: bool = False) -> dict[str, Any]:
     """Fresh metrics for the run's saved model (written to ``evaluation.json``; the per-user
-    test ranks to ``test_ranks.json`` when they are those of the metrics.json's setting)."""
+    test ranks to ``test_ranks.json`` when they are those of the metrics.json's setting).
+
+    A run from an older version also gets the files serving reads that it lacks
+    (popularity.json, test_histories.json), from its data once that is checked."""
     from adarec.io import atomic_write_json
 
     run_dir = Path(run_dir)
@@ -29,6 +41,8 @@ def evaluate_run(run_dir: Path, exclude_seen: bool = False) -> dict[str, Any]:
     )
     ranks = metrics["test"].pop("ranks")
     if dist.is_main():
+        for name in write_serving_files(run_dir, stage_data.data, only_missing=True):
+            log.info("wrote %s, which %s did not have yet", name, run_dir)
         if exclude_seen == saved.get("exclude_seen", False):
             write_test_ranks(run_dir, ranks)
         atomic_write_json(run_dir / "evaluation.json", metrics)

@@ -115,8 +115,10 @@ def read_popularity(path: Path, num_items: int, hint: str) -> list[float]:
 
 def run_popularity(run_dir: Path, num_items: int) -> list[float]:
     """The training popularity a run's stage wrote beside its items.json."""
-    # Runs from before popularity.json was written lack it: they are trained again.
-    hint = "re-run the stage that wrote the run (it writes popularity.json with items.json)"
+    hint = (
+        "run `adarec evaluate RUN` (after removing a damaged copy): it writes popularity.json "
+        "from the run's data (runs from before it was kept lack it)"
+    )
     return read_popularity(Path(run_dir) / POPULARITY_FILE, num_items, hint)
 
 

@@ -54,8 +54,10 @@ class ScorerModule(nn.Module):
 def run_histories(run_dir: Path, max_len: int, num_items: int) -> np.ndarray:
     """[histories, max_len] real test inputs that a run kept, left-padded with 0."""
     path = Path(run_dir) / HISTORIES_FILE
-    # Runs from before test_histories.json was written lack it: they are trained again.
-    hint = "re-run the stage that wrote the run (it writes test_histories.json with items.json)"
+    hint = (
+        "run `adarec evaluate RUN` (after removing a damaged copy): it writes test_histories.json "
+        "from the run's data (runs from before it was kept lack it)"
+    )
     if not path.is_file():
         raise UserError(f"{path} is missing (the real histories latency is timed on); {hint}")
     histories = read_json(path, list, hint)
