@@ -1,7 +1,8 @@
 """Does the search adapt to the scene? The same defaults on several scenes, side by side.
 
 Usage: python benchmarks/scenes.py [--only successor order ml-100k ml-1m] [--no-random]
-       [--teacher SCENE=RUN_DIR ...] [--set key=value ...] [--quiet]
+       [--teacher SCENE=RUN_DIR ...] [--set key=value ...] [--out DIR] [--suffix @NAME]
+       [--json FILE] [--quiet]
 
 For every scene: train (or reuse) its teacher, search with adarec's defaults (budget 5x
 over the teacher unless --set search.budget=...), retrain the derived student, and (unless
@@ -9,6 +10,8 @@ over the teacher unless --set search.budget=...), retrain the derived student, a
 benchmarks/results/scenes.json ({"scenes": {NAME: {"cell": <genotype>, ...}}}; scenes not
 re-run keep their earlier entry) and benchmarks/results/scenes.png (the cells side by side).
 Finished stages under runs/scenes/NAME are reused, so the script can be interrupted.
+Runs that change a default to measure a lever write to another file (--json
+search_levers.json), so that scenes.json holds the defaults only.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def scene_summary(name: str, spec: dict[str, Any], out: Path, report: dict[str, 
     }
 
 
-def draw_scenes(scenes: dict[str, dict[str, Any]], path: Path) -> None:
+def draw_scenes(scenes: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     """One column per scene, one row per edge, the chosen op written and coloured."""
     import matplotlib.pyplot as plt
 
@@ -113,7 +116,7 @@ def draw_scenes(scenes: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_xticks([])
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
-    ax.set_title("derived cells per scene (same defaults)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     save_figure(fig, path)
 
 
@@ -129,10 +132,13 @@ def main() -> int:
     parser.add_argument(
         "--suffix", default="", help="appended to each scene's name in the JSON (e.g. @10x)"
     )
+    parser.add_argument(
+        "--json", default="scenes.json", help="file under benchmarks/results (and its .png)"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     teachers = dict(item.split("=", 1) for item in args.teacher)
-    path = RESULTS / "scenes.json"
+    path = RESULTS / args.json
     for name in args.only:
         spec = SCENES[name]
         cfg = load_config(ROOT / spec["config"], [*spec["set"], *args.overrides])
@@ -152,8 +158,12 @@ def main() -> int:
         print(
             f"{name}: cell {summary['op_histogram']}, NDCG@10 ratio {summary['ndcg10_ratio']:.3f}"
         )
-    draw_scenes(read_json(path)["scenes"], RESULTS / "scenes.png")
-    print(f"wrote {path} and {RESULTS / 'scenes.png'}")
+    figure = path.with_suffix(".png")
+    title = "derived cells per scene (same defaults)"
+    if args.json != "scenes.json":
+        title = f"derived cells ({args.json}: each column's overrides are in the JSON)"
+    draw_scenes(read_json(path)["scenes"], figure, title)
+    print(f"wrote {path} and {figure}")
     return 0
 
 
