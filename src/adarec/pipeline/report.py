@@ -169,11 +169,11 @@ def paired_standard_error(
     searched: list[int], randoms: list[list[int]], metric: str = "NDCG@10"
 ) -> float:
     """Standard error over users of (searched gain - mean random gain), from 0-based ranks."""
-    name, k = metric.split("@")
+    k = int(metric.split("@")[1])
     if any(len(r) != len(searched) for r in randoms):
         raise ValueError("per-user ranks of different lengths: not scored on the same users")
-    gains = [per_example_gains(np.asarray(r, dtype=np.float64), [int(k)])[metric] for r in randoms]
-    own = per_example_gains(np.asarray(searched, dtype=np.float64), [int(k)])[metric]
+    gains = [per_example_gains(np.asarray(r, dtype=np.float64), [k])[metric] for r in randoms]
+    own = per_example_gains(np.asarray(searched, dtype=np.float64), [k])[metric]
     difference = own - np.mean(gains, axis=0)
     return float(difference.std(ddof=1) / math.sqrt(len(difference))) if len(own) > 1 else 0.0
 
