@@ -29,6 +29,15 @@ POPULARITY_FILE = "popularity.json"  # training interactions per internal id (in
 HISTORIES_FILE = "test_histories.json"  # real test inputs (internal ids) that latency is timed on
 
 
+def serving_file_hint(name: str) -> str:
+    """What to do when a serving file (``POPULARITY_FILE``, ``HISTORIES_FILE``) is missing
+    or damaged: ``adarec evaluate`` writes it again from the run's own, checked data."""
+    return (
+        f"run `adarec evaluate RUN` (after removing a damaged copy): it writes {name} from "
+        "the run's data (runs from before it was kept lack it)"
+    )
+
+
 def save_model(run_dir: Path, model: SequentialRecommender, filename: str = MODEL_FILE) -> None:
     """The weights with the model's spec (``to_spec``), which says how to rebuild it."""
     if dist.is_main():

@@ -25,13 +25,20 @@ from torch import nn
 from adarec.errors import UserError
 from adarec.io import atomic_write_json, read_json, writable_dir
 from adarec.models.base import count_parameters
-from adarec.runs import MODEL_FILE, load_run_config, load_run_model, read_metrics
+from adarec.runs import (
+    ITEMS_FILE,
+    MODEL_FILE,
+    POPULARITY_FILE,
+    load_run_config,
+    load_run_model,
+    read_metrics,
+    serving_file_hint,
+)
 from adarec.runtime.distributed import resolve_device
 
 FORMATS = ("torchscript", "onnx")
 MODEL_FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}
-ITEMS_FILE = "items.json"
-POPULARITY_FILE = "popularity.json"
+# An artefact keeps the run's items.json and popularity.json under the same names.
 METADATA_FILE = "metadata.json"
 INPUT_NAME, OUTPUT_NAME = "items", "scores"
 
@@ -115,11 +122,8 @@ def read_popularity(path: Path, num_items: int, hint: str) -> list[float]:
 
 def run_popularity(run_dir: Path, num_items: int) -> list[float]:
     """The training popularity a run's stage wrote beside its items.json."""
-    hint = (
-        "run `adarec evaluate RUN` (after removing a damaged copy): it writes popularity.json "
-        "from the run's data (runs from before it was kept lack it)"
-    )
-    return read_popularity(Path(run_dir) / POPULARITY_FILE, num_items, hint)
+    path = Path(run_dir) / POPULARITY_FILE
+    return read_popularity(path, num_items, serving_file_hint(POPULARITY_FILE))
 
 
 def _metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:

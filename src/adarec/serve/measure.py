@@ -23,7 +23,7 @@ from adarec.errors import UserError
 from adarec.evaluate.latency import latency_inputs, measure_latency
 from adarec.io import read_json
 from adarec.nas.profile import count_macs
-from adarec.runs import HISTORIES_FILE, load_run_model
+from adarec.runs import HISTORIES_FILE, load_run_model, serving_file_hint
 from adarec.serve.export import MODEL_FILES, export_run, run_items
 from adarec.serve.predictor import Scorer, load_torchscript, onnx_scorer
 
@@ -54,10 +54,7 @@ class ScorerModule(nn.Module):
 def run_histories(run_dir: Path, max_len: int, num_items: int) -> np.ndarray:
     """[histories, max_len] real test inputs that a run kept, left-padded with 0."""
     path = Path(run_dir) / HISTORIES_FILE
-    hint = (
-        "run `adarec evaluate RUN` (after removing a damaged copy): it writes test_histories.json "
-        "from the run's data (runs from before it was kept lack it)"
-    )
+    hint = serving_file_hint(HISTORIES_FILE)
     if not path.is_file():
         raise UserError(f"{path} is missing (the real histories latency is timed on); {hint}")
     histories = read_json(path, list, hint)
