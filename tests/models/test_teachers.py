@@ -173,3 +173,21 @@ def test_learns_a_planted_pattern(name):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.25 * losses[0]
+
+
+@pytest.mark.parametrize("name", NEURAL)
+def test_item_logits_are_the_logits_without_the_padding_column(name):
+    """The training losses read ``item_logits``: same values and gradients as slicing."""
+    model = tiny_model(name)
+    model.eval()
+    items = left_pad(random_items(3, MAX_LEN - 4, torch.Generator().manual_seed(1)), 4)
+    output = model(items).output
+    sliced = model.logits(output)[..., 1:]
+    direct = model.item_logits(output)
+    assert direct.shape == (3, MAX_LEN, NUM_ITEMS)
+    torch.testing.assert_close(direct, sliced)
+    weights = torch.randn_like(direct)
+    (sliced_grad,) = torch.autograd.grad((sliced * weights).sum(), model.output_layer.weight)
+    (direct_grad,) = torch.autograd.grad((direct * weights).sum(), model.output_layer.weight)
+    torch.testing.assert_close(direct_grad, sliced_grad)
+    assert torch.all(direct_grad[0] == 0)  # the padding row gets no gradient

@@ -103,6 +103,8 @@ def test_student_output_structure():
     assert out.embedding.shape == (2, MAX_LEN, WIDTH)
     assert len(out.hidden_states) == 2 and out.output is out.hidden_states[-1]
     assert student.full_sort_predict(random_items(2, 4)).shape == (2, NUM_ITEMS + 1)
+    student.eval()  # head dropout off: item_logits is the head without the padding column
+    torch.testing.assert_close(student.item_logits(out.output), student.logits(out.output)[..., 1:])
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")

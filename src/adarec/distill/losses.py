@@ -35,14 +35,15 @@ def logit_kd_loss(
     mask: torch.Tensor,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """KL(teacher || student) of softmax(logits / tau) over items 1..N, mean over positions.
+    """KL(teacher || student) of softmax(logits / tau) over the items, mean over positions.
 
-    Column 0 (the padding item) is dropped before the softmax. The result is multiplied by
+    Both are scores over the real items only ([B, L, N], no padding column: what
+    ``item_logits`` returns). The result is multiplied by
     tau^2 (Hinton et al.) so that its gradient keeps the same scale whatever tau is; at the
     paper's tau = 1 this changes nothing.
     """
-    student = student_logits[mask][:, 1:].float() / temperature
-    teacher = teacher_logits[mask][:, 1:].float() / temperature
+    student = student_logits[mask].float() / temperature
+    teacher = teacher_logits[mask].float() / temperature
     kl = F.kl_div(
         F.log_softmax(student, dim=-1),
         F.log_softmax(teacher, dim=-1),

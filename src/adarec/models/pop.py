@@ -48,3 +48,6 @@ class Popularity(Teacher):
 
     def logits(self, output: torch.Tensor) -> torch.Tensor:
         return self.scores.expand(*output.shape[:-1], -1).clone()
+
+    def item_logits(self, output: torch.Tensor) -> torch.Tensor:
+        return self.logits(output)[..., 1:]

@@ -81,3 +81,7 @@ class CellNetwork(SequentialRecommender):
     def logits(self, output: torch.Tensor) -> torch.Tensor:
         """Head: dropout, then the linear layer over [padding] + items."""
         return self.output_layer(self.head_dropout(output))
+
+    def item_logits(self, output: torch.Tensor) -> torch.Tensor:
+        """The head over the real items only (see ``SequentialRecommender.item_logits``)."""
+        return super().item_logits(self.head_dropout(output))

@@ -146,9 +146,9 @@ def check_same_data(source_dir: Path, stage_data: StageData) -> None:
     items = read_json(Path(source_dir) / ITEMS_FILE)
     if items != stage_data.data.item_ids:
         raise UserError(
-            f"the teacher in {source_dir} was trained on another dataset or preprocessing "
+            f"the run in {source_dir} was trained on another dataset or preprocessing "
             f"({len(items) - 1} items, here {stage_data.data.num_items}); "
-            "use the teacher's data settings"
+            "use the data settings of the run this stage follows"
         )
 
 

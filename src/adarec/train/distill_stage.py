@@ -57,7 +57,7 @@ class StudentWithProjections(nn.Module):
 
     def forward(self, items: torch.Tensor, weights: list[torch.Tensor] | None = None):
         out = self.student(items, weights) if weights is not None else self.student(items)
-        logits = self.student.logits(out.output)
+        logits = self.student.item_logits(out.output)
         embedding, hidden = None, None
         if self.embedding_proj is not None:
             embedding = self.embedding_proj(out.embedding)
@@ -149,7 +149,8 @@ class DistillStage:
         mask = target_mask(targets)
         with torch.no_grad():
             t_out = self.teacher(inputs)
-            t_logits = self.teacher.logits(t_out.output)
+            # A teacher of the user's own provides ``logits`` only (TeacherProtocol).
+            t_logits = self.teacher.logits(t_out.output)[..., 1:]
         with autocast(self.device, self.amp):
             out, logits, embedding, hidden = self.net(inputs, weights)
         terms: dict[str, torch.Tensor] = {}

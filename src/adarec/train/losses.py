@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 
 
-def next_item_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def next_item_loss(item_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Full-softmax cross-entropy at every position whose target is a real item.
 
-    ``logits`` [B, L, N+1] (column 0 is padding and is dropped), ``targets`` [B, L] (0: none).
+    ``item_logits`` [B, L, N]: scores over the real items (``model.item_logits``: column j
+    is item j + 1, no padding column); ``targets`` [B, L] (0: none).
     """
-    flat_logits = logits[..., 1:].reshape(-1, logits.size(-1) - 1)
+    flat_logits = item_logits.reshape(-1, item_logits.size(-1))
     flat_targets = targets.reshape(-1) - 1  # padding becomes -1 and is ignored
     return F.cross_entropy(flat_logits.float(), flat_targets, ignore_index=-1)
 

@@ -20,7 +20,8 @@ from adarec.train.optim import make_optimizer, make_scheduler
 
 
 class WithLogits(nn.Module):
-    """Runs forward and the output layer inside one ``forward``.
+    """Runs forward and the output layer (over the real items: ``item_logits``) inside one
+    ``forward``.
 
     DistributedDataParallel only tracks parameters used inside the wrapped module's
     forward, so the output layer must be applied there too.
@@ -32,7 +33,7 @@ class WithLogits(nn.Module):
 
     def forward(self, items: torch.Tensor, *args: Any) -> tuple[SeqOutput, torch.Tensor]:
         out = self.model(items, *args)
-        return out, self.model.logits(out.output)
+        return out, self.model.item_logits(out.output)
 
 
 def wrap_ddp(module: nn.Module, device: torch.device, find_unused: bool = False) -> nn.Module:
