@@ -128,8 +128,10 @@ class SearchConfig(LoopConfig):
     # history ("2.5M") or ms per history at batch 1 on this machine ("1.5ms").
     budget: str = "5x"
     cost_form: str = "budget"  # budget (MnasNet-style) | absolute (TuNAS) | paper (beta x table)
-    cost_under: float = 0.07  # budget form: cost elasticity under the target (MnasNet soft)
+    cost_under: float = 0.0  # budget form: cost elasticity under the target (MnasNet hard)
     cost_over: float = 1.0  # budget/absolute forms: elasticity over the target
+    cost_gate: str = "derived"  # budget form: which cost is compared with the target, the
+    # derived (argmax) cell's or the expected cost under softmax(alpha); see nas/architect.py
     beta: float = 8.0  # paper form: weight of the one-hot cost table
     use_ce: bool = True
     use_emb: bool = True
@@ -217,6 +219,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "search.layer_mapping": ("emd", "skip", "last"),
     "search.cost": ("macs", "latency"),
     "search.cost_form": ("budget", "absolute", "paper"),
+    "search.cost_gate": ("derived", "expected"),
     "student.init": ("inherit", "scratch"),
     "student.loss": ("ce", "kd"),
 }

@@ -10,6 +10,7 @@ import torch
 
 from adarec.config import SearchConfig
 from adarec.nas.architect import Architect, budget_penalty, mean_entropy
+from adarec.nas.budget import CostModel
 from adarec.nas.operations import CAUSAL_OPS
 from adarec.nas.supernet import Supernet
 from adarec.pipeline.search import run_search
@@ -20,6 +21,7 @@ from tests.conftest import tiny_config
 def test_budget_penalty_uses_the_under_and_over_elasticities():
     task = torch.tensor(2.0)
     under = budget_penalty(torch.tensor(50.0), 100.0, task, "budget", 0.07, 1.0)
+    assert float(budget_penalty(torch.tensor(50.0), 100.0, task)) == 0.0  # hard form default
     over = budget_penalty(torch.tensor(200.0), 100.0, task, "budget", 0.07, 1.0)
     assert float(under) == pytest.approx(2.0 * 0.07 * math.log(0.5))
     assert float(over) == pytest.approx(2.0 * 1.0 * math.log(2.0))
@@ -28,6 +30,50 @@ def test_budget_penalty_uses_the_under_and_over_elasticities():
     low = budget_penalty(torch.tensor(50.0), 100.0, task, "absolute", 0.07, 1.0)
     high = budget_penalty(torch.tensor(150.0), 100.0, task, "absolute", 0.07, 1.0)
     assert float(low) == pytest.approx(float(high)) == pytest.approx(1.0)
+
+
+def test_budget_penalty_gated_on_the_derived_cell():
+    """With a gate, the derived cell's cost picks the weight; the gradient is E[C]'s."""
+    task = torch.tensor(2.0)
+    expected = torch.tensor(230.0, requires_grad=True)  # a near-uniform start, over target
+    silent = budget_penalty(expected, 100.0, task, "budget", 0.0, 1.0, gate=90.0)
+    assert float(silent) == 0.0
+    active = budget_penalty(expected, 100.0, task, "budget", 0.0, 1.0, gate=120.0)
+    assert float(active) == pytest.approx(2.0 * math.log(2.3))
+    active.backward()
+    assert float(expected.grad) == pytest.approx(2.0 / 230.0)
+    # Without a gate the expected cost decides (the earlier behaviour).
+    assert float(budget_penalty(expected, 100.0, task, "budget", 0.0, 1.0)) > 0
+
+
+def test_architect_cost_term_is_silent_while_the_derived_cell_fits():
+    """Over-budget expected cost but a derived cell within the target: no cost gradient
+    (cost_gate=derived); with cost_gate=expected the same alphas get one."""
+    net = Supernet(20, 8, 8, 2, 2)
+    ops = net.op_names
+    conv, pool = ops.index("causal_conv5"), ops.index("causal_max_pool3")
+    with torch.no_grad():
+        for a in net.alphas:
+            a.zero_()
+            a[:, pool] = 0.5  # argmax: pools everywhere, but every conv still has mass
+    costs = {op: (1000.0 if "conv" in op else 0.0) for op in ops}
+    model = CostModel("macs", 10.0, costs, 2, target=1500.0, budget="test")
+    assert float(model.expected(list(net.alphas), ops)) > model.target
+    for gate, moves in (("derived", False), ("expected", True)):
+        cfg = SearchConfig(epochs=4, warmup=0.0, entropy=0.0, cost_gate=gate)
+        architect = Architect(net, cfg, seed=0, cost_model=model)
+        assert architect.derived_cost() == pytest.approx(10.0)
+        architect.zero_grad()
+        penalty = architect.penalty(torch.tensor(1.0), [], epoch=0)
+        penalty.backward()
+        grad = net.alphas[0].grad
+        assert (grad is not None and float(grad[:, conv].abs().sum()) > 0) == moves
+        # The argmax turning into a convolution on one edge puts the derived cell over.
+        with torch.no_grad():
+            net.alphas[0][0, conv] = 1.0
+        assert architect.derived_cost() > model.target
+        with torch.no_grad():
+            net.alphas[0][0, conv] = 0.0
 
 
 def test_budget_penalty_scales_with_the_task_loss_but_sends_it_no_gradient():
