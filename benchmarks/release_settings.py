@@ -1,0 +1,186 @@
+"""The public release's search settings beside adarec's defaults, on the release's own scene.
+
+Usage: python benchmarks/release_settings.py [--out runs/release-settings]
+       [--teacher RUN_DIR] [--set key=value ...] [--quiet]
+
+One teacher, the paper's NextItNet (hidden 256, 16 residual blocks: configs/paper-nextitnet.yaml
+over configs/ml-100k.yaml), trained once on ml-100k. Two searches distil it:
+
+- ``release``: the search settings of the public release (configs/paper.yaml): 4 cells x 3
+  nodes, width 64, batch 64, gamma 0.5, the paper's cost form (beta 8 x the one-hot cost
+  table), alpha's learning rate 2e-5, no warm-up, no entropy term. Only the causal op set:
+  the release's centred ops leak the label (../shared/METHOD.md) and are not reproduced.
+- ``adarec``: adarec's defaults (budget 5x, budget-targeted cost, architect with warm-up and
+  entropy ramp, batch 256).
+
+Both run the same number of search epochs (configs/ml-100k.yaml's) and retrain their derived
+cell identically (the ml-100k student schedule), so the search settings are the only
+difference. Writes benchmarks/results/release_settings.json: per arm the sampled and
+full-ranking student/teacher NDCG@10 ratios, total and body parameter ratios, batch-1 and
+batch-256 latency ratios (teacher and student timed in one process, same threads, same
+histories) and seconds per search epoch; beside them what the release itself measured on
+this kind of machine (METHOD.md) and, per figure, whether each arm beats it.
+Finished stages are reused, so the script can be interrupted and rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adarec.config import load_config
+from adarec.io import atomic_write_json, read_json
+from adarec.pipeline.common import load_stage_data
+from adarec.pipeline.run import run_pipeline
+from adarec.pipeline.teacher import train_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "benchmarks" / "results" / "release_settings.json"
+
+# The release's search, from configs/paper.yaml; the number of epochs is adarec's (the
+# release's numbers below came from 30 epochs, the paper's from 200).
+RELEASE_SEARCH_KEYS = (
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "alpha_lr",
+    "alpha_weight_decay",
+    "cells",
+    "nodes",
+    "width",
+    "gamma",
+    "cost_form",
+    "beta",
+    "warmup",
+    "entropy",
+    "tau_initial",
+    "tau_decay",
+    "tau_every",
+    "mode",
+    "optimization",
+)
+
+# What the public release measured on ml-100k with this teacher on a 2-core CPU
+# (../shared/METHOD.md, "What happened when the public release was run on ml-100k"). Its
+# sampled ratio is on validation; its full-ranking ratio is the one METHOD.md and issue 11
+# quote. Larger is better for every figure.
+RELEASE_MEASURED = {
+    "sampled_ndcg10_ratio": 0.92,
+    "full_ndcg10_ratio": 0.82,
+    "total_params_ratio": 30.8,
+    "latency_ratio_1": 14.0,
+    "latency_ratio_256": 14.0,  # "14-20x lower CPU latency": the low end, batch not stated
+    "search_seconds_per_epoch": 52.0,  # about 52-58 s over 2,432 sequences at 1 thread
+}
+RELEASE_SEARCH_SEQUENCES = 2432
+
+
+def release_overrides() -> list[str]:
+    """``search.KEY=VALUE`` items for the release's search settings (configs/paper.yaml)."""
+    paper = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())["search"]
+    return [f"search.{key}={paper[key]}" for key in RELEASE_SEARCH_KEYS]
+
+
+def arm_summary(out: Path, report: dict[str, Any], windows: int) -> dict[str, Any]:
+    """The figures of one arm, read from its report and its search history (``windows``:
+    training windows per search epoch)."""
+    teacher, student = report["teacher"], report["student"]
+    history = read_json(out / "search" / "history.json")
+    epoch_seconds = [row["seconds"] for row in history]
+    ratio = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
+    latency = report["latency_ms"]
+    return {
+        "cell": student["architecture"],
+        "teacher_full_ndcg10": teacher["test"]["full"]["NDCG@10"],
+        "student_full_ndcg10": student["test"]["full"]["NDCG@10"],
+        "teacher_sampled_ndcg10": teacher["test"]["sampled"]["NDCG@10"],
+        "student_sampled_ndcg10": student["test"]["sampled"]["NDCG@10"],
+        "full_ndcg10_ratio": ratio(
+            student["test"]["full"]["NDCG@10"], teacher["test"]["full"]["NDCG@10"]
+        ),
+        "sampled_ndcg10_ratio": ratio(
+            student["test"]["sampled"]["NDCG@10"], teacher["test"]["sampled"]["NDCG@10"]
+        ),
+        "params": {"teacher": teacher["params"], "student": student["params"]},
+        "total_params_ratio": ratio(teacher["params"]["total"], student["params"]["total"]),
+        "body_params_ratio": ratio(teacher["params"]["body"], student["params"]["body"]),
+        "latency_ms": latency,
+        "latency_ratio_1": report["speedup"]["1"],
+        "latency_ratio_256": report["speedup"]["256"],
+        "search_epochs": len(history),
+        "search_seconds_per_epoch": round(statistics.median(epoch_seconds), 2),
+        "search_windows": windows,
+        "alpha_max_prob": report["search"].get("max_prob_last"),
+        "decided_edges": report["search"].get("decided_edges_last"),
+    }
+
+
+def compare(arms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per figure: the release's measurement, each arm's, and whether each arm beats it
+    (seconds per epoch: fewer is better, scaled to the release's 2,432 sequences)."""
+    table = {}
+    for key, measured in RELEASE_MEASURED.items():
+        row: dict[str, Any] = {"release_measured": measured}
+        for name, arm in arms.items():
+            value = arm[key]
+            if key == "search_seconds_per_epoch":
+                value = round(value * RELEASE_SEARCH_SEQUENCES / arm["search_windows"], 2)
+                row[name] = value
+                row[f"{name}_beats"] = value < measured
+            else:
+                row[name] = value
+                row[f"{name}_beats"] = value is not None and value > measured
+        table[key] = row
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="runs/release-settings")
+    parser.add_argument("--teacher", default=None, help="reuse a finished teacher run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    base = yaml.safe_load((ROOT / "configs" / "ml-100k.yaml").read_text())
+    teacher_preset = ROOT / "configs" / "paper-nextitnet.yaml"
+    common = ["data.dataset=ml-100k", "run.baselines=[]", *args.overrides]
+    cfg = load_config(teacher_preset, common, base=base)
+    teacher_dir = Path(args.teacher) if args.teacher else out / "teacher"
+    if not (teacher_dir / "metrics.json").exists():
+        train_teacher(cfg, teacher_dir, args.quiet, resume=True)
+    windows = len(load_stage_data(cfg).train)
+    arms = {}
+    for name, extra in (("release", release_overrides()), ("adarec", [])):
+        arm_cfg = load_config(teacher_preset, [*common, *extra], base=base)
+        report = run_pipeline(arm_cfg, out / name, teacher_dir, baselines=[], quiet=args.quiet)
+        arms[name] = arm_summary(out / name, report, windows)
+        arms[name]["overrides"] = extra
+        print(
+            f"{name}: full ratio {arms[name]['full_ndcg10_ratio']}, "
+            f"sampled ratio {arms[name]['sampled_ndcg10_ratio']}, "
+            f"latency x{arms[name]['latency_ratio_1']} @1 / x{arms[name]['latency_ratio_256']} "
+            f"@256, {arms[name]['search_seconds_per_epoch']} s per search epoch"
+        )
+    result = {
+        "command": " ".join(["python benchmarks/release_settings.py", *sys.argv[1:]]),
+        "machine": report["machine"],
+        "threads": report["threads"],
+        "date": report["date"],
+        "teacher": {"preset": "configs/paper-nextitnet.yaml over configs/ml-100k.yaml"},
+        "arms": arms,
+        "release_measured": RELEASE_MEASURED,
+        "comparison": compare(arms),
+    }
+    atomic_write_json(RESULT, result)
+    print(f"wrote {RESULT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
