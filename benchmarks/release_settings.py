@@ -18,7 +18,9 @@ cell identically (the ml-100k student schedule), so the search settings are the 
 difference. Writes benchmarks/results/release_settings.json: per arm the sampled and
 full-ranking student/teacher NDCG@10 ratios, total and body parameter ratios, batch-1 and
 batch-256 latency ratios (teacher and student timed in one process, same threads, same
-histories) and seconds per search epoch; beside them what the release itself measured on
+histories) and seconds per search epoch (search steps of both arms timed interleaved in one
+process, times the steps of an epoch; the in-run epoch times are kept beside them, but they
+depend on what else the machine ran); beside them what the release itself measured on
 this kind of machine (METHOD.md) and, per figure, whether each arm beats it.
 Finished stages are reused, so the script can be interrupted and rerun.
 """
@@ -26,18 +28,25 @@ Finished stages are reused, so the script can be interrupted and rerun.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from adarec.config import load_config
+from adarec.config import Config, load_config
 from adarec.io import atomic_write_json, read_json
+from adarec.nas.architect import Architect
 from adarec.pipeline.common import load_stage_data
 from adarec.pipeline.run import run_pipeline
+from adarec.pipeline.search import build_supernet, search_cost_model, search_costs
 from adarec.pipeline.teacher import train_teacher
+from adarec.runs import load_run_model
+from adarec.train.distill_stage import DistillStage
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "release_settings.json"
@@ -91,7 +100,9 @@ def arm_summary(out: Path, report: dict[str, Any], windows: int) -> dict[str, An
     training windows per search epoch)."""
     teacher, student = report["teacher"], report["student"]
     history = read_json(out / "search" / "history.json")
-    epoch_seconds = [row["seconds"] for row in history]
+    # The history's seconds are cumulative; an epoch's are the differences.
+    totals = [row["seconds"] for row in history]
+    epoch_seconds = [b - a for a, b in zip([0.0, *totals], totals, strict=False)]
     ratio = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
     latency = report["latency_ms"]
     return {
@@ -113,11 +124,63 @@ def arm_summary(out: Path, report: dict[str, Any], windows: int) -> dict[str, An
         "latency_ratio_1": report["speedup"]["1"],
         "latency_ratio_256": report["speedup"]["256"],
         "search_epochs": len(history),
-        "search_seconds_per_epoch": round(statistics.median(epoch_seconds), 2),
+        "search_seconds_per_epoch_in_run": round(statistics.median(epoch_seconds), 2),
         "search_windows": windows,
         "alpha_max_prob": report["search"].get("max_prob_last"),
         "decided_edges": report["search"].get("decided_edges_last"),
     }
+
+
+def timed_search_epochs(
+    cfgs: dict[str, Config], teacher_dir: Path, steps: int
+) -> dict[str, dict[str, float]]:
+    """Seconds per search epoch of each arm, timed in this process on the same windows,
+    steps of the arms interleaved (so that other load on a shared machine hits both alike):
+    the median seconds of a search step (supernet, architect past its warm-up, teacher,
+    distillation) times the steps of an epoch."""
+    device = torch.device("cpu")
+    first = next(iter(cfgs.values()))
+    stage_data = load_stage_data(first)
+    num_items = stage_data.data.num_items
+    teacher, _ = load_run_model(teacher_dir, device)
+    teacher.eval()
+    stages, batches = {}, {}
+    for name, cfg in cfgs.items():
+        torch.manual_seed(cfg.seed)
+        supernet = build_supernet(cfg, num_items)
+        costs, stats = search_costs(cfg)
+        cost_model = None
+        if cfg.search.cost_form != "paper":
+            cost_model = search_cost_model(cfg, num_items, teacher, stats)
+        architect = Architect(supernet, cfg.search, cfg.seed, cost_model, costs)
+        stage = DistillStage(supernet, teacher, cfg.search, cfg.search, device, cfg.seed, architect)
+        stage.on_epoch_start(architect.warmup_epochs)
+        stages[name] = (stage, architect.warmup_epochs)
+        loader = torch.utils.data.DataLoader(
+            stage_data.train,
+            batch_size=cfg.search.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(0),
+        )
+        batches[name] = list(itertools.islice(loader, steps + 1))
+    seconds: dict[str, list[float]] = {name: [] for name in cfgs}
+    for step in range(steps + 1):
+        for name, (stage, epoch) in stages.items():
+            start = time.perf_counter()
+            stage.train_step(batches[name][step], epoch, step)
+            if step:  # the first step of each arm warms up
+                seconds[name].append(time.perf_counter() - start)
+    result = {}
+    for name, cfg in cfgs.items():
+        per_step = statistics.median(seconds[name])
+        steps_per_epoch = -(-len(stage_data.train) // cfg.search.batch_size)
+        result[name] = {
+            "seconds_per_step": round(per_step, 4),
+            "steps_per_epoch": steps_per_epoch,
+            "seconds_per_epoch": round(per_step * steps_per_epoch, 2),
+            "timed_steps": steps,
+        }
+    return result
 
 
 def compare(arms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -144,6 +207,9 @@ def main() -> int:
     parser.add_argument("--out", default="runs/release-settings")
     parser.add_argument("--teacher", default=None, help="reuse a finished teacher run")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument(
+        "--time-steps", type=int, default=12, help="search steps per arm to time (interleaved)"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -155,12 +221,16 @@ def main() -> int:
     if not (teacher_dir / "metrics.json").exists():
         train_teacher(cfg, teacher_dir, args.quiet, resume=True)
     windows = len(load_stage_data(cfg).train)
-    arms = {}
+    arms, cfgs = {}, {}
     for name, extra in (("release", release_overrides()), ("adarec", [])):
-        arm_cfg = load_config(teacher_preset, [*common, *extra], base=base)
-        report = run_pipeline(arm_cfg, out / name, teacher_dir, baselines=[], quiet=args.quiet)
+        cfgs[name] = load_config(teacher_preset, [*common, *extra], base=base)
+        report = run_pipeline(cfgs[name], out / name, teacher_dir, baselines=[], quiet=args.quiet)
         arms[name] = arm_summary(out / name, report, windows)
         arms[name]["overrides"] = extra
+    for name, timing in timed_search_epochs(cfgs, teacher_dir, args.time_steps).items():
+        arms[name]["search_seconds_per_epoch"] = timing["seconds_per_epoch"]
+        arms[name]["search_step_timing"] = timing
+    for name in arms:
         print(
             f"{name}: full ratio {arms[name]['full_ndcg10_ratio']}, "
             f"sampled ratio {arms[name]['sampled_ndcg10_ratio']}, "
@@ -171,6 +241,7 @@ def main() -> int:
         "command": " ".join(["python benchmarks/release_settings.py", *sys.argv[1:]]),
         "machine": report["machine"],
         "threads": report["threads"],
+        "threads_search_timing": torch.get_num_threads(),
         "date": report["date"],
         "teacher": {"preset": "configs/paper-nextitnet.yaml over configs/ml-100k.yaml"},
         "arms": arms,
