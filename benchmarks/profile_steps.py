@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from adarec.config import load_config
+from adarec.config import Config, load_config
 from adarec.evaluate.latency import machine_description
 from adarec.io import atomic_write_json
 from adarec.nas.architect import Architect
@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _batches(windows: torch.utils.data.Dataset, batch_size: int, count: int) -> list:
+def training_batches(windows: torch.utils.data.Dataset, batch_size: int, count: int) -> list:
+    """The first ``count`` batches of shuffled training windows (fixed shuffle seed)."""
     generator = torch.Generator().manual_seed(0)
     loader = torch.utils.data.DataLoader(
         windows, batch_size=batch_size, shuffle=True, generator=generator
@@ -51,6 +52,24 @@ def _batches(windows: torch.utils.data.Dataset, batch_size: int, count: int) -> 
         if len(batches) == count:
             break
     return batches
+
+
+def search_stage(
+    cfg: Config, num_items: int, teacher: torch.nn.Module, device: torch.device
+) -> tuple[DistillStage, int]:
+    """The search stage as ``adarec search`` builds it (supernet, architect with the
+    budget's cost model or the paper's cost table, distillation), started at the first
+    epoch in which alpha moves; returns the stage and that epoch."""
+    torch.manual_seed(cfg.seed)
+    supernet = build_supernet(cfg, num_items)
+    costs, stats = search_costs(cfg)
+    cost_model = None
+    if cfg.search.use_cost and cfg.search.cost_form != "paper":
+        cost_model = search_cost_model(cfg, num_items, teacher, stats)
+    architect = Architect(supernet, cfg.search, cfg.seed, cost_model, costs)
+    stage = DistillStage(supernet, teacher, cfg.search, cfg.search, device, cfg.seed, architect)
+    stage.on_epoch_start(architect.warmup_epochs)
+    return stage, architect.warmup_epochs
 
 
 def _time_steps(stage: Any, batches: list, epoch: int) -> dict[str, Any]:
@@ -112,15 +131,9 @@ def main() -> int:
     teacher.eval()
 
     # Search: supernet, architect past its warm-up (so alpha steps too), distillation.
-    supernet = build_supernet(cfg, num_items)
-    _, stats = search_costs(cfg)
-    architect = Architect(
-        supernet, cfg.search, cfg.seed, search_cost_model(cfg, num_items, teacher, stats)
-    )
-    search = DistillStage(supernet, teacher, cfg.search, cfg.search, device, cfg.seed, architect)
-    search.on_epoch_start(architect.warmup_epochs)
-    batches = _batches(stage_data.train, cfg.search.batch_size, args.steps + 1)
-    result = {"search": _time_steps(search, batches, architect.warmup_epochs)}
+    search, epoch = search_stage(cfg, num_items, teacher, device)
+    batches = training_batches(stage_data.train, cfg.search.batch_size, args.steps + 1)
+    result = {"search": _time_steps(search, batches, epoch)}
     result["search"]["teacher_forward_seconds"] = _teacher_seconds(teacher, batches)
 
     # Retraining: the derived (or cheapest) cell with the configured loss.
@@ -135,7 +148,7 @@ def main() -> int:
     else:
         retrain = SupervisedStage(student, cfg.student, device, cfg.amp)
     retrain.on_epoch_start(0)
-    batches = _batches(stage_data.train, cfg.student.batch_size, args.steps + 1)
+    batches = training_batches(stage_data.train, cfg.student.batch_size, args.steps + 1)
     result["retrain"] = _time_steps(retrain, batches, 0)
     result["retrain"]["loss"] = cfg.student.loss
 

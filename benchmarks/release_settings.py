@@ -28,7 +28,6 @@ Finished stages are reused, so the script can be interrupted and rerun.
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import sys
 import time
@@ -37,16 +36,14 @@ from typing import Any
 
 import torch
 import yaml
+from profile_steps import search_stage, training_batches  # benchmarks/, beside this script
 
 from adarec.config import Config, load_config
 from adarec.io import atomic_write_json, read_json
-from adarec.nas.architect import Architect
-from adarec.pipeline.common import load_stage_data
+from adarec.pipeline.common import StageData, load_stage_data
 from adarec.pipeline.run import run_pipeline
-from adarec.pipeline.search import build_supernet, search_cost_model, search_costs
 from adarec.pipeline.teacher import train_teacher
 from adarec.runs import load_run_model
-from adarec.train.distill_stage import DistillStage
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "release_settings.json"
@@ -132,37 +129,20 @@ def arm_summary(out: Path, report: dict[str, Any], windows: int) -> dict[str, An
 
 
 def timed_search_epochs(
-    cfgs: dict[str, Config], teacher_dir: Path, steps: int
+    cfgs: dict[str, Config], stage_data: StageData, teacher_dir: Path, steps: int
 ) -> dict[str, dict[str, float]]:
     """Seconds per search epoch of each arm, timed in this process on the same windows,
     steps of the arms interleaved (so that other load on a shared machine hits both alike):
     the median seconds of a search step (supernet, architect past its warm-up, teacher,
-    distillation) times the steps of an epoch."""
+    distillation; built as ``benchmarks/profile_steps.py`` does) times the steps of an
+    epoch."""
     device = torch.device("cpu")
-    first = next(iter(cfgs.values()))
-    stage_data = load_stage_data(first)
-    num_items = stage_data.data.num_items
     teacher, _ = load_run_model(teacher_dir, device)
     teacher.eval()
     stages, batches = {}, {}
     for name, cfg in cfgs.items():
-        torch.manual_seed(cfg.seed)
-        supernet = build_supernet(cfg, num_items)
-        costs, stats = search_costs(cfg)
-        cost_model = None
-        if cfg.search.cost_form != "paper":
-            cost_model = search_cost_model(cfg, num_items, teacher, stats)
-        architect = Architect(supernet, cfg.search, cfg.seed, cost_model, costs)
-        stage = DistillStage(supernet, teacher, cfg.search, cfg.search, device, cfg.seed, architect)
-        stage.on_epoch_start(architect.warmup_epochs)
-        stages[name] = (stage, architect.warmup_epochs)
-        loader = torch.utils.data.DataLoader(
-            stage_data.train,
-            batch_size=cfg.search.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(0),
-        )
-        batches[name] = list(itertools.islice(loader, steps + 1))
+        stages[name] = search_stage(cfg, stage_data.data.num_items, teacher, device)
+        batches[name] = training_batches(stage_data.train, cfg.search.batch_size, steps + 1)
     seconds: dict[str, list[float]] = {name: [] for name in cfgs}
     for step in range(steps + 1):
         for name, (stage, epoch) in stages.items():
@@ -193,11 +173,10 @@ def compare(arms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             value = arm[key]
             if key == "search_seconds_per_epoch":
                 value = round(value * RELEASE_SEARCH_SEQUENCES / arm["search_windows"], 2)
-                row[name] = value
-                row[f"{name}_beats"] = value < measured
+                beats = value < measured
             else:
-                row[name] = value
-                row[f"{name}_beats"] = value is not None and value > measured
+                beats = value is not None and value > measured
+            row[name], row[f"{name}_beats"] = value, beats
         table[key] = row
     return table
 
@@ -220,14 +199,15 @@ def main() -> int:
     teacher_dir = Path(args.teacher) if args.teacher else out / "teacher"
     if not (teacher_dir / "metrics.json").exists():
         train_teacher(cfg, teacher_dir, args.quiet, resume=True)
-    windows = len(load_stage_data(cfg).train)
+    stage_data = load_stage_data(cfg)
+    windows = len(stage_data.train)
     arms, cfgs = {}, {}
     for name, extra in (("release", release_overrides()), ("adarec", [])):
         cfgs[name] = load_config(teacher_preset, [*common, *extra], base=base)
         report = run_pipeline(cfgs[name], out / name, teacher_dir, baselines=[], quiet=args.quiet)
         arms[name] = arm_summary(out / name, report, windows)
         arms[name]["overrides"] = extra
-    for name, timing in timed_search_epochs(cfgs, teacher_dir, args.time_steps).items():
+    for name, timing in timed_search_epochs(cfgs, stage_data, teacher_dir, args.time_steps).items():
         arms[name]["search_seconds_per_epoch"] = timing["seconds_per_epoch"]
         arms[name]["search_step_timing"] = timing
     for name in arms:
