@@ -53,6 +53,8 @@ def main() -> int:
         "targets": report["targets"],
         "speedup": report["speedup"],
         "latency_ms": report["latency_ms"],
+        "speedup_by_backend": report["speedup_by_backend"],
+        "latency_ms_by_backend": report["latency_ms_by_backend"],
         "seconds": report["seconds"],
         "search": report["search"],
         "architecture": report["student"]["architecture"],

@@ -58,6 +58,8 @@ def test_unknown_key_names_the_closest_valid_key(tmp_path: Path):
         ("eval.ks=[]", "eval.ks"),
         ("data.sep=ab", "data.sep"),
         ("model.dilations=[1,", "cannot read"),
+        ("bench.backends=[torchscript]", "bench.backends"),
+        ("bench.backends=[eager,tflite]", "bench.backends"),
     ],
 )
 def test_bad_values_are_user_errors(item: str, message: str):

@@ -175,6 +175,9 @@ class BenchConfig:
     repeats: int = 30
     warmup: int = 5
     threads: int = 0  # 0: leave torch's default
+    # The pipeline's report times every model under each (eager PyTorch, and the exported
+    # TorchScript graph a service would load); adarec bench takes its own --backends.
+    backends: list[str] = field(default_factory=lambda: ["eager", "torchscript"])
 
 
 @dataclass
@@ -507,6 +510,12 @@ def validate(cfg: Config) -> None:
     for key in ("model.dilations", "eval.ks", "bench.batch_sizes"):
         if not _value(cfg, key):
             raise UserError(f"config key '{key}' must hold at least one value")
+    backends = cfg.bench.backends
+    if "eager" not in backends or any(b not in ("eager", "torchscript", "onnx") for b in backends):
+        raise UserError(
+            "config key 'bench.backends' must list eager and, if wanted, torchscript and "
+            f"onnx; got {backends!r}"
+        )
     if not DEVICE_PATTERN.fullmatch(cfg.device):
         raise UserError(
             f"config key 'device' must be auto, cpu, cuda or cuda:N; got {cfg.device!r}"

@@ -151,7 +151,10 @@ def test_receptive_field_follows_the_longest_chain_of_reaches():
 
 @pytest.mark.parametrize(
     "genotype",
-    [Genotype("causal", POOLING_CELL, cells=2, width=WIDTH)]
+    [
+        Genotype("causal", POOLING_CELL, cells=2, width=WIDTH),
+        Genotype("causal", (((0, "causal_dil_conv5"),), ((0, "skip"), (1, "none"))), 4, WIDTH),
+    ]
     + [
         random_genotype(op_set, 3, 2, WIDTH, seed)
         for op_set in ("causal", "paper")
@@ -171,6 +174,20 @@ def test_prediction_from_the_receptive_field_equals_the_whole_history(genotype):
         whole = student.logits(student(items).output[:, -1, :])
         windowed = student.full_sort_predict(items)
     torch.testing.assert_close(windowed, whole, atol=1e-5, rtol=0)
+
+
+def test_each_cell_computes_only_the_positions_later_cells_read():
+    genotype = Genotype("causal", POOLING_CELL, cells=4, width=WIDTH)
+    assert genotype.cell_reach() == 6
+    student = Student(NUM_ITEMS, 40, genotype, dropout=0.0).eval()
+    items = random_items(2, 40, seed=5)
+    with torch.no_grad():
+        trimmed = student.run_cells(items, lambda c, x, m: c(x, m), trim=genotype.cell_reach())
+        whole = student(items)
+    # Cell k of 4 keeps (4 - k) * 6 + 1 positions: 25, 19, 13, 7 (not 4 x 40).
+    assert [h.shape[1] for h in trimmed.hidden_states] == [25, 19, 13, 7]
+    # Only the last cell's last position is exact; it is what inference reads.
+    torch.testing.assert_close(trimmed.output[:, -1], whole.output[:, -1], atol=1e-5, rtol=0)
 
 
 def test_the_pooling_student_reads_only_its_window():

@@ -1,4 +1,4 @@
-"""Report helpers: the searched-vs-random comparison is computed correctly."""
+"""Report helpers: the searched-vs-random comparison and the targets are computed correctly."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from adarec.pipeline.report import paired_standard_error, searched_vs_random
+from adarec.pipeline.report import check_targets, paired_standard_error, searched_vs_random
 
 
 def _metrics(ndcg: float, se: float | None = None) -> dict:
@@ -81,3 +81,36 @@ def test_significance_needs_two_standard_errors():
     randoms = [_metrics(v) for v in (0.20, 0.21, 0.22)]  # mean 0.21, se 0.01 / sqrt(3)
     assert searched_vs_random(_metrics(0.215), randoms)["significant"] is False
     assert searched_vs_random(_metrics(0.23), randoms)["significant"] is True
+
+
+def _model(ndcg: float, body_params: int) -> dict:
+    return {"test": {"full": {"NDCG@10": ndcg}}, "params": {"body": body_params}}
+
+
+def test_speedup_targets_take_the_backend_that_does_best_per_batch():
+    teacher, student = _model(0.20, 1000), _model(0.19, 50)
+    speedups = {
+        "eager": {"1": 1.3, "256": 8.0},
+        "torchscript": {"1": 2.4, "256": 6.0},
+    }
+    t = check_targets(teacher, student, speedups)
+    assert t["ndcg_ratio"] == 0.95 and t["ndcg_ratio_met"]
+    assert t["body_params_ratio"] == 20.0 and t["body_params_ratio_met"]
+    assert (t["speedup_256"], t["speedup_256_backend"], t["speedup_256_met"]) == (
+        8.0,
+        "eager",
+        True,
+    )
+    assert (t["speedup_1"], t["speedup_1_backend"], t["speedup_1_met"]) == (
+        2.4,
+        "torchscript",
+        True,
+    )
+    assert t["speedup_met"]
+    # Eager alone misses batch 1's 2x: the speed-ups are then not all met.
+    eager_only = check_targets(teacher, student, {"eager": speedups["eager"]})
+    assert not eager_only["speedup_1_met"] and not eager_only["speedup_met"]
+    # A batch size that was not measured has no target line.
+    large_only = check_targets(teacher, student, {"eager": {"256": 3.0}})
+    assert "speedup_1" not in large_only
+    assert large_only["speedup_256_target"] == 5.0 and not large_only["speedup_met"]

@@ -62,18 +62,26 @@ class CellNetwork(SequentialRecommender):
         items: torch.Tensor,
         cell_forward: Callable[[Cell, torch.Tensor, torch.Tensor], torch.Tensor],
         positions: torch.Tensor | None = None,
+        trim: int | None = None,
     ) -> SeqOutput:
         """Embed, then ``cell_forward(cell, x, mask)`` for every cell; mask: [B, L, 1].
 
         ``positions``: the items' position indices when ``items`` is the tail of a longer
-        history (default: counted within ``items``).
+        history (default: counted within ``items``). ``trim``: how far back one cell reads
+        (``Genotype.cell_reach``), when only the last position's output is wanted: cell k
+        of K then runs on its input's last (K - k) * trim + 1 positions. Its outputs at the
+        first ``trim`` of them are wrong (the cut reads as padding) and are exactly the ones
+        the next cut drops, so the last output is unchanged; the hidden states shrink.
         """
         h = self.item_embedding(items) + self.position_embedding(items, positions)
         mask = padding_mask(items).unsqueeze(-1).to(h.dtype)
         h = self.embedding_dropout(h) * mask
         embedding = h
         hidden_states = []
-        for cell in self.cells:
+        for k, cell in enumerate(self.cells):
+            if trim is not None:
+                keep = (len(self.cells) - k) * trim + 1
+                h, mask = h[:, -keep:], mask[:, -keep:]
             h = cell_forward(cell, h, mask) * mask
             hidden_states.append(h)
         return SeqOutput(embedding=embedding, hidden_states=hidden_states, output=h)

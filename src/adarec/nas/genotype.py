@@ -33,20 +33,25 @@ class Genotype:
     cells: int
     width: int
 
-    def receptive_field(self) -> int:
-        """How many of the latest positions a student's last output depends on.
-
-        The longest chain of op reaches through the cell DAG ("none" edges carry nothing),
-        times the number of cells, plus the position itself. Attention has no such bound;
-        a cell network of pooling and convolutions does, which lets inference read only
-        this many items (``Student.full_sort_predict``).
-        """
+    def cell_reach(self) -> int:
+        """How far back one cell reads: the longest chain of op reaches through its DAG
+        ("none" edges carry nothing). A cell's output at t depends on its input at
+        t - cell_reach .. t alone."""
         reach = [0]  # the cell input
         for edges in self.nodes:
             reach.append(
                 max((reach[i] + left_reach(op) for i, op in edges if op != "none"), default=0)
             )
-        return self.cells * max(reach) + 1
+        return max(reach)
+
+    def receptive_field(self) -> int:
+        """How many of the latest positions a student's last output depends on.
+
+        The cell's reach times the number of cells, plus the position itself. Attention has
+        no such bound; a cell network of pooling and convolutions does, which lets inference
+        read only this many items (``Student.full_sort_predict``).
+        """
+        return self.cells * self.cell_reach() + 1
 
 
 def input_name(index: int) -> str:

@@ -125,9 +125,14 @@ class PoolOp(nn.Module):
             padded = F.pad(x, (0, 0, 2, 0))
             now, prev, prev2 = padded[:, 2:], padded[:, 1:-1], padded[:, :-2]
             if self.kind == "max":
-                # One reduction over the stacked views: forward + backward 3x faster than two
-                # pairwise maxima, whose backward (masked fills and wheres) took a third of a
-                # retraining step of the ml-1m pooling student (benchmarks/profile_steps.py).
+                if not x.requires_grad:
+                    # Inference: two pairwise maxima copy nothing; 1.8x faster than the
+                    # stack below at batch 256 (measured on a [256, 25, 64] input).
+                    return torch.maximum(torch.maximum(now, prev), prev2)
+                # Training: one reduction over the stacked views, forward + backward 3x
+                # faster than two pairwise maxima, whose backward (masked fills and wheres)
+                # took a third of a retraining step of the ml-1m pooling student
+                # (benchmarks/profile_steps.py).
                 return torch.stack((now, prev, prev2)).amax(dim=0)
             return (now + prev + prev2) / 3.0
         x = x.transpose(1, 2)

@@ -68,6 +68,7 @@ class Student(CellNetwork):
         self.genotype = genotype
         # The last position depends on this many latest items only (no attention).
         self.window = genotype.receptive_field()
+        self.reach = genotype.cell_reach()
 
     def to_spec(self) -> dict[str, Any]:
         return {
@@ -91,13 +92,17 @@ class Student(CellNetwork):
 
         Exactly equal to running the whole history: the last output never reads items
         before the window, and the window keeps the items' position indices. Inference
-        cost then scales with the receptive field, not with ``max_len``.
+        cost then scales with the receptive field, not with ``max_len``; and each cell
+        computes only the positions that later cells still read (``run_cells``'s
+        ``trim``), about half of cells x window.
         """
         # A slice longer than the history keeps all of it: no shape-dependent branch, so
         # the method traces for export.
         positions = item_positions(items)[:, -self.window :]
-        output = self.forward(items[:, -self.window :], positions).output
-        return self.logits(output[:, -1, :])
+        output = self.run_cells(
+            items[:, -self.window :], lambda c, x, m: c(x, m), positions, trim=self.reach
+        )
+        return self.logits(output.output[:, -1, :])
 
 
 def inherit_weights(student: Student, supernet: Supernet) -> int:

