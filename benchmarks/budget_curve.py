@@ -78,6 +78,11 @@ def finished(run_dir: Path) -> bool:
 def train_points(cfg: Config, run: Path, out: Path, args: argparse.Namespace) -> None:
     """Search and retrain (or derive and retrain) every requested budget not done yet."""
     teacher_dir = run / "teacher"
+    needs = [teacher_dir] if args.searched else []
+    needs += [run / "search"] if args.derived else []
+    for stage in needs:
+        if not finished(stage):
+            raise UserError(f"{stage} is not finished: run benchmarks/adarec_pipeline.py first")
     for budget in args.searched:
         variant = copy.deepcopy(cfg)
         variant.search.budget = budget
@@ -252,8 +257,6 @@ def main() -> int:
     try:
         for b in [*args.searched, *args.derived]:
             parse_budget(b)
-        if not finished(run / "student"):
-            raise UserError(f"{run} is not a finished pipeline run (no student/metrics.json)")
         setup_logging(out, args.quiet)
         train_points(cfg, run, out, args)
         if args.no_measure:
