@@ -33,7 +33,7 @@ from adarec.evaluate.latency import machine_description
 from adarec.io import atomic_write_json, read_json
 from adarec.nas.budget import CostModel, derive_within_budget
 from adarec.nas.genotype import Genotype, genotype_to_text
-from adarec.pipeline.evaluate import evaluate_run
+from adarec.pipeline.evaluate import excluded_seen_test
 from adarec.pipeline.search import SUPERNET_FILE, run_search
 from adarec.pipeline.student import run_student
 from adarec.plots import save_figure
@@ -127,16 +127,6 @@ def points(run: Path, out: Path, searched: list[str], derived: list[str]) -> dic
     return result
 
 
-def excluded_seen(run_dir: Path) -> dict[str, Any]:
-    """Test metrics with the user's history items left out of the ranking (cached)."""
-    path = run_dir / "evaluation.json"
-    if path.exists():
-        saved = read_json(path)
-        if saved["test"].get("exclude_seen"):
-            return saved["test"]
-    return evaluate_run(run_dir, exclude_seen=True)["test"]
-
-
 def summarise(
     cfg: Config, run: Path, curve: dict[str, dict], repeats: int, warmup: int
 ) -> dict[str, Any]:
@@ -156,7 +146,7 @@ def summarise(
     teacher = read_metrics(dirs["teacher"])
     t_full = teacher["test"]["full"]["NDCG@10"]
     t_sampled = teacher["test"]["sampled"]["NDCG@10"]
-    t_unseen = excluded_seen(dirs["teacher"])["full"]["NDCG@10"]
+    t_unseen = excluded_seen_test(dirs["teacher"])["full"]["NDCG@10"]
     latency = {
         label: {b: {k: v["median_ms"] for k, v in per[b].items()} for b in BACKENDS}
         for label, per in measured.latency.items()
@@ -176,7 +166,7 @@ def summarise(
     for label, p in curve.items():
         m = read_metrics(p["dir"])
         full = m["test"]["full"]["NDCG@10"]
-        unseen = excluded_seen(p["dir"])["full"]["NDCG@10"]
+        unseen = excluded_seen_test(p["dir"])["full"]["NDCG@10"]
         sampled = m["test"]["sampled"]["NDCG@10"]
         se = m["test"].get("standard_error", {}).get("full", {}).get("NDCG@10")
         model, _ = load_run_model(p["dir"], "cpu")

@@ -68,3 +68,16 @@ def test_resume_finishes_an_interrupted_run(tmp_path: Path):
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1]
     assert metrics["epochs"] == 2
+
+
+def test_excluded_seen_test_metrics_are_evaluated_once(tmp_path: Path, monkeypatch):
+    import adarec.pipeline.evaluate as evaluate_module
+
+    run = tmp_path / "sasrec"
+    train_teacher(tiny_config("model.name=sasrec"), run, quiet=True)
+    evaluate_run(run)  # an evaluation.json without seen items excluded is not reused
+    first = evaluate_module.excluded_seen_test(run)
+    assert first["exclude_seen"] is True
+    # Once written, the excluded-seen metrics are read back, not computed again.
+    monkeypatch.setattr(evaluate_module, "evaluate_run", lambda *a, **k: pytest.fail("again"))
+    assert evaluate_module.excluded_seen_test(run) == json.loads(json.dumps(first))

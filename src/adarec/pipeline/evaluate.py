@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from adarec.io import read_json
 from adarec.pipeline.common import (
     StageData,
     final_metrics,
@@ -47,3 +48,14 @@ def evaluate_run(run_dir: Path, exclude_seen: bool = False) -> dict[str, Any]:
             write_test_ranks(run_dir, ranks)
         atomic_write_json(run_dir / "evaluation.json", metrics)
     return metrics
+
+
+def excluded_seen_test(run_dir: Path) -> dict[str, Any]:
+    """The run's test metrics with the user's history items left out of the ranking:
+    ``evaluation.json`` when it holds them already, else a fresh ``evaluate_run``."""
+    path = Path(run_dir) / "evaluation.json"
+    if path.exists():
+        saved = read_json(path)
+        if saved.get("test", {}).get("exclude_seen"):
+            return saved["test"]
+    return evaluate_run(run_dir, exclude_seen=True)["test"]
