@@ -2,13 +2,15 @@
 
 Usage: python benchmarks/budget_curve.py --dataset ml-1m [--run runs/bench-adarec-ml-1m]
        [--searched 2x ...] [--derived 10x ...] [--out RUN/budgets] [--set key=value ...]
-       [--no-measure] [--quiet]
+       [--student LABEL=RUN_DIR ...] [--no-measure] [--quiet]
 
 Builds on a finished ``benchmarks/adarec_pipeline.py`` run (its teacher, search and student:
 the point at the pipeline's own budget). Every budget in ``--searched`` gets its own search
 with the pipeline's teacher and config (only ``search.budget`` changed) and its retraining.
 Every budget in ``--derived`` is cheaper and approximate: the pipeline search's architecture
-weights derived again and repaired to that budget (no new search), then retrained. Then the
+weights derived again and repaired to that budget (no new search), then retrained.
+``--student LABEL=RUN_DIR`` adds a student retrained from the pipeline's search another way
+(e.g. ``adarec finetune --set student.loss=ce``). Then the
 teacher and every student are timed in one process on the same real histories (eager and
 TorchScript, batch 1 and 256) and evaluated with seen items excluded beside the headline.
 Writes benchmarks/results/budget_curve_DATASET.json and budget_curve_DATASET.png. Finished
@@ -37,7 +39,7 @@ from adarec.pipeline.evaluate import excluded_seen_test
 from adarec.pipeline.search import SUPERNET_FILE, run_search
 from adarec.pipeline.student import run_student
 from adarec.plots import save_figure
-from adarec.runs import load_run_model, read_metrics
+from adarec.runs import load_run_config, load_run_model, read_metrics
 from adarec.runtime.logs import setup_logging
 from adarec.serve.measure import measure_runs
 
@@ -99,8 +101,11 @@ def train_points(cfg: Config, run: Path, out: Path, args: argparse.Namespace) ->
         run_student(cfg, student_dir, run / "search", args.quiet, resume=True, genotype=genotype)
 
 
-def points(run: Path, out: Path, searched: list[str], derived: list[str]) -> dict[str, dict]:
-    """{label: {"dir", "kind", "budget", "search"}} of every student on the curve."""
+def points(
+    run: Path, out: Path, searched: list[str], derived: list[str], extra: list[str]
+) -> dict[str, dict]:
+    """{label: {"dir", "kind", "budget", "search"}} of every student on the curve; ``extra``:
+    "LABEL=RUN_DIR" students retrained from the pipeline's search some other way."""
     own = search_cost_model(run / "search").budget
     result = {
         f"{own} (pipeline)": {
@@ -122,6 +127,16 @@ def points(run: Path, out: Path, searched: list[str], derived: list[str]) -> dic
             "dir": out / f"derived-{b}" / "student",
             "kind": "derived from the pipeline's search",
             "budget": b,
+            "search": run / "search",
+        }
+    for item in extra:
+        label, sep, run_dir = item.partition("=")
+        if not sep or not label or not run_dir:
+            raise UserError(f"--student takes LABEL=RUN_DIR; got {item!r}")
+        result[label] = {
+            "dir": Path(run_dir),
+            "kind": "retrained from the pipeline's search",
+            "budget": own,
             "search": run / "search",
         }
     return result
@@ -171,11 +186,12 @@ def summarise(
         se = m["test"].get("standard_error", {}).get("full", {}).get("NDCG@10")
         model, _ = load_run_model(p["dir"], "cpu")
         target = search_cost_model(p["search"])
-        if p["kind"] != "searched":
+        if p["kind"].startswith("derived"):
             target = rederived_genotype(p["search"], p["budget"])[1]
         models[label] = {
             "kind": p["kind"],
             "budget": p["budget"],
+            "retraining_loss": load_run_config(p["dir"]).student.loss,
             "run_dir": str(p["dir"]),
             "cell": genotype_to_text(model.genotype),
             "modelled_macs": target.of_genotype(model.genotype),
@@ -234,6 +250,9 @@ def main() -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--searched", nargs="*", default=[])
     parser.add_argument("--derived", nargs="*", default=[])
+    parser.add_argument(
+        "--student", dest="extra", action="append", default=[], help="LABEL=RUN_DIR, repeated"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
@@ -251,7 +270,7 @@ def main() -> int:
         train_points(cfg, run, out, args)
         if args.no_measure:
             return 0
-        curve = points(run, out, args.searched, args.derived)
+        curve = points(run, out, args.searched, args.derived, args.extra)
         models = summarise(cfg, run, curve, args.repeats, args.warmup)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
