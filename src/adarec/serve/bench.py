@@ -24,10 +24,14 @@ from adarec.serve.predictor import BACKENDS
 
 
 def _labels(names: list[str], run_dirs: list[Path]) -> list[str]:
-    """Model names, with the directory added where two runs share a name."""
-    return [
+    """Model names, with the directory added where two runs share a name, and the run's
+    position where their directories share a name too (two ``.../student``)."""
+    labels = [
         name if names.count(name) == 1 else f"{name}:{run_dir.name}"
         for name, run_dir in zip(names, run_dirs, strict=True)
+    ]
+    return [
+        label if labels.count(label) == 1 else f"{label}#{i + 1}" for i, label in enumerate(labels)
     ]
 
 
