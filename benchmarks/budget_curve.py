@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from adarec.runtime.logs import setup_logging
 from adarec.serve.measure import measure_runs
 
 ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("adarec")
 RESULTS = ROOT / "benchmarks" / "results"
 BACKENDS = ("eager", "torchscript")
 
@@ -56,13 +58,18 @@ def search_cost_model(search_dir: Path) -> CostModel:
     return CostModel(**budget)
 
 
-def rederived_genotype(search_dir: Path, budget: str) -> tuple[Genotype, CostModel, list[str]]:
-    """The search's architecture weights derived again under ``budget`` (a speed-up)."""
+def rederived_cost_model(search_dir: Path, budget: str) -> CostModel:
+    """The search's cost model with its target moved to ``budget`` (a speed-up)."""
     base = search_cost_model(search_dir)
     parsed = parse_budget(budget)
     if parsed.kind != "speedup" or base.teacher is None:
         raise UserError(f"--derived takes speed-ups over the teacher ('10x'); got {budget!r}")
-    model = dataclasses.replace(base, target=base.teacher / parsed.value, budget=str(parsed))
+    return dataclasses.replace(base, target=base.teacher / parsed.value, budget=str(parsed))
+
+
+def rederived_genotype(search_dir: Path, budget: str) -> Genotype:
+    """The search's architecture weights derived again under ``budget`` (a speed-up)."""
+    model = rederived_cost_model(search_dir, budget)
     supernet, _ = load_run_model(search_dir, "cpu", filename=SUPERNET_FILE)
     nodes = len(supernet.genotype().nodes)
     if model.target < model.cheapest(nodes):
@@ -70,7 +77,9 @@ def rederived_genotype(search_dir: Path, budget: str) -> tuple[Genotype, CostMod
     genotype, changes = derive_within_budget(
         list(supernet.alphas), supernet.op_names, supernet.genotype(), model
     )
-    return genotype, model, changes
+    for change in changes:
+        log.info("derivation at %s: %s", budget, change)
+    return genotype
 
 
 def finished(run_dir: Path) -> bool:
@@ -97,7 +106,7 @@ def train_points(cfg: Config, run: Path, out: Path, args: argparse.Namespace) ->
         student_dir = out / f"derived-{budget}" / "student"
         if finished(student_dir):
             continue
-        genotype, _, _ = rederived_genotype(run / "search", budget)
+        genotype = rederived_genotype(run / "search", budget)
         run_student(cfg, student_dir, run / "search", args.quiet, resume=True, genotype=genotype)
 
 
@@ -184,10 +193,11 @@ def summarise(
         unseen = excluded_seen_test(p["dir"])["full"]["NDCG@10"]
         sampled = m["test"]["sampled"]["NDCG@10"]
         se = m["test"].get("standard_error", {}).get("full", {}).get("NDCG@10")
-        model, _ = load_run_model(p["dir"], "cpu")
-        target = search_cost_model(p["search"])
+        model = measured.models[label][0]
         if p["kind"].startswith("derived"):
-            target = rederived_genotype(p["search"], p["budget"])[1]
+            target = rederived_cost_model(p["search"], p["budget"])
+        else:
+            target = search_cost_model(p["search"])
         models[label] = {
             "kind": p["kind"],
             "budget": p["budget"],

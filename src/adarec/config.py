@@ -167,6 +167,10 @@ class EvalConfig:
     exclude_seen: bool = False  # drop the user's history items from the ranking
 
 
+# How a trained model can be run for serving (adarec serve --backend, adarec bench).
+SERVING_BACKENDS = ("eager", "torchscript", "onnx")
+
+
 @dataclass
 class BenchConfig:
     """CPU latency measurement of teacher and student (same process, same inputs)."""
@@ -511,7 +515,7 @@ def validate(cfg: Config) -> None:
         if not _value(cfg, key):
             raise UserError(f"config key '{key}' must hold at least one value")
     backends = cfg.bench.backends
-    if "eager" not in backends or any(b not in ("eager", "torchscript", "onnx") for b in backends):
+    if "eager" not in backends or any(b not in SERVING_BACKENDS for b in backends):
         raise UserError(
             "config key 'bench.backends' must list eager and, if wanted, torchscript and "
             f"onnx; got {backends!r}"

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adarec.config import SERVING_BACKENDS
 from adarec.data.splits import left_pad
 from adarec.errors import UserError
 from adarec.io import read_json
@@ -34,7 +35,7 @@ from adarec.serve.export import (
     run_popularity,
 )
 
-BACKENDS = ("eager", "torchscript", "onnx")
+BACKENDS = SERVING_BACKENDS
 
 # LongTensor [B, max_len] (left-padded) -> float scores [B, num_items + 1] on any device.
 Scorer = Callable[[torch.Tensor], torch.Tensor]
