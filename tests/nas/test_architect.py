@@ -58,7 +58,7 @@ def test_architect_cost_term_is_silent_while_the_derived_cell_fits():
             a[:, pool] = 0.5  # argmax: pools everywhere, but every conv still has mass
     costs = {op: (1000.0 if "conv" in op else 0.0) for op in ops}
     model = CostModel("macs", 10.0, costs, 2, target=1500.0, budget="test")
-    assert float(model.expected(list(net.alphas), ops)) > model.target
+    assert float(model.expected(list(net.alphas), ops, reach=2)) > model.target
     for gate, moves in (("derived", False), ("expected", True)):
         cfg = SearchConfig(epochs=4, warmup=0.0, entropy=0.0, cost_gate=gate)
         architect = Architect(net, cfg, seed=0, cost_model=model)

@@ -62,27 +62,43 @@ def test_costs_are_real_macs_per_history():
     assert model.target == pytest.approx(model.teacher / 2)
 
 
-def test_modelled_cost_bounds_what_the_network_counts():
+def test_modelled_cost_is_what_the_serving_network_counts():
     model = _model("2x")
-    for seed in range(5):
+    for seed in range(6):
         genotype = random_genotype("causal", NODES, CELLS, WIDTH, seed)
         counted = model_cost(Student(NUM_ITEMS, MAX_LEN, genotype), NUM_ITEMS, MAX_LEN, "macs")
-        assert counted <= model.of_genotype(genotype)
-    # A cell whose receptive field covers the window reads every position: exact.
+        assert counted == model.of_genotype(genotype)
+    # One causal conv3 (reach 2) per cell: the cells compute 2 * 2 + 1 and 2 + 1 positions.
+    conv = (((0, "causal_conv3"),), ((0, "none"), (1, "skip")), ((0, "none"),) * 3)
+    genotype = Genotype("causal", conv, CELLS, WIDTH)
+    assert model.cell_positions(genotype.cell_reach()) == pytest.approx((5 + 3) / MAX_LEN)
+    assert model.of_genotype(genotype) == pytest.approx(model.fixed + 3 * WIDTH * WIDTH * 8)
+    # A cell whose receptive field covers the window pays it in every cell.
     wide = tuple(tuple((i, "causal_dil_conv5") for i in range(j + 1)) for j in range(NODES))
     genotype = Genotype("causal", wide, CELLS, WIDTH)
     assert genotype.receptive_field() >= MAX_LEN
+    assert model.cell_positions(genotype.cell_reach()) == CELLS
     counted = model_cost(Student(NUM_ITEMS, MAX_LEN, genotype), NUM_ITEMS, MAX_LEN, "macs")
     assert counted == model.of_genotype(genotype)
+
+
+def test_a_cost_model_saved_without_max_len_charges_every_cell_the_window():
+    saved = _model("2x").to_dict()
+    del saved["max_len"]
+    old = CostModel(**saved)
+    genotype = random_genotype("causal", NODES, CELLS, WIDTH, 0)
+    edges = sum(old.op_costs[op] for node in genotype.nodes for _, op in node)
+    assert old.of_genotype(genotype) == old.fixed + CELLS * edges
 
 
 def test_expected_cost_is_the_softmax_mean_and_has_a_gradient():
     model = _model("2x")
     alphas = [torch.zeros(j + 1, len(OPS), requires_grad=True) for j in range(NODES)]
-    expected = model.expected(alphas, OPS)
+    expected = model.expected(alphas, OPS, reach=2)
     mean_op = sum(model.op_costs.values()) / len(OPS)
     edges = NODES * (NODES + 1) // 2
-    assert float(expected.detach()) == pytest.approx(model.fixed + CELLS * edges * mean_op)
+    positions = (5 + 3) / MAX_LEN  # two cells of reach 2
+    assert float(expected.detach()) == pytest.approx(model.fixed + positions * edges * mean_op)
     expected.backward()
     conv, pool = OPS.index("causal_conv5"), OPS.index("causal_max_pool3")
     assert alphas[0].grad[0, conv] > 0 > alphas[0].grad[0, pool]

@@ -160,7 +160,8 @@ class Architect:
     def expected_cost(self) -> torch.Tensor | None:
         if self.cost_model is None:
             return None
-        return self.cost_model.expected(self.alphas, self.supernet.op_names)
+        reach = self.supernet.genotype().cell_reach()
+        return self.cost_model.expected(self.alphas, self.supernet.op_names, reach)
 
     def derived_cost(self) -> float | None:
         """The modelled cost of the cell derived from alpha now (argmax on every edge)."""

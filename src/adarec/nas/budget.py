@@ -8,15 +8,24 @@ the same on every machine) or measured latency.
 
 The cost of a student, per history it scores, is modelled as
 
-    C = fixed + cells * sum over the cell's edges of cost(op on the edge)
+    C = fixed + P(reach) * sum over the cell's edges of cost(op on the edge)
 
 ``fixed`` is the student without any edge (embedding, cell norms, head over the catalogue);
-``cost(op)`` is one op applied to a whole window of ``max_len`` positions. This is an upper
-bound of what serving pays: a student reads only its receptive field (at most ``max_len``
-positions), so the achieved cost (counted on the real network) is never above the model.
+``cost(op)`` is one op applied to a whole window of ``max_len`` positions. ``P`` counts, in
+windows, the positions that serving runs through the cells: ``Student.full_sort_predict``
+reads only the receptive field, and cell k of K computes only the last
+``(K - k) * reach + 1`` positions that later cells still read (``reach``: how far back one
+cell reads, ``Genotype.cell_reach``). In MACs the model is then exactly what the student
+counts when it scores a full history. (Searches before this model charged every cell the
+whole window, ``P = K``: four times the real cost of a 4-cell student of pools and one
+dilated convolution on ml-1m, which kept wider cells out of every budget. Their saved cost
+models have no ``max_len`` and keep that form.) In milliseconds ``P = K``: at batch 1 an
+op's time is mostly its dispatch, which does not shrink with the positions.
+
 The expected cost under the architecture distribution replaces each edge's op by the
 softmax(alpha)-weighted mean of the op costs: it is differentiable in alpha at every step
-(ProxylessNAS's expected latency), whatever op was sampled.
+(ProxylessNAS's expected latency), whatever op was sampled. Its ``P`` is that of the cell
+derived from alpha at that step (a constant for the gradient).
 """
 
 from __future__ import annotations
@@ -53,20 +62,31 @@ class CostModel:
     target: float
     budget: str
     teacher: float | None = None
+    max_len: int | None = None  # None: every cell pays the whole window (earlier searches)
+
+    def cell_positions(self, reach: int) -> float:
+        """``P``: the positions the cells compute for one history, in windows of max_len."""
+        if self.max_len is None or self.unit != "macs":
+            return float(self.cells)
+        kept = (min(self.max_len, (self.cells - k) * reach + 1) for k in range(self.cells))
+        return sum(kept) / self.max_len
 
     def cost_vector(self, op_names: list[str], device: torch.device | None = None) -> torch.Tensor:
         return torch.tensor([self.op_costs[o] for o in op_names], device=device)
 
-    def expected(self, alphas: list[torch.Tensor], op_names: list[str]) -> torch.Tensor:
-        """E[C] under softmax(alpha) on every edge (differentiable in alpha)."""
+    def expected(self, alphas: list[torch.Tensor], op_names: list[str], reach: int) -> torch.Tensor:
+        """E[C] under softmax(alpha) on every edge (differentiable in alpha); ``reach``: the
+        derived cell's (``Genotype.cell_reach``)."""
         costs = self.cost_vector(op_names, alphas[0].device)
         edges = sum((torch.softmax(a, dim=-1) * costs).sum() for a in alphas)
-        return self.fixed + self.cells * edges
+        return self.fixed + self.cell_positions(reach) * edges
 
     def of_genotype(self, genotype: Genotype) -> float:
         """The modelled cost of a derived cell used in every cell."""
+        if genotype.cells != self.cells:
+            raise ValueError(f"a {genotype.cells}-cell genotype in a {self.cells}-cell model")
         edges = sum(self.op_costs[op] for node in genotype.nodes for _, op in node)
-        return self.fixed + genotype.cells * edges
+        return self.fixed + self.cell_positions(genotype.cell_reach()) * edges
 
     def within(self, cost: float) -> bool:
         """Whether ``cost`` meets the target (up to float rounding of the sums)."""
@@ -75,7 +95,7 @@ class CostModel:
     def cheapest(self, nodes: int) -> float:
         """The lowest cost any cell of the space can have (every edge on its cheapest op)."""
         edges = nodes * (nodes + 1) // 2
-        return self.fixed + self.cells * edges * min(self.op_costs.values())
+        return self.fixed + self.cell_positions(0) * edges * min(self.op_costs.values())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,7 +153,7 @@ def build_cost_model(
         target = teacher_cost / budget.value
     else:
         target = budget.value
-    model = CostModel(unit, fixed, op_costs, cells, target, str(budget), teacher_cost)
+    model = CostModel(unit, fixed, op_costs, cells, target, str(budget), teacher_cost, max_len)
     floor = model.cheapest(nodes)
     if target < floor:
         raise UserError(
@@ -165,16 +185,23 @@ def derive_within_budget(
     nodes = [list(node) for node in genotype.nodes]
     changes = []
 
-    def cost() -> float:
-        edges = sum(model.op_costs[op] for node in nodes for _, op in node)
-        return model.fixed + genotype.cells * edges
+    def cost(cell: list[list[tuple[int, str]]]) -> float:
+        cell_nodes = tuple(tuple(n) for n in cell)
+        return model.of_genotype(
+            Genotype(genotype.op_set, cell_nodes, genotype.cells, genotype.width)
+        )
 
-    while not model.within(cost()):
+    while not model.within(current := cost(nodes)):
         best = None
         for j, node in enumerate(nodes):
             for e, (i, op) in enumerate(node):
                 for k, candidate in enumerate(op_names):
-                    saved = model.op_costs[op] - model.op_costs[candidate]
+                    if model.op_costs[candidate] >= model.op_costs[op]:
+                        continue
+                    # The whole cell's saving: a cheaper op can also shorten the reach.
+                    switched = [list(n) for n in nodes]
+                    switched[j][e] = (i, candidate)
+                    saved = current - cost(switched)
                     if saved <= 0:
                         continue
                     loss = float(log_probs[j][i, op_names.index(op)] - log_probs[j][i, k])
