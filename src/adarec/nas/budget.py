@@ -17,7 +17,7 @@ reads only the receptive field, and cell k of K computes only the last
 ``(K - k) * reach + 1`` positions that later cells still read (``reach``: how far back one
 cell reads, ``Genotype.cell_reach``). In MACs the model is then exactly what the student
 counts when it scores a full history. (Searches before this model charged every cell the
-whole window, ``P = K``: four times the real cost of a 4-cell student of pools and one
+whole window, ``P = K``: 2.7 times the real cost of a 4-cell student of pools and one
 dilated convolution on ml-1m, which kept wider cells out of every budget. Their saved cost
 models have no ``max_len`` and keep that form.) In milliseconds ``P = K``: at batch 1 an
 op's time is mostly its dispatch, which does not shrink with the positions.
