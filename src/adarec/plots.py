@@ -28,7 +28,7 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path, title: str) 
     if not history:
         return
     epochs = [h["epoch"] + 1 for h in history]
-    loss_keys = [k for k in history[-1] if k in ("loss", "ce", "emb", "hid", "logit", "cost")]
+    loss_keys = [k for k in history[-1] if k in ("loss", "ce", "emb", "hid", "logit", "penalty")]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     for key in loss_keys:
         left.plot(epochs, [h.get(key, float("nan")) for h in history], label=key)

@@ -149,6 +149,9 @@ def test_search_prefers_a_convolution_on_the_order_scene(tmp_path):
     ops = [e["op"] for node in metrics["architecture"]["nodes"] for e in node]
     assert any("conv" in op for op in ops)
     history = json.loads((tmp_path / "search" / "history.json").read_text())
+    # alpha's terms are logged as one "penalty" (cost and entropy ramp), not as a "cost"
+    # that would read as over budget while the cell is within it
+    assert history[-1]["penalty"] > 0 and "cost" not in history[-1]
     edge = history[-1]["alpha_probs"][0]  # cell_input -> node_0
     names = CAUSAL_OPS
     conv = sum(p for n, p in zip(names, edge["probs"], strict=True) if "conv" in n)

@@ -220,7 +220,9 @@ class DistillStage:
         values = {k: v.item() for k, v in terms.items()}
         values["loss"] = loss.item()
         if penalty is not None:
-            values["cost"] = penalty.item()
+            # alpha's terms together: the cost term and the entropy ramp (which is not zero
+            # when the cell is within its budget)
+            values["penalty"] = penalty.item()
         return values
 
     def _held_out_loss(self, epoch: int, step: int):
