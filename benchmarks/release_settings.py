@@ -1,33 +1,40 @@
 """The public release's search settings beside adarec's defaults, on the release's own scene.
 
 Usage: python benchmarks/release_settings.py [--out runs/release-settings]
-       [--teacher RUN_DIR] [--set key=value ...] [--quiet]
+       [--teacher RUN_DIR] [--only ARM] [--set key=value ...] [--quiet]
 
 One teacher, the paper's NextItNet (hidden 256, 16 residual blocks: configs/paper-nextitnet.yaml
-over configs/ml-100k.yaml), trained once on ml-100k. Two searches distil it:
+over configs/ml-100k.yaml), trained once on ml-100k. Three searches distil it:
 
 - ``release``: the search settings of the public release (configs/paper.yaml): 4 cells x 3
   nodes, width 64, batch 64, gamma 0.5, the paper's cost form (beta 8 x the one-hot cost
   table), alpha's learning rate 2e-5, no warm-up, no entropy term. Only the causal op set:
   the release's centred ops leak the label (../shared/METHOD.md) and are not reproduced.
 - ``adarec``: adarec's defaults (budget 5x, budget-targeted cost, architect with warm-up and
-  entropy ramp, batch 256).
+  entropy ramp; batch 64, as the release's).
+- ``adarec-500x``: adarec's defaults asked for a student of the release's size: budget 500x
+  (the release settings' derived cell costs about 1/500 of this teacher's MACs; each arm's
+  MACs are written beside it, so the match can be checked).
 
-Both run the same number of search epochs (configs/ml-100k.yaml's) and retrain their derived
+All run the same number of search epochs (configs/ml-100k.yaml's) and retrain their derived
 cell identically (the ml-100k student schedule), so the search settings are the only
 difference. Writes benchmarks/results/release_settings.json: per arm the sampled and
 full-ranking student/teacher NDCG@10 ratios, total and body parameter ratios, batch-1 and
-batch-256 latency ratios (teacher and student timed in one process, same threads, same
-histories) and seconds per search epoch (search steps of both arms timed interleaved in one
-process, times the steps of an epoch; the in-run epoch times are kept beside them, but they
-depend on what else the machine ran); beside them what the release itself measured on
+batch-256 latency ratios (the teacher and every arm's student timed together in one process,
+interleaved, same threads, same histories, eager and TorchScript) and seconds per search
+epoch (search steps of all arms timed interleaved in one process, times the steps of an
+epoch; the in-run epoch times are kept beside them, but they depend on what else the
+machine ran); beside them what the release itself measured on
 this kind of machine (METHOD.md) and, per figure, whether each arm beats it.
-Finished stages are reused, so the script can be interrupted and rerun.
+Finished stages are reused, so the script can be interrupted and rerun. ``--only ARM`` trains
+the teacher (when missing) and that arm's pipeline and stops: the arms may train side by
+side (one thread each), and a last invocation without ``--only`` measures them together.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import statistics
 import sys
 import time
@@ -39,11 +46,13 @@ import yaml
 from profile_steps import search_stage, training_batches  # benchmarks/, beside this script
 
 from adarec.config import Config, load_config
+from adarec.evaluate.latency import machine_description
 from adarec.io import atomic_write_json, read_json
 from adarec.pipeline.common import StageData, load_stage_data
 from adarec.pipeline.run import run_pipeline
 from adarec.pipeline.teacher import train_teacher
 from adarec.runs import load_run_model
+from adarec.serve.measure import measure_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "release_settings.json"
@@ -84,12 +93,18 @@ RELEASE_MEASURED = {
     "search_seconds_per_epoch": 52.0,  # about 52-58 s over 2,432 sequences at 1 thread
 }
 RELEASE_SEARCH_SEQUENCES = 2432
+BACKENDS = ("eager", "torchscript")
 
 
 def release_overrides() -> list[str]:
     """``search.KEY=VALUE`` items for the release's search settings (configs/paper.yaml)."""
     paper = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())["search"]
     return [f"search.{key}={paper[key]}" for key in RELEASE_SEARCH_KEYS]
+
+
+def arm_overrides() -> dict[str, list[str]]:
+    """Each arm's ``--set`` items over the common settings."""
+    return {"release": release_overrides(), "adarec": [], "adarec-500x": ["search.budget=500x"]}
 
 
 def arm_summary(out: Path, report: dict[str, Any], windows: int) -> dict[str, Any]:
@@ -101,7 +116,6 @@ def arm_summary(out: Path, report: dict[str, Any], windows: int) -> dict[str, An
     totals = [row["seconds"] for row in history]
     epoch_seconds = [b - a for a, b in zip([0.0, *totals], totals, strict=False)]
     ratio = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
-    latency = report["latency_ms"]
     return {
         "cell": student["architecture"],
         "teacher_full_ndcg10": teacher["test"]["full"]["NDCG@10"],
@@ -117,9 +131,8 @@ def arm_summary(out: Path, report: dict[str, Any], windows: int) -> dict[str, An
         "params": {"teacher": teacher["params"], "student": student["params"]},
         "total_params_ratio": ratio(teacher["params"]["total"], student["params"]["total"]),
         "body_params_ratio": ratio(teacher["params"]["body"], student["params"]["body"]),
-        "latency_ms": latency,
-        "latency_ratio_1": report["speedup"]["1"],
-        "latency_ratio_256": report["speedup"]["256"],
+        "macs": {"teacher": teacher["macs"], "student": student["macs"]},
+        "macs_ratio": ratio(teacher["macs"], student["macs"]),
         "search_epochs": len(history),
         "search_seconds_per_epoch_in_run": round(statistics.median(epoch_seconds), 2),
         "search_windows": windows,
@@ -132,7 +145,7 @@ def timed_search_epochs(
     cfgs: dict[str, Config], stage_data: StageData, teacher_dir: Path, steps: int
 ) -> dict[str, dict[str, float]]:
     """Seconds per search epoch of each arm, timed in this process on the same windows,
-    steps of the arms interleaved (so that other load on a shared machine hits both alike):
+    steps of the arms interleaved (so that other load on a shared machine hits all alike):
     the median seconds of a search step (supernet, architect past its warm-up, teacher,
     distillation; built as ``benchmarks/profile_steps.py`` does) times the steps of an
     epoch."""
@@ -163,6 +176,49 @@ def timed_search_epochs(
     return result
 
 
+def joint_latency(
+    cfg: Config, teacher_dir: Path, student_dirs: dict[str, Path]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Median ms per backend and batch of the teacher and every arm's student, all timed in
+    this one process, interleaved repeat by repeat on the same real test histories (so the
+    arms' ratios share one teacher timing and one machine load)."""
+    b = cfg.bench
+    measured = measure_runs(
+        {"teacher": teacher_dir, **student_dirs},
+        [int(x) for x in b.batch_sizes],
+        b.repeats,
+        b.warmup,
+        b.threads,
+        backends=BACKENDS,
+        histories_from=next(iter(student_dirs.values())),
+    )
+    return {
+        label: {
+            backend: {batch: stats["median_ms"] for batch, stats in per[backend].items()}
+            for backend in BACKENDS
+        }
+        for label, per in measured.latency.items()
+    }
+
+
+def latency_figures(latency: dict[str, dict[str, dict[str, float]]], arm: str) -> dict[str, Any]:
+    """One arm's latencies beside the teacher's and the teacher/student ratios per backend;
+    ``latency_ratio_B`` (the compared figure) is the eager one, as the release timed eager."""
+    teacher, student = latency["teacher"], latency[arm]
+    ratios = {
+        backend: {
+            batch: round(teacher[backend][batch] / student[backend][batch], 3)
+            for batch in teacher[backend]
+        }
+        for backend in BACKENDS
+    }
+    return {
+        "latency_ms": {"teacher": teacher, "student": student},
+        "latency_ratios": ratios,
+        **{f"latency_ratio_{batch}": value for batch, value in ratios["eager"].items()},
+    }
+
+
 def compare(arms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per figure: the release's measurement, each arm's, and whether each arm beats it
     (seconds per epoch: fewer is better, scaled to the release's 2,432 sequences)."""
@@ -185,6 +241,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/release-settings")
     parser.add_argument("--teacher", default=None, help="reuse a finished teacher run")
+    parser.add_argument(
+        "--only",
+        choices=list(arm_overrides()),
+        default=None,
+        help="train this arm's pipeline, then stop",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument(
         "--time-steps", type=int, default=12, help="search steps per arm to time (interleaved)"
@@ -202,11 +264,25 @@ def main() -> int:
     stage_data = load_stage_data(cfg)
     windows = len(stage_data.train)
     arms, cfgs = {}, {}
-    for name, extra in (("release", release_overrides()), ("adarec", [])):
+    for name, extra in arm_overrides().items():
+        if args.only not in (None, name):
+            continue
         cfgs[name] = load_config(teacher_preset, [*common, *extra], base=base)
-        report = run_pipeline(cfgs[name], out / name, teacher_dir, baselines=[], quiet=args.quiet)
+        report_file = out / name / "report.json"
+        if args.only is None and report_file.exists():
+            report = read_json(report_file)  # trained (perhaps by --only); measured below
+        else:
+            report = run_pipeline(
+                cfgs[name], out / name, teacher_dir, baselines=[], quiet=args.quiet
+            )
         arms[name] = arm_summary(out / name, report, windows)
         arms[name]["overrides"] = extra
+    if args.only:
+        print(f"trained the {args.only} arm in {out / args.only}; measure with no --only")
+        return 0
+    latency = joint_latency(cfg, teacher_dir, {name: out / name / "student" for name in arms})
+    for name in arms:
+        arms[name].update(latency_figures(latency, name))
     for name, timing in timed_search_epochs(cfgs, stage_data, teacher_dir, args.time_steps).items():
         arms[name]["search_seconds_per_epoch"] = timing["seconds_per_epoch"]
         arms[name]["search_step_timing"] = timing
@@ -219,10 +295,10 @@ def main() -> int:
         )
     result = {
         "command": " ".join(["python benchmarks/release_settings.py", *sys.argv[1:]]),
-        "machine": report["machine"],
-        "threads": report["threads"],
+        "machine": machine_description(),
+        "threads": torch.get_num_threads() if cfg.bench.threads <= 0 else cfg.bench.threads,
         "threads_search_timing": torch.get_num_threads(),
-        "date": report["date"],
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
         "teacher": {"preset": "configs/paper-nextitnet.yaml over configs/ml-100k.yaml"},
         "arms": arms,
         "release_measured": RELEASE_MEASURED,
