@@ -171,10 +171,7 @@ def summarise(
     t_full = teacher["test"]["full"]["NDCG@10"]
     t_sampled = teacher["test"]["sampled"]["NDCG@10"]
     t_unseen = excluded_seen_test(dirs["teacher"])["full"]["NDCG@10"]
-    latency = {
-        label: {b: {k: v["median_ms"] for k, v in per[b].items()} for b in BACKENDS}
-        for label, per in measured.latency.items()
-    }
+    latency = measured.medians()
     models: dict[str, Any] = {
         "teacher": {
             "model": teacher["model"],

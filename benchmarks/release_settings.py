@@ -183,7 +183,7 @@ def joint_latency(
     this one process, interleaved repeat by repeat on the same real test histories (so the
     arms' ratios share one teacher timing and one machine load)."""
     b = cfg.bench
-    measured = measure_runs(
+    return measure_runs(
         {"teacher": teacher_dir, **student_dirs},
         [int(x) for x in b.batch_sizes],
         b.repeats,
@@ -191,14 +191,7 @@ def joint_latency(
         b.threads,
         backends=BACKENDS,
         histories_from=next(iter(student_dirs.values())),
-    )
-    return {
-        label: {
-            backend: {batch: stats["median_ms"] for batch, stats in per[backend].items()}
-            for backend in BACKENDS
-        }
-        for label, per in measured.latency.items()
-    }
+    ).medians()
 
 
 def latency_figures(latency: dict[str, dict[str, dict[str, float]]], arm: str) -> dict[str, Any]:

@@ -46,6 +46,12 @@ def test_measure_runs_counts_and_times_without_preparing_data(runs, no_data_prep
         for per_batch in measured.latency[label].values():
             assert set(per_batch) == {"1", "3"}
             assert all(0 < s["median_ms"] <= s["p95_ms"] for s in per_batch.values())
+    medians = measured.medians()
+    assert set(medians) == set(dirs)
+    for label, per_backend in measured.latency.items():
+        assert set(medians[label]) == set(BACKENDS)
+        for backend, per_batch in per_backend.items():
+            assert medians[label][backend] == {b: s["median_ms"] for b, s in per_batch.items()}
 
 
 def test_runs_of_other_data_are_refused(runs, tmp_path):

@@ -39,6 +39,16 @@ class Measured:
     macs: dict[str, int]  # multiply-accumulates of one real history (eager model)
     latency: Latency
 
+    def medians(self) -> dict[str, dict[str, dict[str, float]]]:
+        """{label: {backend: {batch: median_ms}}}: the figure every comparison divides."""
+        return {
+            label: {
+                backend: {batch: stats["median_ms"] for batch, stats in per_batch.items()}
+                for backend, per_batch in per_backend.items()
+            }
+            for label, per_backend in self.latency.items()
+        }
+
 
 class ScorerModule(nn.Module):
     """A scorer behind ``full_sort_predict``, the interface ``measure_latency`` times."""
