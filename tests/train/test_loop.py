@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -44,11 +45,14 @@ def test_same_seed_same_weights(tmp_path: Path):
         assert torch.equal(pa, pb), name
 
 
-def test_resume_continues_exactly(tmp_path: Path):
+def test_resume_continues_exactly(tmp_path: Path, caplog):
     # Early stopping off and no best-restore difference: compare the last epoch's weights.
     full, full_result = _train(tmp_path / "full", 3, patience=0)
     _train(tmp_path / "part", 2, patience=0)
-    resumed, resumed_result = _train(tmp_path / "part", 3, resume=True, patience=0)
+    with caplog.at_level(logging.INFO, logger="adarec"):
+        resumed, resumed_result = _train(tmp_path / "part", 3, resume=True, patience=0)
+    # The log names the last finished epoch as the epoch lines number it (1-based).
+    assert "resumed after epoch 2 from" in caplog.text
     assert resumed_result.epochs == 3 == full_result.epochs
     last = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=False)
     last_resumed = torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=False)

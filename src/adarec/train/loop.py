@@ -142,7 +142,8 @@ def run_training(
         finished = state["finished"]
         if best_path.exists():
             best_state = load_checkpoint(best_path, device, keys=("model",), hint=hint)["model"]
-        log.info("%s: resumed after epoch %d from %s", desc, start_epoch - 1, last_path)
+        # start_epoch counts the finished epochs: the 1-based number the epoch lines print.
+        log.info("%s: resumed after epoch %d from %s", desc, start_epoch, last_path)
     if dist.is_main():
         atomic_write_json(ckpt_dir / EARLIER_SECONDS_FILE, {"seconds": seconds})
 
