@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adarec.errors import UserError
@@ -91,3 +92,19 @@ def test_shared_names_take_the_norm_of_their_set():
 def test_unknown_op_or_set_is_a_user_error(name, op_set):
     with pytest.raises(UserError, match="unknown"):
         make_op(name, 4, op_set)
+
+
+@pytest.mark.parametrize(
+    "name", ["causal_conv3", "causal_conv5", "causal_dil_conv3", "causal_dil_conv5"]
+)
+def test_taps_within_a_wider_window_convolve_the_same(name):
+    torch.manual_seed(0)
+    op = make_op(name, 4).eval()
+    x = torch.randn(2, 9, 4)
+    reach = 10
+    weight = op.taps_within(reach)
+    assert weight.shape == (4, 4, reach + 1)
+    got = op.normalise(F.conv1d(F.pad(x.transpose(1, 2), (reach, 0)), weight))
+    torch.testing.assert_close(got, op(x), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="reach"):
+        op.taps_within(op.padding[0] - 1)

@@ -202,3 +202,73 @@ def test_the_pooling_student_reads_only_its_window():
         )
         # ... while earlier positions of the whole-history forward do see them.
         assert not torch.equal(student(changed).output, student(items).output)
+
+
+def _shared_input_student(op_set: str) -> Student:
+    """Three convolutions on the cell input (one dilated), one on node 0, and a BatchNorm
+    set's causal dilated pair: what inference merges, beside what it must leave alone."""
+    if op_set == "causal":
+        nodes = (
+            ((0, "causal_conv3"),),
+            ((0, "causal_conv5"), (1, "causal_conv3")),
+            ((0, "causal_dil_conv3"), (1, "causal_max_pool3"), (2, "skip")),
+        )
+    else:  # the paper set: causal dilated convs (BatchNorm) merge, centred ones do not
+        nodes = (
+            ((0, "causal_dil_conv3"),),
+            ((0, "causal_dil_conv5"), (1, "conv3")),
+            ((0, "conv5"), (1, "causal_dil_conv3"), (2, "max_pool3")),
+        )
+    torch.manual_seed(3)
+    student = Student(NUM_ITEMS, MAX_LEN, Genotype(op_set, nodes, 2, WIDTH), dropout=0.0)
+    student = add_noise(student, 3)
+    with torch.no_grad():  # move BatchNorm statistics off their initial values
+        student.train()(random_items(4, MAX_LEN, seed=4))
+    return student.eval()
+
+
+@pytest.mark.parametrize("op_set", ("causal", "paper"))
+def test_inference_merges_convolutions_that_share_an_input(op_set):
+    student = _shared_input_student(op_set)
+    cell = student.cells[0]
+    if op_set == "causal":
+        assert cell.conv_groups == {
+            0: [(0, "causal_conv3"), (1, "causal_conv5"), (2, "causal_dil_conv3")]
+        }
+    else:
+        assert cell.conv_groups == {0: [(0, "causal_dil_conv3"), (1, "causal_dil_conv5")]}
+    items = left_pad(random_items(3, MAX_LEN - 4, seed=6), 4)
+    per_edge = all_states(student, items)  # gradients on: one op per edge
+    with torch.no_grad():
+        merged = all_states(student, items)
+    for a, b in zip(per_edge, merged, strict=True):
+        torch.testing.assert_close(b, a.detach(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_a_frozen_trace_runs_one_convolution_per_shared_input():
+    student = _shared_input_student("causal")
+    predict = ScorePredict(student).eval()
+    example = left_pad(random_items(2, MAX_LEN - 2, seed=1), 2)
+    with torch.no_grad():
+        frozen = torch.jit.freeze(torch.jit.trace(predict, example))
+        expected = predict(example)
+    kinds = [node.kind() for node in frozen.graph.nodes()]
+    # 2 cells x (the merged three on the cell input + the conv3 on node 0): the merged
+    # weight is a folded constant, not rebuilt per call.
+    assert kinds.count("aten::_convolution") == 4
+    assert "aten::cat" not in kinds and "aten::stack" not in kinds
+    torch.testing.assert_close(frozen(example), expected, atol=1e-5, rtol=0)
+
+
+def test_merged_weights_follow_the_edge_weights():
+    student = _shared_input_student("causal")
+    items = random_items(2, MAX_LEN, seed=8)
+    with torch.no_grad():
+        before = student.full_sort_predict(items)
+        # In place, as an optimizer step or load_state_dict changes them.
+        student.cells[1].nodes[1]["0"]["causal_conv5"].conv.weight.mul_(-1.5)
+        after = student.full_sort_predict(items)
+    per_edge = student.full_sort_predict(items).detach()
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, per_edge, atol=1e-5, rtol=0)

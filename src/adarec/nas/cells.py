@@ -31,7 +31,10 @@ class Cell(nn.Module):
 
     def combine(self, nodes: list[torch.Tensor], cell_input: torch.Tensor) -> torch.Tensor:
         weights = torch.softmax(self.node_weights, dim=0)
-        mixed = sum(weights[n] * node for n, node in enumerate(nodes))
+        # Folded from the first node, not from 0 as sum() would: one op fewer to dispatch.
+        mixed = weights[0] * nodes[0]
+        for n in range(1, len(nodes)):
+            mixed = mixed + weights[n] * nodes[n]
         return F.relu(self.norm(mixed)) + cell_input
 
 

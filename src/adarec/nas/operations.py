@@ -86,10 +86,31 @@ class ConvOp(nn.Module):
         self.norm = nn.LayerNorm(channels) if norm == "layer" else nn.BatchNorm1d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(F.pad(x.transpose(1, 2), self.padding))
+        return self.normalise(self.conv(F.pad(x.transpose(1, 2), self.padding)))
+
+    def normalise(self, y: torch.Tensor) -> torch.Tensor:
+        """The norm after the convolution: its output [B, C, L] -> [B, L, C]."""
         if isinstance(self.norm, nn.BatchNorm1d):
             return self.norm(y).transpose(1, 2)
         return self.norm(y.transpose(1, 2))
+
+    def taps_within(self, reach: int) -> torch.Tensor:
+        """This convolution's weight [C, C, reach + 1] as taps t - reach .. t (zeros where
+        it has no tap); causal only, ``reach`` >= its own. Convolving the input padded by
+        ``reach`` on the left with it gives this convolution's output.
+
+        Functional ops only (no in-place writes), so that a frozen trace folds them into
+        one constant.
+        """
+        own = self.padding[0]
+        if self.padding[1] or reach < own:
+            raise ValueError("only a causal convolution fits a window at least its reach")
+        weight = self.conv.weight
+        dilation = self.conv.dilation[0]
+        # Each tap followed by dilation - 1 zeros, the trailing zeros cut: taps t - own .. t.
+        gaps = [torch.zeros_like(weight)] * (dilation - 1)
+        spread = torch.stack([weight, *gaps], dim=3).flatten(2)[:, :, : own + 1]
+        return F.pad(spread, (reach - own, 0))
 
     def step(self, window: torch.Tensor) -> torch.Tensor:
         """The output at the newest position from the inputs [reach + 1, C] ending there.

@@ -21,8 +21,14 @@ from adarec.nas.operations import make_op
 
 
 def count_macs(fn: Callable[..., Any], *inputs: Any) -> int:
-    """Multiply-accumulates of one ``fn(*inputs)`` call (forward only, without autograd)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    """Multiply-accumulates of one ``fn(*inputs)`` call (forward only), as the network is
+    built: one operation per edge.
+
+    Counted with autograd on, as in training: without gradients a student merges the
+    convolutions that share an input into one over the union of their taps, whose extra
+    multiplications by zero are how it is served, not what the architecture costs.
+    """
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         fn(*inputs)
     return counter.get_total_flops() // 2
 
