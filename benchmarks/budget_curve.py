@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -33,14 +32,17 @@ import torch
 from adarec.config import Config, load_config, parse_budget
 from adarec.errors import UserError
 from adarec.evaluate.latency import machine_description
-from adarec.io import atomic_write_json, read_json
-from adarec.nas.budget import CostModel, derive_within_budget
-from adarec.nas.genotype import Genotype, genotype_to_text
+from adarec.io import atomic_write_json
+from adarec.nas.genotype import genotype_to_text
 from adarec.pipeline.evaluate import excluded_seen_test
-from adarec.pipeline.search import SUPERNET_FILE, run_search
-from adarec.pipeline.student import run_student
+from adarec.pipeline.search import run_search
+from adarec.pipeline.student import (
+    cost_model_of_search,
+    rederived_cost_model,
+    run_student,
+)
 from adarec.plots import save_figure
-from adarec.runs import load_run_config, load_run_model, read_metrics
+from adarec.runs import load_run_config, read_metrics
 from adarec.runtime.logs import setup_logging
 from adarec.serve.measure import measure_runs
 
@@ -48,38 +50,6 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("adarec")
 RESULTS = ROOT / "benchmarks" / "results"
 BACKENDS = ("eager", "torchscript")
-
-
-def search_cost_model(search_dir: Path) -> CostModel:
-    """The cost model (and budget) the search in ``search_dir`` used."""
-    budget = read_json(search_dir / "cost_table.json").get("budget")
-    if not budget:
-        raise UserError(f"the search in {search_dir} had no budget (search.use_cost false?)")
-    return CostModel(**budget)
-
-
-def rederived_cost_model(search_dir: Path, budget: str) -> CostModel:
-    """The search's cost model with its target moved to ``budget`` (a speed-up)."""
-    base = search_cost_model(search_dir)
-    parsed = parse_budget(budget)
-    if parsed.kind != "speedup" or base.teacher is None:
-        raise UserError(f"--derived takes speed-ups over the teacher ('10x'); got {budget!r}")
-    return dataclasses.replace(base, target=base.teacher / parsed.value, budget=str(parsed))
-
-
-def rederived_genotype(search_dir: Path, budget: str) -> Genotype:
-    """The search's architecture weights derived again under ``budget`` (a speed-up)."""
-    model = rederived_cost_model(search_dir, budget)
-    supernet, _ = load_run_model(search_dir, "cpu", filename=SUPERNET_FILE)
-    nodes = len(supernet.genotype().nodes)
-    if model.target < model.cheapest(nodes):
-        raise UserError(f"budget {budget} is below the cheapest student of the search space")
-    genotype, changes = derive_within_budget(
-        list(supernet.alphas), supernet.op_names, supernet.genotype(), model
-    )
-    for change in changes:
-        log.info("derivation at %s: %s", budget, change)
-    return genotype
 
 
 def finished(run_dir: Path) -> bool:
@@ -97,6 +67,7 @@ def train_points(cfg: Config, run: Path, out: Path, args: argparse.Namespace) ->
     for budget in args.searched:
         variant = copy.deepcopy(cfg)
         variant.search.budget = budget
+        variant.student.budget = ""  # the searched cell itself
         search_dir, student_dir = out / f"searched-{budget}" / "search", out / f"searched-{budget}"
         if not finished(search_dir):
             run_search(variant, search_dir, teacher_dir, args.quiet, resume=True)
@@ -106,8 +77,9 @@ def train_points(cfg: Config, run: Path, out: Path, args: argparse.Namespace) ->
         student_dir = out / f"derived-{budget}" / "student"
         if finished(student_dir):
             continue
-        genotype = rederived_genotype(run / "search", budget)
-        run_student(cfg, student_dir, run / "search", args.quiet, resume=True, genotype=genotype)
+        variant = copy.deepcopy(cfg)
+        variant.student.budget = budget
+        run_student(variant, student_dir, run / "search", args.quiet, resume=True)
 
 
 def points(
@@ -115,11 +87,13 @@ def points(
 ) -> dict[str, dict]:
     """{label: {"dir", "kind", "budget", "search"}} of every student on the curve; ``extra``:
     "LABEL=RUN_DIR" students retrained from the pipeline's search some other way."""
-    own = search_cost_model(run / "search").budget
+    # The pipeline's student: the searched cell, or (student.budget) one derived again.
+    rederived = load_run_config(run / "student").student.budget
+    own = rederived or cost_model_of_search(run / "search").budget
     result = {
         f"{own} (pipeline)": {
             "dir": run / "student",
-            "kind": "searched",
+            "kind": "derived from its search" if rederived else "searched",
             "budget": own,
             "search": run / "search",
         }
@@ -194,7 +168,7 @@ def summarise(
         if p["kind"].startswith("derived"):
             target = rederived_cost_model(p["search"], p["budget"])
         else:
-            target = search_cost_model(p["search"])
+            target = cost_model_of_search(p["search"])
         models[label] = {
             "kind": p["kind"],
             "budget": p["budget"],

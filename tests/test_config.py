@@ -60,6 +60,9 @@ def test_unknown_key_names_the_closest_valid_key(tmp_path: Path):
         ("model.dilations=[1,", "cannot read"),
         ("bench.backends=[torchscript]", "bench.backends"),
         ("bench.backends=[eager,tflite]", "bench.backends"),
+        ("student.budget=fast", "student.budget.*not understood"),
+        ("student.budget=2.5M", "student.budget.*speed-up"),
+        ("student.budget=0.5x", "student.budget.*exceed 1x"),
     ],
 )
 def test_bad_values_are_user_errors(item: str, message: str):

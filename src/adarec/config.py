@@ -158,6 +158,9 @@ class StudentConfig(LoopConfig):
     patience: int = 10
     init: str = "inherit"  # inherit (paper: searched weights) | scratch
     loss: str = "ce"  # ce (paper) | kd (the search's distillation losses, without cost)
+    # A speed-up over the teacher ("15x") to derive the student under from the search's
+    # architecture weights (repaired to fit; no new search); "" keeps the search's cell.
+    budget: str = ""
 
 
 @dataclass
@@ -537,6 +540,16 @@ def validate(cfg: Config) -> None:
         parse_budget(cfg.search.budget)
     except UserError as error:
         raise UserError(f"config key 'search.budget': {error}") from None
+    if cfg.student.budget:
+        try:
+            kind = parse_budget(cfg.student.budget).kind
+        except UserError as error:
+            raise UserError(f"config key 'student.budget': {error}") from None
+        if kind != "speedup":
+            raise UserError(
+                "config key 'student.budget' takes a speed-up over the teacher ('15x'); "
+                f"got {cfg.student.budget!r}"
+            )
     if cfg.model.name != "pop" and cfg.model.distill_every > cfg.model.num_blocks:
         raise UserError(
             f"config key 'model.distill_every' must be at most model.num_blocks "

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from adarec.config import parse_budget
 from adarec.errors import UserError
+from adarec.nas.genotype import genotype_to_dict, load_genotype
 from adarec.pipeline.search import run_search
-from adarec.pipeline.student import run_student
+from adarec.pipeline.student import cost_model_of_search, rederived_genotype, run_student
 from adarec.pipeline.teacher import train_teacher
 from tests.conftest import tiny_config
 
@@ -43,3 +45,28 @@ def test_damaged_search_file_is_named(searched, tmp_path, file, content, loss):
         run_student(cfg, tmp_path / "student", search, quiet=True)
     if file != "supernet.pt":  # read before anything is written
         assert not (tmp_path / "student").exists()
+
+
+def test_student_budget_derives_the_cell_again_within_it(searched, tmp_path):
+    base = cost_model_of_search(searched)
+    nodes = len(load_genotype(searched / "genotype.json").nodes)
+    # Between the search's own 5x and the tightest speed-up the space can meet.
+    tightest = base.teacher / base.cheapest(nodes)
+    assert tightest > 6
+    budget = f"{(5 + tightest) / 2:.4f}x"
+    cfg = tiny_config(*FAST, f"student.budget={budget}")
+    metrics = run_student(cfg, tmp_path / "student", searched, quiet=True)
+    assert metrics["architecture"] == genotype_to_dict(rederived_genotype(searched, budget))
+    cost = metrics["cost"]["budget"]
+    assert cost["budget"] == str(parse_budget(budget)) != base.budget
+    assert cost["target"] == pytest.approx(base.teacher / parse_budget(budget).value)
+    assert cost["within"]
+
+
+def test_student_budget_below_the_space_is_refused_before_training(searched, tmp_path):
+    base = cost_model_of_search(searched)
+    nodes = len(load_genotype(searched / "genotype.json").nodes)
+    budget = f"{base.teacher / base.cheapest(nodes) * 2:.4f}x"
+    with pytest.raises(UserError, match="below the cheapest student"):
+        run_student(tiny_config(*FAST, f"student.budget={budget}"), tmp_path / "s", searched)
+    assert not (tmp_path / "s").exists()

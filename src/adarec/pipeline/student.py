@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from adarec.config import Config
+from adarec.config import Config, parse_budget
 from adarec.errors import UserError
 from adarec.io import read_json
+from adarec.nas.budget import CostModel, derive_within_budget
 from adarec.nas.genotype import Genotype, genotype_to_dict, load_genotype
 from adarec.nas.student import Student, inherit_weights
 from adarec.pipeline.search import SUPERNET_FILE, architecture_cost, distilled_teacher
@@ -32,6 +34,41 @@ def _search_file(search_dir: Path, name: str, key: str) -> dict[str, Any]:
     return content
 
 
+def cost_model_of_search(search_dir: Path) -> CostModel:
+    """The cost model a finished search ran under (its cost_table.json)."""
+    budget = _search_file(search_dir, "cost_table.json", "cost").get("budget")
+    if not budget:
+        raise UserError(f"the search in {search_dir} had no budget (search.use_cost false?)")
+    return CostModel(**budget)
+
+
+def rederived_cost_model(search_dir: Path, budget: str) -> CostModel:
+    """The search's cost model with its target moved to ``budget`` (a speed-up)."""
+    base = cost_model_of_search(search_dir)
+    parsed = parse_budget(budget)
+    if parsed.kind != "speedup" or base.teacher is None:
+        raise UserError(
+            f"a re-derivation takes a speed-up over the teacher ('10x'); got {budget!r}"
+        )
+    return dataclasses.replace(base, target=base.teacher / parsed.value, budget=str(parsed))
+
+
+def rederived_genotype(search_dir: Path, budget: str) -> Genotype:
+    """The search's architecture weights derived again under ``budget`` (a speed-up): the
+    most probable op per edge, repaired until the cell fits, as the search derives."""
+    model = rederived_cost_model(search_dir, budget)
+    supernet, _ = load_run_model(search_dir, "cpu", filename=SUPERNET_FILE)
+    nodes = len(supernet.genotype().nodes)
+    if model.target < model.cheapest(nodes):
+        raise UserError(f"budget {budget} is below the cheapest student of the search space")
+    genotype, changes = derive_within_budget(
+        list(supernet.alphas), supernet.op_names, supernet.genotype(), model
+    )
+    for change in changes:
+        log.info("derivation at %s: %s", budget, change)
+    return genotype
+
+
 def run_student(
     cfg: Config,
     run_dir: Path,
@@ -47,13 +84,22 @@ def run_student(
     ``cfg.student.init``: inherit the supernet's weights of the chosen ops (paper) or start
     fresh; ``cfg.student.loss``: cross-entropy only (paper) or with the distillation losses,
     from the search's teacher or from ``teacher`` (a module; needed when the search had one).
+    ``cfg.student.budget``: derive the cell again from the search's architecture weights
+    under that speed-up instead of taking the search's own (ignored with ``genotype``).
     """
     search_dir = Path(search_dir)
     if not (search_dir / "genotype.json").exists():
         raise UserError(f"{search_dir} holds no finished search (genotype.json missing)")
     # The search's files are read before anything is written or trained.
-    genotype = genotype or load_genotype(search_dir / "genotype.json")
     cost_file = _search_file(search_dir, "cost_table.json", "cost")
+    if genotype is None and cfg.student.budget:
+        genotype = rederived_genotype(search_dir, cfg.student.budget)
+        # The student's cost is reported against the budget it was derived under.
+        cost_file = {
+            **cost_file,
+            "budget": rederived_cost_model(search_dir, cfg.student.budget).to_dict(),
+        }
+    genotype = genotype or load_genotype(search_dir / "genotype.json")
     teacher_dir = None
     if cfg.student.loss == "kd" and teacher is None:
         recorded = _search_file(search_dir, "teacher.json", "run_dir")["run_dir"]
