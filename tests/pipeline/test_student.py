@@ -11,7 +11,12 @@ from adarec.config import parse_budget
 from adarec.errors import UserError
 from adarec.nas.genotype import genotype_to_dict, load_genotype
 from adarec.pipeline.search import run_search
-from adarec.pipeline.student import cost_model_of_search, rederived_genotype, run_student
+from adarec.pipeline.student import (
+    cost_model_of_search,
+    rederived_cost_model,
+    rederived_genotype,
+    run_student,
+)
 from adarec.pipeline.teacher import train_teacher
 from tests.conftest import tiny_config
 
@@ -56,7 +61,9 @@ def test_student_budget_derives_the_cell_again_within_it(searched, tmp_path):
     budget = f"{(5 + tightest) / 2:.4f}x"
     cfg = tiny_config(*FAST, f"student.budget={budget}")
     metrics = run_student(cfg, tmp_path / "student", searched, quiet=True)
-    assert metrics["architecture"] == genotype_to_dict(rederived_genotype(searched, budget))
+    assert metrics["architecture"] == genotype_to_dict(
+        rederived_genotype(searched, rederived_cost_model(searched, budget))
+    )
     cost = metrics["cost"]["budget"]
     assert cost["budget"] == str(parse_budget(budget)) != base.budget
     assert cost["target"] == pytest.approx(base.teacher / parse_budget(budget).value)

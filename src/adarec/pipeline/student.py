@@ -53,19 +53,19 @@ def rederived_cost_model(search_dir: Path, budget: str) -> CostModel:
     return dataclasses.replace(base, target=base.teacher / parsed.value, budget=str(parsed))
 
 
-def rederived_genotype(search_dir: Path, budget: str) -> Genotype:
-    """The search's architecture weights derived again under ``budget`` (a speed-up): the
-    most probable op per edge, repaired until the cell fits, as the search derives."""
-    model = rederived_cost_model(search_dir, budget)
+def rederived_genotype(search_dir: Path, model: CostModel) -> Genotype:
+    """The search's architecture weights derived again under ``model`` (its cost model
+    with another target, ``rederived_cost_model``): the most probable op per edge,
+    repaired until the cell fits, as the search derives."""
     supernet, _ = load_run_model(search_dir, "cpu", filename=SUPERNET_FILE)
     nodes = len(supernet.genotype().nodes)
     if model.target < model.cheapest(nodes):
-        raise UserError(f"budget {budget} is below the cheapest student of the search space")
+        raise UserError(f"budget {model.budget} is below the cheapest student of the search space")
     genotype, changes = derive_within_budget(
         list(supernet.alphas), supernet.op_names, supernet.genotype(), model
     )
     for change in changes:
-        log.info("derivation at %s: %s", budget, change)
+        log.info("derivation at %s: %s", model.budget, change)
     return genotype
 
 
@@ -93,12 +93,10 @@ def run_student(
     # The search's files are read before anything is written or trained.
     cost_file = _search_file(search_dir, "cost_table.json", "cost")
     if genotype is None and cfg.student.budget:
-        genotype = rederived_genotype(search_dir, cfg.student.budget)
+        model = rederived_cost_model(search_dir, cfg.student.budget)
+        genotype = rederived_genotype(search_dir, model)
         # The student's cost is reported against the budget it was derived under.
-        cost_file = {
-            **cost_file,
-            "budget": rederived_cost_model(search_dir, cfg.student.budget).to_dict(),
-        }
+        cost_file = {**cost_file, "budget": model.to_dict()}
     genotype = genotype or load_genotype(search_dir / "genotype.json")
     teacher_dir = None
     if cfg.student.loss == "kd" and teacher is None:
