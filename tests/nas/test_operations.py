@@ -95,16 +95,20 @@ def test_unknown_op_or_set_is_a_user_error(name, op_set):
 
 
 @pytest.mark.parametrize(
-    "name", ["causal_conv3", "causal_conv5", "causal_dil_conv3", "causal_dil_conv5"]
+    ("name", "op_set"),
+    [(name, "causal") for name in CAUSAL_OPS if name.startswith("causal_")]
+    + [("causal_dil_conv5", "paper")],  # BatchNorm after the convolution
 )
-def test_taps_within_a_wider_window_convolve_the_same(name):
-    torch.manual_seed(0)
-    op = make_op(name, 4).eval()
-    x = torch.randn(2, 9, 4)
-    reach = 10
-    weight = op.taps_within(reach)
-    assert weight.shape == (4, 4, reach + 1)
-    got = op.normalise(F.conv1d(F.pad(x.transpose(1, 2), (reach, 0)), weight))
-    torch.testing.assert_close(got, op(x), atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match="reach"):
-        op.taps_within(op.padding[0] - 1)
+def test_serving_from_wider_windows_computes_the_forward(name, op_set):
+    op = _op(name, op_set, train=False)
+    x = torch.relu(torch.randn(2, LENGTH, CHANNELS))  # edge inputs pass through ReLU
+    # The per-position forward: a pool takes it when its input requires gradients.
+    expected = op(x.clone().requires_grad_()).detach()
+    for reach in (op.reach, op.reach + 3):
+        windows = F.pad(x, (0, 0, reach, 0)).unfold(1, reach + 1, 1)
+        assert windows.shape == (2, LENGTH, CHANNELS, reach + 1)
+        with torch.no_grad():
+            torch.testing.assert_close(op.of_windows(windows, reach), expected, atol=1e-5, rtol=0)
+    if "conv" in name:
+        with pytest.raises(ValueError, match="reach"):
+            op.of_windows(windows[..., 1:], op.reach - 1)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from adarec.errors import UserError
+from adarec.models.layers import item_positions
 from adarec.nas.genotype import Genotype, derive_genotype, random_genotype
 from adarec.nas.student import Student, inherit_weights
 from adarec.serve.export import ScorePredict
@@ -182,7 +183,13 @@ def test_each_cell_computes_only_the_positions_later_cells_read():
     student = Student(NUM_ITEMS, 40, genotype, dropout=0.0).eval()
     items = random_items(2, 40, seed=5)
     with torch.no_grad():
-        trimmed = student.run_cells(items, lambda c, x, m: c(x, m), trim=genotype.cell_reach())
+        window = slice(-genotype.receptive_field(), None)
+        trimmed = student.run_cells(
+            items[:, window],
+            lambda c, x, m: c(x, m),
+            item_positions(items)[:, window],
+            trim=genotype.cell_reach(),
+        )
         whole = student(items)
     # Cell k of 4 keeps (4 - k) * 6 + 1 positions: 25, 19, 13, 7 (not 4 x 40).
     assert [h.shape[1] for h in trimmed.hidden_states] == [25, 19, 13, 7]
@@ -205,15 +212,16 @@ def test_the_pooling_student_reads_only_its_window():
 
 
 def _shared_input_student(op_set: str) -> Student:
-    """Three convolutions on the cell input (one dilated), one on node 0, and a BatchNorm
-    set's causal dilated pair: what inference merges, beside what it must leave alone."""
+    """Three convolutions on the cell input (one dilated), a convolution and a pool on
+    node 0, a skip; the paper set's causal dilated convs (BatchNorm) beside its centred
+    ops, which serve as they train."""
     if op_set == "causal":
         nodes = (
             ((0, "causal_conv3"),),
             ((0, "causal_conv5"), (1, "causal_conv3")),
             ((0, "causal_dil_conv3"), (1, "causal_max_pool3"), (2, "skip")),
         )
-    else:  # the paper set: causal dilated convs (BatchNorm) merge, centred ones do not
+    else:
         nodes = (
             ((0, "causal_dil_conv3"),),
             ((0, "causal_dil_conv5"), (1, "conv3")),
@@ -228,25 +236,21 @@ def _shared_input_student(op_set: str) -> Student:
 
 
 @pytest.mark.parametrize("op_set", ("causal", "paper"))
-def test_inference_merges_convolutions_that_share_an_input(op_set):
+def test_serving_computes_what_training_computes(op_set):
     student = _shared_input_student(op_set)
     cell = student.cells[0]
-    if op_set == "causal":
-        assert cell.conv_groups == {
-            0: [(0, "causal_conv3"), (1, "causal_conv5"), (2, "causal_dil_conv3")]
-        }
-    else:
-        assert cell.conv_groups == {0: [(0, "causal_dil_conv3"), (1, "causal_dil_conv5")]}
+    # The cell input is padded once for its three convolutions, as far as the longest.
+    assert cell.window_reach == ({0: 4, 1: 2} if op_set == "causal" else {0: 8, 1: 4})
     items = left_pad(random_items(3, MAX_LEN - 4, seed=6), 4)
-    per_edge = all_states(student, items)  # gradients on: one op per edge
+    per_edge = all_states(student, items)  # gradients on: each edge's own forward
     with torch.no_grad():
-        merged = all_states(student, items)
-    for a, b in zip(per_edge, merged, strict=True):
+        served = all_states(student, items)
+    for a, b in zip(per_edge, served, strict=True):
         torch.testing.assert_close(b, a.detach(), atol=1e-5, rtol=0)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
-def test_a_frozen_trace_runs_one_convolution_per_shared_input():
+def test_a_frozen_trace_serves_convolutions_as_products_over_shared_windows():
     student = _shared_input_student("causal")
     predict = ScorePredict(student).eval()
     example = left_pad(random_items(2, MAX_LEN - 2, seed=1), 2)
@@ -254,14 +258,16 @@ def test_a_frozen_trace_runs_one_convolution_per_shared_input():
         frozen = torch.jit.freeze(torch.jit.trace(predict, example))
         expected = predict(example)
     kinds = [node.kind() for node in frozen.graph.nodes()]
-    # 2 cells x (the merged three on the cell input + the conv3 on node 0): the merged
-    # weight is a folded constant, not rebuilt per call.
-    assert kinds.count("aten::_convolution") == 4
-    assert "aten::cat" not in kinds and "aten::stack" not in kinds
+    # Per cell: one pad and one windows view for each of the two states that convolutions
+    # or pools read; one product per convolution (4), with its weight a folded constant.
+    assert "aten::_convolution" not in kinds and "aten::transpose" not in kinds
+    assert kinds.count("aten::pad") == kinds.count("aten::unfold") == 2 * 2
+    assert kinds.count("aten::matmul") == 2 * 4
+    assert "aten::t" not in kinds and "aten::contiguous" not in kinds
     torch.testing.assert_close(frozen(example), expected, atol=1e-5, rtol=0)
 
 
-def test_merged_weights_follow_the_edge_weights():
+def test_serving_reads_the_current_weights():
     student = _shared_input_student("causal")
     items = random_items(2, MAX_LEN, seed=8)
     with torch.no_grad():
@@ -272,3 +278,32 @@ def test_merged_weights_follow_the_edge_weights():
     per_edge = student.full_sort_predict(items).detach()
     assert not torch.allclose(after, before)
     torch.testing.assert_close(after, per_edge, atol=1e-5, rtol=0)
+
+
+# Node 0 (pools) and node 1 (a convolution and a pool) are read by node 2; node 2 by none.
+ZEROED_CELL = (
+    ((0, "causal_max_pool3"),),
+    ((0, "causal_conv3"), (1, "causal_avg_pool3")),
+    ((1, "skip"), (2, "causal_max_pool3")),
+)
+
+
+def test_only_nodes_that_are_read_and_can_hold_padding_are_zeroed():
+    causal = Student(NUM_ITEMS, MAX_LEN, Genotype("causal", ZEROED_CELL, 2, WIDTH))
+    assert causal.cells[0].masked_nodes == {1}
+    # A centred pool reads the next (real) position at the last padding position.
+    centred = tuple(tuple((i, op.removeprefix("causal_")) for i, op in n) for n in ZEROED_CELL)
+    paper = Student(NUM_ITEMS, MAX_LEN, Genotype("paper", centred, 2, WIDTH))
+    assert paper.cells[0].masked_nodes == {0, 1}
+
+
+@pytest.mark.parametrize("grad", (True, False), ids=("training", "serving"))
+def test_padding_before_a_history_changes_nothing(grad):
+    student = Student(NUM_ITEMS, 16, Genotype("causal", ZEROED_CELL, 2, WIDTH), dropout=0.0)
+    student = add_noise(student).eval()
+    items = random_items(3, 7, seed=9)
+    with torch.set_grad_enabled(grad):
+        bare = all_states(student, items)  # the ops' own zero padding only
+        padded = all_states(student, left_pad(items, 9))
+    for a, b in zip(bare, padded, strict=True):
+        torch.testing.assert_close(b[:, -7:], a, atol=1e-5, rtol=0)

@@ -41,9 +41,10 @@ class Cell(nn.Module):
 class CellNetwork(SequentialRecommender):
     """Item + position embedding, a stack of cells, and a dropout + linear head.
 
-    Padding positions are zeroed after the embedding, after every node and after every
-    cell, so padding never reaches a real position: a history's outputs do not depend on
-    how many pads precede it.
+    Padding positions are zeroed after the embedding, after every cell and after every
+    node that a later node reads (a student zeroes only those nodes that can be nonzero
+    there), so padding never reaches a real position: a history's outputs do not depend
+    on how many pads precede it.
     """
 
     def __init__(self, num_items: int, max_len: int, width: int, dropout: float, cells: list[Cell]):
@@ -71,10 +72,12 @@ class CellNetwork(SequentialRecommender):
 
         ``positions``: the items' position indices when ``items`` is the tail of a longer
         history (default: counted within ``items``). ``trim``: how far back one cell reads
-        (``Genotype.cell_reach``), when only the last position's output is wanted: cell k
-        of K then runs on its input's last (K - k) * trim + 1 positions. Its outputs at the
-        first ``trim`` of them are wrong (the cut reads as padding) and are exactly the ones
-        the next cut drops, so the last output is unchanged; the hidden states shrink.
+        (``Genotype.cell_reach``), when only the last position's output is wanted and
+        ``items`` holds at most the last K * trim + 1 positions (the receptive field):
+        cell k of K then runs on its input's last (K - k) * trim + 1 positions. Its outputs
+        at the first ``trim`` of them are wrong (the cut reads as padding) and are exactly
+        the ones the next cut drops, so the last output is unchanged; the hidden states
+        shrink.
         """
         h = self.item_embedding(items) + self.position_embedding(items, positions)
         mask = padding_mask(items).unsqueeze(-1).to(h.dtype)
@@ -82,7 +85,9 @@ class CellNetwork(SequentialRecommender):
         embedding = h
         hidden_states = []
         for k, cell in enumerate(self.cells):
-            if trim is not None:
+            # The first cell reads all of the receptive field: nothing to cut (a no-op
+            # slice is still an op to dispatch).
+            if trim is not None and k > 0:
                 keep = (len(self.cells) - k) * trim + 1
                 h, mask = h[:, -keep:], mask[:, -keep:]
             h = cell_forward(cell, h, mask) * mask

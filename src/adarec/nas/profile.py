@@ -24,9 +24,9 @@ def count_macs(fn: Callable[..., Any], *inputs: Any) -> int:
     """Multiply-accumulates of one ``fn(*inputs)`` call (forward only), as the network is
     built: one operation per edge.
 
-    Counted with autograd on, as in training: without gradients a student merges the
-    convolutions that share an input into one over the union of their taps, whose extra
-    multiplications by zero are how it is served, not what the architecture costs.
+    Counted with autograd on, on the path training runs (each edge's own forward), so the
+    count is the architecture's and not that of how a student is served (without
+    gradients its cells serve convolutions from shared windows, ``StudentCell``).
     """
     with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         fn(*inputs)

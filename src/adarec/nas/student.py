@@ -19,19 +19,24 @@ from adarec.models.base import SeqOutput
 from adarec.models.layers import item_positions
 from adarec.nas.cells import Cell, CellNetwork
 from adarec.nas.genotype import Genotype, genotype_from_dict, genotype_to_dict
-from adarec.nas.operations import ConvOp, make_op
+from adarec.nas.operations import ConvOp, PoolOp, make_op
 from adarec.nas.supernet import Supernet
 
 
 class StudentCell(Cell):
     """One cell of the genotype: ``nodes[j][str(input)][op]`` for every non-none edge.
 
-    Without gradients (evaluation, eager and TorchScript serving; not ONNX export), the
-    causal convolutions that read the same input run as one convolution over the union
-    of their taps, then each takes its own norm. The same sums up to rounding (the extra
-    taps are zeros) in fewer ops: at batch 1, where each op's dispatch is the cost, the
-    5x ml-1m student's frozen TorchScript scores 11-22% faster (old and new path timed
-    side by side, 2 threads). Training keeps one module per edge, so the weights, their
+    Serving (no gradients: evaluation, eager and TorchScript; not ONNX export) computes
+    the same in fewer and cheaper ops, which is what counts at batch 1. A state that
+    causal convolutions or pools read is padded once and viewed as its windows
+    [B, L, C, R + 1] (the state at t - R .. t, R the longest reach among them); each of
+    those ops takes its taps from that view: a pool reduces the last 3, a convolution
+    multiplies its taps by its weight, already in the [B, L, C] layout its norm reads.
+    On the ml-1m 15x student (frozen TorchScript, 2 threads) that is 4% faster at batch 1
+    and 9% at batch 256 than each edge's own conv1d (a pad, two transposes and
+    ``_slow_conv2d``'s im2col per edge); see benchmarks/serving_paths.py.
+
+    Training keeps one module per edge and their own forward, so the weights, their
     names and their gradients stay the edge's own.
     """
 
@@ -47,72 +52,73 @@ class StudentCell(Cell):
             )
             for edges in self.edges
         )
-        # {input: [(node, op)]} of the causal convolutions that share an input, 2 or more.
-        shared: dict[int, list[tuple[int, str]]] = {}
+        # False: serve each edge with its own forward, as training and ONNX export do
+        # (benchmarks/serving_paths.py times both).
+        self.serve_from_windows = True
+        # {state: R}: how far back the causal ops reading a state reach, at most.
+        self.window_reach: dict[int, int] = {}
         for j, edges in enumerate(self.edges):
             for i, op in edges:
                 module = self.nodes[j][str(i)][op]
-                if isinstance(module, ConvOp) and not module.padding[1]:
-                    shared.setdefault(i, []).append((j, op))
-        self.conv_groups = {i: members for i, members in shared.items() if len(members) > 1}
-        self.grouped_edges = {(i, j, op) for i, ms in self.conv_groups.items() for j, op in ms}
-        # {input: (what the weights were, merged weight)}: rebuilt when a weight changes.
-        self._merged: dict[int, tuple[tuple[Any, ...], torch.Tensor]] = {}
+                if _reads_windows(module):
+                    reach = max(self.window_reach.get(i, 0), module.reach)
+                    self.window_reach[i] = reach
+        # The nodes to zero at padding positions: those a later node reads (the network
+        # zeroes the cell's output, and the cell's norm is per position, so nothing else
+        # sees a node's padding positions) and that can be nonzero there. Histories are
+        # left-padded: at a padding position a causal op reads padding alone, which the
+        # cell holds at zero, and causal pools and skip keep it zero; a convolution's norm
+        # adds its shift, and a centred op reads the next (real) position. Each node not
+        # zeroed saves a multiply, with the same outputs.
+        read = {i for edges in self.edges for i, _ in edges}
+        self.masked_nodes = {
+            j
+            for j, edges in enumerate(self.edges)
+            if j + 1 in read
+            and not all(_keeps_padding_zero(self.nodes[j][str(i)][op]) for i, op in edges)
+        }
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Not for ONNX export: its exporter has no unfold for a dynamic batch.
+        serving = (
+            self.serve_from_windows
+            and not torch.is_grad_enabled()
+            and not torch.onnx.is_in_onnx_export()
+        )
         states = [F.relu(x)]
-        grouped: dict[tuple[int, int, str], torch.Tensor] = {}
+        windows: dict[int, torch.Tensor] = {}
         nodes = []
         for j, (edges, modules) in enumerate(zip(self.edges, self.nodes, strict=True)):
             node = None
             for i, op in edges:
-                if (i, j, op) in grouped:
-                    out = grouped.pop((i, j, op))
-                elif (i, j, op) in self.grouped_edges and self._merging():
-                    grouped.update(self._grouped_convs(i, states[i]))
-                    out = grouped.pop((i, j, op))
+                module = modules[str(i)][op]
+                if serving and _reads_windows(module):
+                    reach = self.window_reach[i]
+                    if i not in windows:
+                        padded = F.pad(states[i], (0, 0, reach, 0))
+                        windows[i] = padded.unfold(1, reach + 1, 1)
+                    out = module.of_windows(windows[i], reach)
                 else:
-                    out = modules[str(i)][op](states[i])
+                    out = module(states[i])
                 node = out if node is None else node + out
             # A node whose edges are all "none" stays zero.
-            node = torch.zeros_like(x) if node is None else node * mask
+            if node is None:
+                node = torch.zeros_like(x)
+            elif j in self.masked_nodes:
+                node = node * mask
             nodes.append(node)
             states.append(F.relu(node))
         return self.combine(nodes, x)
 
-    @staticmethod
-    def _merging() -> bool:
-        # Not for ONNX: its exporter wants a convolution's kernel shape before constant
-        # folding, and the merged weight is built inside the traced graph.
-        return not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export()
 
-    def _grouped_convs(
-        self, i: int, state: torch.Tensor
-    ) -> dict[tuple[int, int, str], torch.Tensor]:
-        """Every convolution of ``conv_groups[i]`` on ``state``, as one convolution."""
-        members = [self.nodes[j][str(i)][op] for j, op in self.conv_groups[i]]
-        reach = max(m.padding[0] for m in members)
-        if torch.jit.is_tracing():
-            # Built inside the graph on every trace (so two traces agree); a frozen
-            # TorchScript graph folds it into one constant.
-            merged = torch.cat([m.taps_within(reach) for m in members])
-        else:
-            # Eager: built once. A weight replaced (.to, load) or changed in place
-            # (optimizer, copy_) moves its storage or its version, and is merged again.
-            key = tuple((m.conv.weight.data_ptr(), m.conv.weight._version) for m in members)
-            cached = self._merged.get(i)
-            if cached is None or cached[0] != key:
-                with torch.no_grad():
-                    cached = (key, torch.cat([m.taps_within(reach) for m in members]))
-                self._merged[i] = cached
-            merged = cached[1]
-        y = F.conv1d(F.pad(state.transpose(1, 2), (reach, 0)), merged)
-        # The width as a Python int (not the traced state's size): slices stay constants.
-        width = self.norm.normalized_shape[0]
-        return {
-            (i, j, op): m.normalise(y[:, g * width : (g + 1) * width])
-            for g, ((j, op), m) in enumerate(zip(self.conv_groups[i], members, strict=True))
-        }
+def _reads_windows(op: nn.Module) -> bool:
+    """Whether ``op`` serves from its input's windows: the causal convolutions and pools."""
+    return (isinstance(op, ConvOp) and not op.padding[1]) or (isinstance(op, PoolOp) and op.causal)
+
+
+def _keeps_padding_zero(op: nn.Module) -> bool:
+    """Whether ``op`` outputs zeros at left padding when its input is zero there."""
+    return isinstance(op, nn.Identity) or (isinstance(op, PoolOp) and op.causal)
 
 
 class Student(CellNetwork):
@@ -159,11 +165,13 @@ class Student(CellNetwork):
         """
         # A slice longer than the history keeps all of it: no shape-dependent branch, so
         # the method traces for export.
-        positions = item_positions(items)[:, -self.window :]
+        # [..., -n:] and select: one op each in a traced graph, where [:, -n:] and
+        # [:, -1, :] add no-op slices of the other dimensions (at batch 1 each op counts).
+        positions = item_positions(items)[..., -self.window :]
         output = self.run_cells(
-            items[:, -self.window :], lambda c, x, m: c(x, m), positions, trim=self.reach
+            items[..., -self.window :], lambda c, x, m: c(x, m), positions, trim=self.reach
         )
-        return self.logits(output.output[:, -1, :])
+        return self.logits(output.output.select(1, -1))
 
 
 def inherit_weights(student: Student, supernet: Supernet) -> int:
