@@ -2,7 +2,8 @@
 
 Usage:
     python benchmarks/serving_paths.py TEACHER_RUN STUDENT_RUN [--threads 2]
-        [--batch-sizes 1,256] [--repeats 300] [--out benchmarks/results/serving_paths_DATASET.json]
+        [--batch-sizes 1,256] [--repeats 300] [--torchscript LABEL=FILE ...]
+        [--out benchmarks/results/serving_paths_DATASET.json]
 
 A student cell serves its causal convolutions and pools from one padded windows view per
 state, each convolution as a product of its taps and weight (``StudentCell``); training
@@ -10,7 +11,8 @@ and ONNX export run each edge's own forward (conv1d, a pad and transposes per ed
 times both ways of serving the same weights, and the teacher beside them, in one process,
 on the run's real test histories, interleaved call by call, eager and frozen TorchScript
 (traced as ``adarec export`` traces). It also counts the frozen graphs' ops and checks
-that both ways score the same.
+that both ways score the same. ``--torchscript`` adds frozen exports of the same student
+made by other code (an older commit's ``adarec export``), timed in the same interleaving.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from adarec.nas.student import Student
 from adarec.runs import load_run_config, load_run_model
 from adarec.serve.export import ScorePredict, example_histories
 from adarec.serve.measure import ScorerModule, run_histories
+from adarec.serve.predictor import load_torchscript
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -45,6 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", default="1,256")
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument(
+        "--torchscript",
+        action="append",
+        default=[],
+        metavar="LABEL=FILE",
+        help="also time a frozen TorchScript export of the student, e.g. one that an "
+        "older commit's `adarec export` wrote (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -76,11 +87,21 @@ def serving_paths(args: argparse.Namespace, batch_sizes: list[int]) -> dict[str,
         cell.serve_from_windows = False
     eager = {"teacher": teacher, "student (windows)": windows, "student (per edge)": per_edge}
     scripted = {name: frozen(model) for name, model in eager.items()}
+    for option in args.torchscript:
+        label, sep, file = option.partition("=")
+        if not sep or not label or "/" in label or label in scripted or not Path(file).is_file():
+            raise UserError(f"--torchscript {option!r}: expected a new LABEL=FILE of a file")
+        scripted[label] = load_torchscript(Path(file), torch.device("cpu"))
     histories = run_histories(args.student, spec["max_len"], spec["num_items"])
     inputs = latency_inputs(histories, batch_sizes)
     with torch.no_grad():
         sample = inputs[max(batch_sizes)][:64]
-        difference = scripted["student (windows)"](sample) - per_edge.full_sort_predict(sample)
+        reference = per_edge.full_sort_predict(sample)
+        differences = {
+            name: round(float((module(sample) - reference).abs().max()), 7)
+            for name, module in scripted.items()
+            if name != "teacher"
+        }
     timed: dict[str, nn.Module] = {f"{name}/eager": model for name, model in eager.items()}
     timed |= {f"{name}/torchscript": ScorerModule(m) for name, m in scripted.items()}
     latency = measure_latency(timed, inputs, args.repeats, args.warmup, args.threads)
@@ -101,7 +122,8 @@ def serving_paths(args: argparse.Namespace, batch_sizes: list[int]) -> dict[str,
         "teacher": str(args.teacher),
         "student": str(args.student),
         "genotype": spec["genotype"],
-        "max_abs_score_difference": round(float(difference.abs().max()), 7),
+        # Against the eager per-edge forward, on 64 real histories.
+        "max_abs_score_difference": differences,
         "latency_ms": medians,
         "latency_p95_ms": {
             label: {b: v["p95_ms"] for b, v in per.items()} for label, per in latency.items()

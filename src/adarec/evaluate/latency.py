@@ -1,11 +1,16 @@
 """CPU/GPU latency of next-item scoring, measured the same way for every model.
 
 Models are timed in one process, with the same threads and the same input batches, and
-interleaved repeat by repeat so that a noisy neighbour slows all of them alike.
+interleaved repeat by repeat so that a noisy neighbour slows all of them alike. Each repeat
+calls them in a fresh (seeded) random order: a call runs in the caches its predecessor
+left, and a fixed order gives every model the same predecessor every time. Measured on
+ml-1m: a student timed right after a similar model ran as fast as a 16% faster student
+timed right after the teacher (benchmarks/results/serving_paths_ml-1m.json).
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -42,8 +47,10 @@ def measure_latency(
     warmup: int = 5,
     threads: int = 0,
     device: torch.device | str = "cpu",
+    seed: int = 0,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{model: {batch: {"median_ms", "p95_ms", "repeats"}}}`` for ``full_sort_predict``."""
+    """``{model: {batch: {"median_ms", "p95_ms", "repeats"}}}`` for ``full_sort_predict``;
+    ``seed`` draws the order of the calls within each repeat."""
     device = torch.device(device)
     previous = torch.get_num_threads()
     if threads > 0:
@@ -57,13 +64,16 @@ def measure_latency(
                 model.to(device).eval()
                 calls[name] = lambda m=model, x=items: m.full_sort_predict(x)
             times: dict[str, list[float]] = {name: [] for name in models}
+            order = list(calls)
+            shuffle = random.Random(seed).shuffle
             with torch.inference_mode():
                 for _ in range(warmup):
                     for call in calls.values():
                         call()
                 for _ in range(repeats):
-                    for name, call in calls.items():
-                        times[name].append(_timed(call, device))
+                    shuffle(order)
+                    for name in order:
+                        times[name].append(_timed(calls[name], device))
             for name, values in times.items():
                 result[name][str(batch)] = {
                     "median_ms": round(statistics.median(values), 4),
