@@ -32,8 +32,8 @@ class StudentCell(Cell):
     [B, L, C, R + 1] (the state at t - R .. t, R the longest reach among them); each of
     those ops takes its taps from that view: a pool reduces the last 3, a convolution
     multiplies its taps by its weight, already in the [B, L, C] layout its norm reads.
-    On the ml-1m 15x student (frozen TorchScript, 2 threads) that is 4% faster at batch 1
-    and 9% at batch 256 than each edge's own conv1d (a pad, two transposes and
+    On the ml-1m 15x student (frozen TorchScript, 2 threads) that is 15% faster at batch 1
+    and at batch 256 than each edge's own conv1d (a pad, two transposes and
     ``_slow_conv2d``'s im2col per edge); see benchmarks/serving_paths.py.
 
     Training keeps one module per edge and their own forward, so the weights, their
