@@ -104,8 +104,8 @@ class ConvOp(nn.Module):
         its input (the input at t - reach .. t; ``reach`` >= its own, a Python int so that
         a traced graph holds constant slices): its taps times its weight, [B, L, C].
 
-        Serving only: the same as ``forward`` up to rounding, without conv1d's transposes
-        and im2col (``_slow_conv2d`` at small sizes), which took most of its time at batch 1.
+        Serving only: the same as ``forward`` up to rounding, without conv1d's pad,
+        transposes and im2col (``_slow_conv2d`` at small sizes).
         """
         if self.padding[1] or reach < self.reach:
             raise ValueError("only a causal convolution reads windows at least its reach")
@@ -143,6 +143,8 @@ class PoolOp(nn.Module):
     positions inside the sequence and the max ignores the padding.
     """
 
+    reach = 2  # how far back a causal pool reads: positions t - 2 .. t
+
     def __init__(self, kind: str, causal: bool):
         super().__init__()
         self.kind = kind
@@ -178,8 +180,6 @@ class PoolOp(nn.Module):
         else:
             pooled = F.avg_pool1d(x, 3, 1, padding=1, count_include_pad=False)
         return pooled.transpose(1, 2)
-
-    reach = 2  # how far back a causal pool reads: positions t - 2 .. t
 
     def of_windows(self, windows: torch.Tensor, reach: int) -> torch.Tensor:
         """The causal pool from the windows [B, L, C, reach + 1] of its input (the input

@@ -61,8 +61,7 @@ class StudentCell(Cell):
             for i, op in edges:
                 module = self.nodes[j][str(i)][op]
                 if _reads_windows(module):
-                    reach = max(self.window_reach.get(i, 0), module.reach)
-                    self.window_reach[i] = reach
+                    self.window_reach[i] = max(self.window_reach.get(i, 0), module.reach)
         # The nodes to zero at padding positions: those a later node reads (the network
         # zeroes the cell's output, and the cell's norm is per position, so nothing else
         # sees a node's padding positions) and that can be nonzero there. Histories are
@@ -164,9 +163,8 @@ class Student(CellNetwork):
         ``trim``), about half of cells x window.
         """
         # A slice longer than the history keeps all of it: no shape-dependent branch, so
-        # the method traces for export.
-        # [..., -n:] and select: one op each in a traced graph, where [:, -n:] and
-        # [:, -1, :] add no-op slices of the other dimensions (at batch 1 each op counts).
+        # the method traces for export. [..., -n:] and select are one op each in a traced
+        # graph, where [:, -n:] and [:, -1, :] add no-op slices of the other dimensions.
         positions = item_positions(items)[..., -self.window :]
         output = self.run_cells(
             items[..., -self.window :], lambda c, x, m: c(x, m), positions, trim=self.reach
