@@ -77,3 +77,20 @@ def test_student_budget_below_the_space_is_refused_before_training(searched, tmp
     with pytest.raises(UserError, match="below the cheapest student"):
         run_student(tiny_config(*FAST, f"student.budget={budget}"), tmp_path / "s", searched)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["student.budget=100000x"], r"student.budget 100000x .* at most \d+\.\dx\); lower"),
+        (["search.use_cost=false", "student.budget=15x"], "this search has none"),
+    ],
+)
+def test_search_refuses_a_student_budget_it_cannot_serve_before_searching(
+    searched, tmp_path, overrides, message
+):
+    teacher = searched.parent / "teacher"
+    with pytest.raises(UserError, match=message):
+        run_search(tiny_config(*FAST, *overrides), tmp_path / "search", teacher, quiet=True)
+    assert not (tmp_path / "search" / "supernet.pt").exists()
+    assert not (tmp_path / "search" / "metrics.json").exists()

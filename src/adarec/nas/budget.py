@@ -30,13 +30,13 @@ derived from alpha at that step (a constant for the gradient).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from adarec.config import Budget
+from adarec.config import Budget, parse_budget
 from adarec.errors import UserError
 from adarec.evaluate.latency import measure_latency
 from adarec.nas.genotype import Genotype, random_genotype
@@ -97,6 +97,30 @@ class CostModel:
         edges = nodes * (nodes + 1) // 2
         return self.fixed + self.cell_positions(0) * edges * min(self.op_costs.values())
 
+    def require_reachable(self, nodes: int, what: str, advice: str) -> None:
+        """UserError naming ``what`` (the budget's config key) if no cell of the space fits
+        the target; the message gives the largest speed-up the space reaches."""
+        floor = self.cheapest(nodes)
+        if self.target >= floor:
+            return
+        reachable = "" if self.teacher is None else f", at most {self.teacher / floor:.1f}x"
+        raise UserError(
+            f"{what} {self.budget} ({format_cost(self.target, self.unit)} per history) is "
+            f"below the cheapest student of this space ({format_cost(floor, self.unit)}: "
+            f"embedding and head alone{reachable}); {advice}"
+        )
+
+    def with_speedup(self, budget: str, what: str) -> CostModel:
+        """This model with its target moved to ``budget``, a speed-up over its teacher
+        (UserError naming ``what`` otherwise)."""
+        parsed = parse_budget(budget)
+        if parsed.kind != "speedup" or self.teacher is None:
+            raise UserError(
+                f"{what} takes a speed-up over the teacher ('15x') of a search budgeted "
+                f"against it; got {budget!r}"
+            )
+        return replace(self, target=self.teacher / parsed.value, budget=str(parsed))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -154,13 +178,7 @@ def build_cost_model(
     else:
         target = budget.value
     model = CostModel(unit, fixed, op_costs, cells, target, str(budget), teacher_cost, max_len)
-    floor = model.cheapest(nodes)
-    if target < floor:
-        raise UserError(
-            f"budget {budget} ({format_cost(target, unit)} per history) is below the "
-            f"cheapest student of this space ({format_cost(floor, unit)}: embedding and "
-            "head alone); raise the budget or lower search.width"
-        )
+    model.require_reachable(nodes, "search.budget", "raise the budget or lower search.width")
     return model
 
 

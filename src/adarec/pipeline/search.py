@@ -42,6 +42,10 @@ from adarec.train.distill_stage import DistillStage
 log = logging.getLogger("adarec")
 
 SUPERNET_FILE = "supernet.pt"
+# The student stage's re-derivation under a tighter speed-up (``run_student``); the search
+# checks it can be met before it runs.
+STUDENT_BUDGET = "student.budget"
+STUDENT_BUDGET_ADVICE = "lower student.budget, or remove it to retrain the search's own derivation"
 HELD_OUT_FRACTION = 0.2  # bi-level search: share of training windows kept for alpha
 
 
@@ -203,6 +207,17 @@ def _costs_and_budget(
             format_cost(cost_model.target, cost_model.unit),
             "-" if cost_model.teacher is None else format_cost(cost_model.teacher, cost_model.unit),
             format_cost(cost_model.cheapest(cfg.search.nodes), cost_model.unit),
+        )
+        if cfg.student.budget:
+            # Found now, not after the search: the student stage derives under it.
+            cost_model.with_speedup(cfg.student.budget, STUDENT_BUDGET).require_reachable(
+                cfg.search.nodes, STUDENT_BUDGET, STUDENT_BUDGET_ADVICE
+            )
+    elif cfg.student.budget:
+        raise UserError(
+            f"{STUDENT_BUDGET} re-derives the student under the search's cost model, and "
+            "this search has none (search.use_cost false or search.cost_form paper); "
+            f"{STUDENT_BUDGET_ADVICE}"
         )
     else:
         costs = dist.broadcast_object(costs)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from adarec.config import Config, parse_budget
+from adarec.config import Config
 from adarec.errors import UserError
 from adarec.io import read_json
 from adarec.nas.budget import CostModel, derive_within_budget
 from adarec.nas.genotype import Genotype, genotype_to_dict, load_genotype
 from adarec.nas.student import Student, inherit_weights
-from adarec.pipeline.search import SUPERNET_FILE, architecture_cost, distilled_teacher
+from adarec.pipeline.search import (
+    STUDENT_BUDGET,
+    STUDENT_BUDGET_ADVICE,
+    SUPERNET_FILE,
+    architecture_cost,
+    distilled_teacher,
+)
 from adarec.pipeline.stage import StageRun
 from adarec.runs import load_run_model, resolve_from_run
 from adarec.train.distill_stage import DistillStage
@@ -44,13 +49,7 @@ def cost_model_of_search(search_dir: Path) -> CostModel:
 
 def rederived_cost_model(search_dir: Path, budget: str) -> CostModel:
     """The search's cost model with its target moved to ``budget`` (a speed-up)."""
-    base = cost_model_of_search(search_dir)
-    parsed = parse_budget(budget)
-    if parsed.kind != "speedup" or base.teacher is None:
-        raise UserError(
-            f"a re-derivation takes a speed-up over the teacher ('10x'); got {budget!r}"
-        )
-    return dataclasses.replace(base, target=base.teacher / parsed.value, budget=str(parsed))
+    return cost_model_of_search(search_dir).with_speedup(budget, STUDENT_BUDGET)
 
 
 def rederived_genotype(search_dir: Path, model: CostModel) -> Genotype:
@@ -59,8 +58,7 @@ def rederived_genotype(search_dir: Path, model: CostModel) -> Genotype:
     repaired until the cell fits, as the search derives."""
     supernet, _ = load_run_model(search_dir, "cpu", filename=SUPERNET_FILE)
     nodes = len(supernet.genotype().nodes)
-    if model.target < model.cheapest(nodes):
-        raise UserError(f"budget {model.budget} is below the cheapest student of the search space")
+    model.require_reachable(nodes, STUDENT_BUDGET, STUDENT_BUDGET_ADVICE)
     genotype, changes = derive_within_budget(
         list(supernet.alphas), supernet.op_names, supernet.genotype(), model
     )
