@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from adarec.evaluate.latency import latency_inputs, machine_description, measure
 from adarec.io import atomic_write_json
 from adarec.nas.student import Student
 from adarec.runs import load_run_config, load_run_model
-from adarec.serve.export import ScorePredict, example_histories
+from adarec.serve.export import ScorePredict, example_histories, frozen_torchscript
 from adarec.serve.measure import ScorerModule, run_histories
 from adarec.serve.predictor import load_torchscript
 
@@ -62,11 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def frozen(model: nn.Module) -> torch.jit.ScriptModule:
     """``full_sort_predict`` traced and frozen, as ``adarec export`` writes TorchScript."""
-    predict = ScorePredict(model).eval()
     example = example_histories(model.num_items, model.max_len)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.jit.freeze(torch.jit.trace(predict, example, check_trace=False))
+    return frozen_torchscript(ScorePredict(model).eval(), example)
 
 
 def graph_ops(module: torch.jit.ScriptModule) -> dict[str, int]:
