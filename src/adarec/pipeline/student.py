@@ -39,17 +39,20 @@ def _search_file(search_dir: Path, name: str, key: str) -> dict[str, Any]:
     return content
 
 
-def cost_model_of_search(search_dir: Path) -> CostModel:
-    """The cost model a finished search ran under (its cost_table.json)."""
-    budget = _search_file(search_dir, "cost_table.json", "cost").get("budget")
-    if not budget:
+def cost_model_of_search(search_dir: Path, cost_file: dict[str, Any] | None = None) -> CostModel:
+    """The cost model a finished search ran under; ``cost_file``: its cost_table.json when
+    already read."""
+    cost_file = cost_file or _search_file(search_dir, "cost_table.json", "cost")
+    if not cost_file.get("budget"):
         raise UserError(f"the search in {search_dir} had no budget (search.use_cost false?)")
-    return CostModel(**budget)
+    return CostModel(**cost_file["budget"])
 
 
-def rederived_cost_model(search_dir: Path, budget: str) -> CostModel:
+def rederived_cost_model(
+    search_dir: Path, budget: str, cost_file: dict[str, Any] | None = None
+) -> CostModel:
     """The search's cost model with its target moved to ``budget`` (a speed-up)."""
-    return cost_model_of_search(search_dir).with_speedup(budget, STUDENT_BUDGET)
+    return cost_model_of_search(search_dir, cost_file).with_speedup(budget, STUDENT_BUDGET)
 
 
 def rederived_genotype(search_dir: Path, model: CostModel) -> Genotype:
@@ -91,7 +94,7 @@ def run_student(
     # The search's files are read before anything is written or trained.
     cost_file = _search_file(search_dir, "cost_table.json", "cost")
     if genotype is None and cfg.student.budget:
-        model = rederived_cost_model(search_dir, cfg.student.budget)
+        model = rederived_cost_model(search_dir, cfg.student.budget, cost_file)
         genotype = rederived_genotype(search_dir, model)
         # The student's cost is reported against the budget it was derived under.
         cost_file = {**cost_file, "budget": model.to_dict()}
