@@ -142,7 +142,13 @@ def main() -> int:
         if args.search_dir
         else empty_genotype(cfg)
     )
-    student = Student(num_items, cfg.data.max_len, genotype, dropout=cfg.search.dropout)
+    student = Student(
+        num_items,
+        cfg.data.max_len,
+        genotype,
+        dropout=cfg.search.dropout,
+        positions=cfg.student.positions,
+    )
     if cfg.student.loss == "kd":
         retrain = DistillStage(student, teacher, cfg.search, cfg.student, device, cfg.seed)
     else:

@@ -63,6 +63,7 @@ def test_unknown_key_names_the_closest_valid_key(tmp_path: Path):
         ("student.budget=fast", "student.budget.*not understood"),
         ("student.budget=2.5M", "student.budget.*speed-up"),
         ("student.budget=0.5x", "student.budget.*exceed 1x"),
+        ("student.positions=relative", "'student.positions' must be one of absolute, none"),
     ],
 )
 def test_bad_values_are_user_errors(item: str, message: str):
@@ -157,3 +158,8 @@ def test_parse_budget(text, kind, value):
 def test_bad_budgets_are_user_errors(text):
     with pytest.raises(UserError, match="budget"):
         parse_budget(text)
+
+
+def test_student_positions_default_to_absolute_and_accept_none():
+    assert load_config(None, []).student.positions == "absolute"
+    assert load_config(None, ["student.positions=none"]).student.positions == "none"

@@ -122,6 +122,7 @@ def test_specs_keep_the_format_of_earlier_model_files():
         "num_items": 40,
         "max_len": 9,
         "dropout": 0.25,
+        "positions": "absolute",  # absent from earlier files: they load as absolute
     }
 
 

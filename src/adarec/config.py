@@ -161,6 +161,9 @@ class StudentConfig(LoopConfig):
     # A speed-up over the teacher ("15x") to derive the student under from the search's
     # architecture weights (repaired to fit; no new search); "" keeps the search's cell.
     budget: str = ""
+    # absolute (a learned position embedding, as the supernet has) | none (the causal cells
+    # alone know the order: the student streams per event exactly past data.max_len).
+    positions: str = "absolute"
 
 
 @dataclass
@@ -171,7 +174,7 @@ class EvalConfig:
 
 
 # How a trained model can be run for serving (adarec serve --backend, adarec bench).
-SERVING_BACKENDS = ("eager", "torchscript", "onnx")
+SERVING_BACKENDS = ("eager", "torchscript", "onnx", "compiled")
 
 
 @dataclass
@@ -232,6 +235,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "search.cost_gate": ("derived", "expected"),
     "student.init": ("inherit", "scratch"),
     "student.loss": ("ce", "kd"),
+    "student.positions": ("absolute", "none"),
 }
 
 

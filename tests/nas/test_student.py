@@ -307,3 +307,104 @@ def test_padding_before_a_history_changes_nothing(grad):
         padded = all_states(student, left_pad(items, 9))
     for a, b in zip(bare, padded, strict=True):
         torch.testing.assert_close(b[:, -7:], a, atol=1e-5, rtol=0)
+
+
+def _student_without_positions(max_len: int = 40, seed: int = 0) -> Student:
+    torch.manual_seed(seed)
+    genotype = Genotype("causal", ZEROED_CELL, 2, WIDTH)
+    student = Student(NUM_ITEMS, max_len, genotype, dropout=0.0, positions="none")
+    return add_noise(student, seed).eval()
+
+
+def test_a_student_without_positions_has_no_position_embedding():
+    genotype = Genotype("causal", ZEROED_CELL, 2, WIDTH)
+    absolute = Student(NUM_ITEMS, MAX_LEN, genotype)
+    none = Student(NUM_ITEMS, MAX_LEN, genotype, positions="none")
+    assert absolute.uses_positions and absolute.positions == "absolute"
+    assert not none.uses_positions and none.position_embedding is None
+    assert not any("position" in name for name in none.state_dict())
+    # Its parameter count is honest: the absolute student's less the max_len x width table.
+    count = sum(p.numel() for p in absolute.parameters())
+    assert sum(p.numel() for p in none.parameters()) == count - MAX_LEN * WIDTH
+    with pytest.raises(ValueError, match="positions must be one of absolute, none"):
+        Student(NUM_ITEMS, MAX_LEN, genotype, positions="relative")
+
+
+@pytest.mark.parametrize("grad", (True, False), ids=("training", "serving"))
+def test_without_positions_scores_do_not_depend_on_what_precedes_the_window(grad):
+    student = _student_without_positions()
+    assert student.window == 13
+    items = random_items(3, 15, seed=2)
+    earlier = random_items(3, 20, seed=3)
+    with torch.set_grad_enabled(grad):
+        bare = student.full_sort_predict(items)
+        # Left padding, or older items the receptive field does not reach: the latest
+        # items sit at other absolute positions, which must not matter.
+        padded = student.full_sort_predict(left_pad(items, 9))
+        longer = student.full_sort_predict(torch.cat([earlier, items], dim=1))
+        whole = student.logits(student(torch.cat([earlier, items], dim=1)).output[:, -1])
+    for scores in (padded, longer, whole):
+        torch.testing.assert_close(scores, bare, atol=1e-5, rtol=0)
+    # The same weights with absolute positions do depend on it: the check has teeth.
+    absolute = Student(NUM_ITEMS, 40, student.genotype, dropout=0.0).eval()
+    absolute.load_state_dict(student.state_dict(), strict=False)
+    with torch.no_grad():
+        absolute.position_embedding.embedding.weight.normal_()
+        assert not torch.allclose(
+            absolute.full_sort_predict(torch.cat([earlier, items], dim=1)),
+            absolute.full_sort_predict(items),
+            atol=1e-3,
+        )
+
+
+def test_a_student_without_positions_inherits_all_but_the_supernets_positions():
+    supernet, genotype = _searched("causal")
+    student = Student(NUM_ITEMS, MAX_LEN, genotype, dropout=0.0, positions="none")
+    copied = inherit_weights(student, supernet)
+    assert copied == len(student.state_dict()) > 0
+    assert "position_embedding.embedding.weight" in supernet.state_dict()
+    # Equal to the derived supernet once its position embedding adds nothing.
+    with torch.no_grad():
+        supernet.position_embedding.embedding.weight.zero_()
+    student.eval()
+    items = left_pad(random_items(3, MAX_LEN - 2, seed=5), 2)
+    with torch.no_grad():
+        expected = all_states(supernet, items, weights=supernet.derived_weights())
+        got = all_states(student, items)
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+
+def test_positions_round_trip_through_the_spec():
+    student = _student_without_positions(max_len=MAX_LEN)
+    spec = student.to_spec()
+    assert spec["positions"] == "none"
+    loaded = Student.from_spec(spec)
+    assert not loaded.uses_positions
+    loaded.load_state_dict(student.state_dict())  # strict: the same tensors
+    items = random_items(2, MAX_LEN, seed=4)
+    with torch.no_grad():
+        expected = student.full_sort_predict(items)
+        torch.testing.assert_close(loaded.eval().full_sort_predict(items), expected)
+
+
+def test_a_spec_saved_before_positions_were_an_option_loads_as_absolute():
+    absolute = _student()
+    spec = absolute.to_spec()
+    assert spec["positions"] == "absolute"
+    del spec["positions"]
+    loaded = Student.from_spec(spec)
+    assert loaded.uses_positions and loaded.positions == "absolute"
+    loaded.load_state_dict(absolute.state_dict())  # strict: the position embedding too
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_a_student_without_positions_traces():
+    predict = ScorePredict(_student_without_positions(max_len=MAX_LEN)).eval()
+    example = left_pad(random_items(2, 6, seed=1), 4)
+    other = left_pad(random_items(5, 3, seed=2), 7)
+    with torch.no_grad():
+        frozen = torch.jit.freeze(torch.jit.trace(predict, example))
+        torch.testing.assert_close(frozen(other), predict(other))
+    # No position indices are computed for nothing.
+    assert "aten::cumsum" not in [node.kind() for node in frozen.graph.nodes()]

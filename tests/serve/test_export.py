@@ -89,6 +89,18 @@ def test_export_matches_eager_for_every_op(runs, op_set, fmt, tmp_path):
     check_parity(run, fmt, export_run(run, fmt, tmp_path / "artefact"))
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_of_a_student_without_positions_matches_eager(runs, fmt, tmp_path):
+    run = tmp_path / "student"
+    _all_ops_student(runs["student-causal"], "causal", run)
+    model, spec = load_run_model(run)
+    student = Student.from_spec({**spec, "positions": "none"})
+    student.load_state_dict(model.state_dict(), strict=False)  # all but the positions
+    save_model(run, student)
+    assert not load_run_model(run)[0].uses_positions
+    check_parity(run, fmt, export_run(run, fmt, tmp_path / "artefact"))
+
+
 def test_artefact_is_self_contained(runs, tmp_path):
     run = runs["student-causal"]
     out = export_run(run, "onnx", tmp_path / "artefact")

@@ -37,7 +37,7 @@ def replay(model, history: list[int]) -> list[float]:
     return errors
 
 
-def random_student(seed: int, max_len: int = 12) -> Student:
+def random_student(seed: int, max_len: int = 12, positions: str = "absolute") -> Student:
     rng = random.Random(seed)
     genotype = random_genotype(
         "causal", nodes=rng.randint(1, 4), cells=rng.randint(1, 3), width=8, seed=seed
@@ -49,7 +49,8 @@ def random_student(seed: int, max_len: int = 12) -> Student:
     )
     genotype = Genotype("causal", nodes, genotype.cells, genotype.width)
     torch.manual_seed(seed)
-    return add_noise(Student(NUM_ITEMS, max_len, genotype, dropout=0.0), seed).eval()
+    student = Student(NUM_ITEMS, max_len, genotype, dropout=0.0, positions=positions)
+    return add_noise(student, seed).eval()
 
 
 def random_history(seed: int, length: int) -> list[int]:
@@ -98,6 +99,53 @@ def test_student_reencodes_past_max_len_only():
             assert state.tensors or not any(streamer.queue)
     assert streamer.reencodes == 8
     assert state.tensors == [] and len(state.recent) == min(student.window, 12)
+
+
+def student_without_positions(seed: int) -> Student:
+    """A random student without positions whose receptive field just fits in max_len."""
+    window = random_student(seed).window
+    return random_student(seed, max_len=window, positions="none")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_student_without_positions_streams_exactly_forever(seed):
+    student = student_without_positions(seed)
+    streamer = streamer_for(student)
+    assert streamer.exact_events is None and streamer.keep == 0
+    # Three windows: every event past max_len steps from the queues, as within it.
+    history = random_history(seed, 3 * student.max_len)
+    assert max(replay(student, history)) <= TOLERANCE
+    state = streamer.init_state()
+    for item in history:
+        state = streamer.advance(state, item)
+        assert state.tensors or not any(streamer.queue)
+    assert streamer.reencodes == 0 and state.recent == []
+
+
+def test_student_without_positions_reencodes_when_its_field_exceeds_max_len():
+    student = random_student(3, max_len=12, positions="none")
+    assert student.window > 12  # the served window cuts the receptive field
+    streamer = streamer_for(student)
+    assert streamer.exact_events == 12 and streamer.keep == 12
+    assert max(replay(student, random_history(3, 30))) <= TOLERANCE
+    assert streamer_for(student).rebuild(random_history(3, 30)).tensors == []
+
+
+@pytest.mark.parametrize("length", [0, 5, 40])
+def test_rebuild_without_positions_equals_streaming(length):
+    student = student_without_positions(5)
+    streamer = streamer_for(student)
+    history = random_history(5, length)
+    state = streamer.init_state()
+    for item in history:
+        state = streamer.advance(state, item)
+    rebuilt = streamer.rebuild(history)
+    assert rebuilt.events == state.events == length
+    if length:
+        assert torch.allclose(rebuilt.output, state.output, atol=TOLERANCE)
+        _, scores = streamer.step(rebuilt, 7)
+        assert (scores - full_scores(student, history + [7])).abs().max() <= TOLERANCE
+    assert streamer.reencodes == 0
 
 
 # NextItNet's receptive field: 1 + 6 x the dilation per block (kernel 3, convs d and 2d).

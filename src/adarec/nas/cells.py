@@ -38,8 +38,19 @@ class Cell(nn.Module):
         return F.relu(self.norm(mixed)) + cell_input
 
 
+# How a network knows where an item sits: "absolute" adds a learned embedding of its
+# position counted from the oldest real item (``item_positions``); "none" adds nothing
+# (causal convolutions and pools know the order locally), so an output depends on the
+# latest items alone and not on how far they are from the start of the served window.
+POSITIONS = ("absolute", "none")
+
+
 class CellNetwork(SequentialRecommender):
-    """Item + position embedding, a stack of cells, and a dropout + linear head.
+    """Item (+ position) embedding, a stack of cells, and a dropout + linear head.
+
+    ``positions`` (``POSITIONS``): with "none" the network has no position embedding at
+    all (``position_embedding`` is None): nothing to train, inherit or count.
+    ``uses_positions`` says which, for code that reads the embedding's weight directly.
 
     Padding positions are zeroed after the embedding, after every cell and after every
     node that a later node reads (a student zeroes only those nodes that can be nonzero
@@ -47,14 +58,28 @@ class CellNetwork(SequentialRecommender):
     on how many pads precede it.
     """
 
-    def __init__(self, num_items: int, max_len: int, width: int, dropout: float, cells: list[Cell]):
+    def __init__(
+        self,
+        num_items: int,
+        max_len: int,
+        width: int,
+        dropout: float,
+        cells: list[Cell],
+        positions: str = "absolute",
+    ):
         super().__init__()
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}; got {positions!r}")
         self.num_items = num_items
         self.max_len = max_len
         self.width = width
         self.hidden_size = width  # the name the teachers use for their width
+        self.positions = positions
+        self.uses_positions = positions == "absolute"
         self.item_embedding = nn.Embedding(num_items + 1, width, padding_idx=0)
-        self.position_embedding = PositionEmbedding(max_len, width)
+        # None rather than an unused module: no parameter without a gradient in the
+        # optimizer, and the parameter count is the model's own.
+        self.position_embedding = PositionEmbedding(max_len, width) if self.uses_positions else None
         self.embedding_dropout = nn.Dropout(dropout)
         self.cells = nn.ModuleList(cells)
         self.head_dropout = nn.Dropout(dropout)
@@ -77,9 +102,11 @@ class CellNetwork(SequentialRecommender):
         cell k of K then runs on its input's last (K - k) * trim + 1 positions. Its outputs
         at the first ``trim`` of them are wrong (the cut reads as padding) and are exactly
         the ones the next cut drops, so the last output is unchanged; the hidden states
-        shrink.
+        shrink. Without a position embedding ``positions`` is unused.
         """
-        h = self.item_embedding(items) + self.position_embedding(items, positions)
+        h = self.item_embedding(items)
+        if self.position_embedding is not None:
+            h = h + self.position_embedding(items, positions)
         mask = padding_mask(items).unsqueeze(-1).to(h.dtype)
         h = self.embedding_dropout(h) * mask
         embedding = h

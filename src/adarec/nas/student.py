@@ -121,15 +121,28 @@ def _keeps_padding_zero(op: nn.Module) -> bool:
 
 
 class Student(CellNetwork):
-    """The retrained network: ``genotype.cells`` copies of the searched cell (own weights)."""
+    """The retrained network: ``genotype.cells`` copies of the searched cell (own weights).
 
-    def __init__(self, num_items: int, max_len: int, genotype: Genotype, dropout: float = 0.1):
+    ``positions``: "absolute" (a learned position embedding, as the supernet has) or
+    "none" (the cells alone know the order; the student then streams exactly past
+    ``max_len``, see ``serve.streaming``).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        max_len: int,
+        genotype: Genotype,
+        dropout: float = 0.1,
+        positions: str = "absolute",
+    ):
         super().__init__(
             num_items,
             max_len,
             genotype.width,
             dropout,
             [StudentCell(genotype) for _ in range(genotype.cells)],
+            positions,
         )
         self.genotype = genotype
         # The last position depends on this many latest items only (no attention).
@@ -143,12 +156,20 @@ class Student(CellNetwork):
             "num_items": self.num_items,
             "max_len": self.max_len,
             "dropout": self.embedding_dropout.p,
+            "positions": self.positions,
         }
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Self:
         genotype = genotype_from_dict(spec["genotype"])
-        return cls(spec["num_items"], spec["max_len"], genotype, dropout=spec.get("dropout", 0.1))
+        return cls(
+            spec["num_items"],
+            spec["max_len"],
+            genotype,
+            dropout=spec.get("dropout", 0.1),
+            # Runs saved before the option existed all had absolute positions.
+            positions=spec.get("positions", "absolute"),
+        )
 
     def forward(self, items: torch.Tensor, positions: torch.Tensor | None = None) -> SeqOutput:
         return self.run_cells(items, lambda cell, x, mask: cell(x, mask), positions)
@@ -165,7 +186,9 @@ class Student(CellNetwork):
         # A slice longer than the history keeps all of it: no shape-dependent branch, so
         # the method traces for export. [..., -n:] and select are one op each in a traced
         # graph, where [:, -n:] and [:, -1, :] add no-op slices of the other dimensions.
-        positions = item_positions(items)[..., -self.window :]
+        # Without a position embedding the indices would be computed for nothing (and
+        # traced into the exported graph).
+        positions = item_positions(items)[..., -self.window :] if self.uses_positions else None
         output = self.run_cells(
             items[..., -self.window :], lambda c, x, m: c(x, m), positions, trim=self.reach
         )
@@ -176,7 +199,8 @@ def inherit_weights(student: Student, supernet: Supernet) -> int:
     """Copy embeddings, the chosen ops, node weights, norms and head from the supernet.
 
     Every tensor of the student (parameters and buffers such as BatchNorm statistics) is
-    taken from the supernet tensor of the same name; returns how many were copied.
+    taken from the supernet tensor of the same name; returns how many were copied. A
+    student without positions has no position embedding: the supernet's is left behind.
     """
     genotype = student.genotype
     if genotype.op_set != supernet.op_set:

@@ -87,6 +87,8 @@ def run_student(
     from the search's teacher or from ``teacher`` (a module; needed when the search had one).
     ``cfg.student.budget``: derive the cell again from the search's architecture weights
     under that speed-up instead of taking the search's own (ignored with ``genotype``).
+    ``cfg.student.positions``: with "none" the student has no position embedding (the
+    supernet's is not inherited).
     """
     search_dir = Path(search_dir)
     if not (search_dir / "genotype.json").exists():
@@ -110,7 +112,13 @@ def run_student(
         teacher_dir = resolve_from_run(recorded, search_dir)
     run = StageRun(cfg, run_dir, resume, quiet, data_of=search_dir)
     num_items = run.data.data.num_items
-    student = Student(num_items, cfg.data.max_len, genotype, dropout=cfg.search.dropout)
+    student = Student(
+        num_items,
+        cfg.data.max_len,
+        genotype,
+        dropout=cfg.search.dropout,
+        positions=cfg.student.positions,
+    )
     if cfg.student.init == "inherit":
         supernet, _ = load_run_model(search_dir, run.device, filename=SUPERNET_FILE)
         copied = inherit_weights(student, supernet)

@@ -12,10 +12,13 @@ After every event the scores equal ``full_sort_predict`` of the same history as 
 predictor serves it (its most recent ``max_len`` items, left-padded). Past ``max_len`` the
 models differ:
 
-- AdaRec student: positions are counted within the served window, so once the window
-  slides every item's position (and every cached state) changes. Past ``max_len`` each
-  event re-encodes the receptive field (``min(receptive field, max_len)`` items, the same
-  computation as ``full_sort_predict``): still independent of the history's length.
+- AdaRec student with absolute positions (``student.positions``): positions are counted
+  within the served window, so once the window slides every item's position (and every
+  cached state) changes. Past ``max_len`` each event re-encodes the receptive field
+  (``min(receptive field, max_len)`` items, the same computation as
+  ``full_sort_predict``): still independent of the history's length.
+- AdaRec student without positions: like NextItNet below, it streams exactly forever
+  when its receptive field fits in ``max_len`` (else it re-encodes the window past it).
 - SASRec (and BERT4Rec fine-tuned causally): the same position shift invalidates the
   key/value cache, so past ``max_len`` each event re-encodes the ``max_len`` window.
 - NextItNet has no positions: when its receptive field fits in ``max_len`` it streams
@@ -175,8 +178,13 @@ class StudentStreamer(Streamer):
                 "read the next position: it cannot be served per event (use /recommend)"
             )
         super().__init__(model)
-        self.exact_events = model.max_len
-        self.keep = min(model.window, model.max_len)
+        if not model.uses_positions and model.window <= model.max_len:
+            # Nothing shifts when the served window slides, and the last output reads no
+            # item the window cuts off: the queues stay exact for every event.
+            self.exact_events, self.keep = None, 0
+        else:
+            self.exact_events = model.max_len
+            self.keep = min(model.window, model.max_len)
         # A node whose edges are all "none" is zero at every position, and so is a pool or
         # skip of it: such edges are left out (a convolution of zeros is kept: its
         # LayerNorm adds a bias), and zero nodes add nothing to the cell's weighted sum.
@@ -211,8 +219,9 @@ class StudentStreamer(Streamer):
 
     def _step(self, state: StreamState, item: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         model = self.model
-        positions = model.position_embedding.embedding.weight
-        x = model.item_embedding.weight[item] + positions[state.events]
+        x = model.item_embedding.weight[item]
+        if model.uses_positions:  # here state.events < max_len (exact_events)
+            x = x + model.position_embedding.embedding.weight[state.events]
         queues, new_queues = iter(state.tensors), []
 
         def window(index: int, value: torch.Tensor) -> torch.Tensor:
@@ -251,10 +260,9 @@ class StudentStreamer(Streamer):
         model = self.model
         length = items.size(1)
         first = model.max_len - length
-        x = (
-            model.item_embedding.weight[items[0]]
-            + model.position_embedding.embedding.weight[first : first + length]
-        )  # [length, C]
+        x = model.item_embedding.weight[items[0]]  # [length, C]
+        if model.uses_positions:
+            x = x + model.position_embedding.embedding.weight[first : first + length]
         for cell, weights in zip(model.cells, self.node_weights, strict=True):
             inputs = [F.relu(x).unsqueeze(0)]  # each [1, length, C], as the ops expect
             nodes = []
