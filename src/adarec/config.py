@@ -187,7 +187,7 @@ class BenchConfig:
     threads: int = 0  # 0: leave torch's default
     # The pipeline's report times every model under each (eager PyTorch, and the exported
     # TorchScript graph a service would load); adarec bench takes its own --backends.
-    backends: list[str] = field(default_factory=lambda: ["eager", "torchscript"])
+    backends: list[str] = field(default_factory=lambda: ["eager", "torchscript", "compiled"])
 
 
 @dataclass

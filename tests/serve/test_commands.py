@@ -113,7 +113,7 @@ def test_bench_compares_runs_and_writes_json(runs, tmp_path, capsys):
     assert teacher["params"] == count_parameters(load_run_model(first)[0])
     assert teacher["macs_per_history"] > 0
     for run in result["runs"]:
-        assert set(run["latency"]) == {"eager", "torchscript", "onnx"}
+        assert set(run["latency"]) == {"eager", "torchscript", "onnx", "compiled"}
         for backend, per_batch in run["latency"].items():
             assert set(per_batch) == {"1", "4"}
             for batch, stats in per_batch.items():
@@ -206,7 +206,7 @@ def test_serve_without_state_for_a_model_that_cannot_stream(runs, served_app, ca
     "extra, message",
     [
         (["--state", "postgres://db"], "--state must be 'memory' or a redis:// URL"),
-        (["--state", "memory", "--backend", "onnx"], "--state needs the eager backend"),
+        (["--state", "memory", "--backend", "onnx"], "--state needs the eager or compiled backend"),
         (["--max-body-mb", "0"], "--max-body-mb must be positive"),
         (["--max-users", "0"], "--max-users and --max-state-mb must be positive"),
     ],

@@ -20,6 +20,9 @@ causal dilated convs of this set).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,6 +56,39 @@ ALL_OPS: tuple[str, ...] = tuple(dict.fromkeys(CAUSAL_OPS + PAPER_OPS))
 
 # name -> (kernel size, dilation) of the convolutions of both sets.
 _CONVS = {"conv3": (3, 1), "conv5": (5, 1), "dil_conv3": (3, 2), "dil_conv5": (5, 2)}
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """What a compiled per-event step needs of one causal op (``adarec.serve.compiled_step``).
+
+    ``kind``: "skip", "max_pool", "avg_pool" or "conv". A pool reduces its input at
+    t - 2 .. t. A convolution multiplies ``weight`` [C_out, kernel x C_in] by its taps
+    stacked oldest first (tap 0 at t - (kernel - 1) x dilation, the last at t) and applies
+    LayerNorm (``norm_weight``, ``norm_bias``, ``eps``).
+    """
+
+    kind: str
+    reach: int
+    kernel: int = 1
+    dilation: int = 1
+    weight: np.ndarray | None = None
+    norm_weight: np.ndarray | None = None
+    norm_bias: np.ndarray | None = None
+    eps: float = 0.0
+
+
+def step_spec(op: nn.Module) -> StepSpec:
+    """The compiled step of a student's op; UserError for an op that cannot stream.
+
+    Every op a student can hold must answer here (tests build every op of the causal set):
+    an op without a step cannot be served per event.
+    """
+    if isinstance(op, nn.Identity):
+        return StepSpec("skip", 0)
+    if isinstance(op, ConvOp | PoolOp):
+        return op.step_spec()
+    raise UserError(f"{type(op).__name__} has no per-event step: it cannot be served per event")
 
 
 def left_reach(name: str) -> int:
@@ -131,6 +167,22 @@ class ConvOp(nn.Module):
         taps = window[:: self.conv.dilation[0]]  # [kernel, C]: t - (k-1)d, ..., t
         return self.norm(torch.mv(self.conv.weight.flatten(1), taps.t().flatten()))
 
+    def step_spec(self) -> StepSpec:
+        """This convolution for the compiled step (causal LayerNorm convolutions only)."""
+        if self.padding[1] or not isinstance(self.norm, nn.LayerNorm):
+            raise UserError("only causal LayerNorm convolutions compute one position at a time")
+        weight = self.conv.weight.detach().cpu().float()  # [C_out, C_in, kernel]
+        return StepSpec(
+            "conv",
+            self.reach,
+            kernel=weight.shape[2],
+            dilation=self.conv.dilation[0],
+            weight=weight.permute(0, 2, 1).reshape(weight.shape[0], -1).numpy(),
+            norm_weight=self.norm.weight.detach().cpu().float().numpy(),
+            norm_bias=self.norm.bias.detach().cpu().float().numpy(),
+            eps=float(self.norm.eps),
+        )
+
 
 class PoolOp(nn.Module):
     """Max or average pooling over a window of 3 positions, stride 1, same length.
@@ -193,6 +245,12 @@ class PoolOp(nn.Module):
             raise ValueError("a centred pool reads the next position: it cannot stream")
         # One reduction (not two pairwise ops): at batch 1 each op's dispatch is the cost.
         return window.amax(dim=0) if self.kind == "max" else window.mean(dim=0)
+
+    def step_spec(self) -> StepSpec:
+        """This pool for the compiled step (causal pools only)."""
+        if not self.causal:
+            raise UserError("a centred pool reads the next position: it cannot stream")
+        return StepSpec(f"{self.kind}_pool", self.reach)
 
 
 class Zero(nn.Module):

@@ -115,6 +115,9 @@ class Predictor:
         self.max_len = max_len
         self.info = info or {}
         self.model = model  # the eager model (None for exported artefacts): streams events
+        # A student's compiled step (backend "compiled"): ranks a batch-1 request in one
+        # call and streams events (None: every request goes through ``scorer``).
+        self.compiled: Any = None
         self.index = {str(raw): internal for internal, raw in enumerate(item_ids) if internal > 0}
         self.popularity = torch.as_tensor(popularity, dtype=torch.float32)
         self.popularity[0] = float("-inf")
@@ -129,7 +132,9 @@ class Predictor:
     ) -> Predictor:
         """A predictor for a run directory or an exported artefact directory.
 
-        ``backend`` None: eager for a run directory, the artefact's own format for an export.
+        ``backend`` None: for a run directory, compiled for a student of the causal op set
+        on the CPU (``adarec.serve.compiled_step``) and eager otherwise; for an export, the
+        artefact's own format. "eager" stays the PyTorch reference, selected explicitly.
         A run directory served by TorchScript or ONNX uses its artefact in ``export/FORMAT``,
         exported first when it is missing or older than the run's model.
         """
@@ -142,18 +147,40 @@ class Predictor:
         if threads > 0:
             torch.set_num_threads(threads)
         if is_artefact(path):
+            if backend == "compiled":
+                raise UserError(
+                    f"{path} is an exported artefact; the compiled backend serves a run "
+                    "directory (it reads the student's weights)"
+                )
             return cls._from_artefact(path, backend, torch_device, threads)
-        if backend not in (None, "eager"):
+        if backend not in (None, "eager", "compiled"):
             artefact = current_export(path, backend, torch_device)
             return cls._from_artefact(artefact, backend, torch_device, threads)
         from adarec.runs import load_run_model
 
         model, spec = load_run_model(path, torch_device)
-        info = {**model_info(path, model, spec), "backend": "eager"}
+        if backend is None:
+            backend = "compiled" if compiles(model, torch_device) else "eager"
+        compiled = None
+        if backend == "compiled":
+            if not compiles(model, torch_device):
+                raise UserError(
+                    "the compiled backend serves AdaRec students of the causal op set on the "
+                    f"CPU; this is a {spec['kind']} on {torch_device} (use --backend eager "
+                    "or torchscript)"
+                )
+            from adarec.serve.compiled_step import CompiledStep
+
+            compiled = CompiledStep(model)
+        info = {**model_info(path, model, spec), "backend": backend}
         scorer = _torch_scorer(model.full_sort_predict, torch_device)
+        if compiled is not None:
+            scorer = compiled_scorer(compiled, scorer)
         items = run_items(path, spec["num_items"])
         popularity = run_popularity(path, spec["num_items"])
-        return cls(scorer, items, popularity, spec["max_len"], info, model)
+        predictor = cls(scorer, items, popularity, spec["max_len"], info, model)
+        predictor.compiled = compiled
+        return predictor
 
     @classmethod
     def _from_artefact(
@@ -233,7 +260,12 @@ class Predictor:
         rows = [row for row, e in enumerate(encoded) if e.items]
         top: dict[int, tuple[list[int], list[float]]] = {}
         fallback: tuple[list[int], list[float]] = ([], [])
-        if rows:
+        if len(rows) == 1 and self.compiled is not None:
+            # A batch-1 request: one compiled call over the history's receptive field.
+            (row,) = rows
+            history = encoded[row].items
+            top[row] = self.compiled.rank(history, k, history if exclude_seen else None)
+        elif rows:
             inputs = left_pad([np.asarray(encoded[r].items) for r in rows], self.max_len)
             with torch.inference_mode():
                 scores = self.scorer(torch.from_numpy(inputs)).float()
@@ -259,6 +291,24 @@ class Predictor:
                 }
             )
         return results
+
+
+def compiled_scorer(step: Any, batched: Scorer) -> Scorer:
+    """The compiled backend's scorer: one history in one compiled call, a batch by
+    ``batched`` (PyTorch), which is faster there: on the ml-1m student at batch 256 one
+    call per history took 26 ms against 12 ms for the eager batch (1 thread)."""
+
+    def score(items: torch.Tensor) -> torch.Tensor:
+        return step.scores(items) if items.shape[0] == 1 else batched(items)
+
+    return score
+
+
+def compiles(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether the compiled backend can serve ``model``: a causal-op student on the CPU."""
+    from adarec.nas.student import Student
+
+    return isinstance(model, Student) and model.genotype.op_set == "causal" and device.type == "cpu"
 
 
 def _top_k(scores: torch.Tensor, k: int) -> list[tuple[list[int], list[float]]]:

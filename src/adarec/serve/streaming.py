@@ -34,7 +34,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,6 +82,7 @@ class Streamer(ABC):
 
     exact_events: int | None
     keep: int
+    layout = "torch"  # how the state's tensors are laid out (part of a stored state's tag)
 
     def __init__(self, model: SequentialRecommender):
         self.model = model.eval()
@@ -107,6 +110,18 @@ class Streamer(ABC):
         state = self.advance(state, item)
         with torch.inference_mode():
             return state, self.model.logits(state.output.unsqueeze(0))[0]
+
+    def advance_top_k(
+        self, state: StreamState, item: int, k: int
+    ) -> tuple[StreamState, list[int], list[float]]:
+        """The state after ``item`` and the ``k`` best items then (never the padding
+        column), with their scores: what ``/events`` answers with an exact top-k."""
+        state = self.advance(state, item)
+        with torch.inference_mode():
+            scores = self.model.logits(state.output.unsqueeze(0))[0]
+            scores[0] = float("-inf")
+            values, indices = torch.topk(scores, k)
+        return state, indices.tolist(), values.tolist()
 
     def rebuild(self, items: Sequence[int]) -> StreamState:
         """The state after a whole history (internal ids, oldest first), e.g. after a loss.
@@ -376,9 +391,95 @@ def _finish_block(block: TransformerBlock, x: torch.Tensor, attended: torch.Tens
     return block.feed_forward_norm(x + block.feed_forward(x))
 
 
-def streamer_for(model: nn.Module) -> Streamer:
-    """The streamer of a trained model; UserError for a model that cannot stream exactly."""
+class CompiledStudentStreamer(Streamer):
+    """The AdaRec student's step as ONE compiled call per event (``CompiledStep``): the
+    queues, every op, the norms, the head and the top-k in machine code.
+
+    Same events, re-encodes and answers as ``StudentStreamer`` (the PyTorch reference,
+    exact against ``full_sort_predict``); its state is one array [rows, C] of queues (see
+    ``adarec.serve.compiled_step``), so the two runtimes' stored states differ in layout
+    (``layout`` goes into the state store's tag).
+    """
+
+    layout = "compiled"
+
+    def __init__(self, model: Student, step: Any = None):
+        from adarec.serve.compiled_step import CompiledStep
+
+        super().__init__(model)
+        self.compiled = step if step is not None else CompiledStep(model)
+        # The same bounds as StudentStreamer: exact forever only when nothing shifts.
+        if not model.uses_positions and model.window <= model.max_len:
+            self.exact_events, self.keep = None, 0
+        else:
+            self.exact_events = model.max_len
+            self.keep = min(model.window, model.max_len)
+
+    def _initial_tensors(self) -> list[torch.Tensor]:
+        return [torch.from_numpy(self.compiled.initial_state())]
+
+    def _run(
+        self, queues: np.ndarray, items: Sequence[int], first_position: int, k: int
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[int], list[float]]:
+        state, hidden, ids, scores = self.compiled.run(
+            queues, np.asarray(items, dtype=np.int64), first_position, k
+        )
+        return [torch.from_numpy(state)], torch.from_numpy(hidden), ids, scores
+
+    def _step(self, state: StreamState, item: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        tensors, output, _, _ = self._run(state.tensors[0].numpy(), [item], state.events, 0)
+        return tensors, output
+
+    def _reencode(self, recent: list[int]) -> torch.Tensor:
+        first = self.model.max_len - len(recent)  # the window's tail, as served
+        _, output, _, _ = self._run(self.compiled.initial_state(), recent, first, 0)
+        return output
+
+    def advance_top_k(
+        self, state: StreamState, item: int, k: int
+    ) -> tuple[StreamState, list[int], list[float]]:
+        if not 1 <= item <= self.model.num_items:
+            raise ValueError(f"item {item} is not an internal item id (1..{self.model.num_items})")
+        events = state.events + 1
+        recent = (state.recent + [item])[-self.keep :] if self.keep else []
+        if self.exact_events is not None and events > self.exact_events:
+            self.reencodes += 1
+            first = self.model.max_len - len(recent)
+            _, output, ids, scores = self._run(self.compiled.initial_state(), recent, first, k)
+            return StreamState(events, recent, [], output), ids, scores
+        tensors, output, ids, scores = self._run(state.tensors[0].numpy(), [item], state.events, k)
+        return StreamState(events, recent, tensors, output), ids, scores
+
+    def rebuild(self, items: Sequence[int]) -> StreamState:
+        """The state after a whole history in one compiled call over its last
+        ``window + reach`` items: the queues hold inputs up to ``reach`` back, whose own
+        values read at most ``window - 1`` further, so older items change nothing."""
+        items = list(items)
+        if self.exact_events is not None and len(items) > self.exact_events:
+            recent = items[-self.keep :]
+            return StreamState(len(items), recent, [], self._reencode(recent))
+        start = max(0, len(items) - (self.model.window + self.model.reach))
+        recent = items[-self.keep :] if self.keep else []
+        if start == len(items):
+            return StreamState(len(items), recent, self._initial_tensors())
+        tensors, output, _, _ = self._run(self.compiled.initial_state(), items[start:], start, 0)
+        return StreamState(len(items), recent, tensors, output)
+
+
+RUNTIMES = ("compiled", "torch")
+
+
+def streamer_for(model: nn.Module, runtime: str = "torch") -> Streamer:
+    """The streamer of a trained model; UserError for a model that cannot stream exactly.
+
+    ``runtime`` "compiled": a student's one-call compiled step (other models have none and
+    stream with PyTorch); "torch": the PyTorch step, the reference.
+    """
+    if runtime not in RUNTIMES:
+        raise UserError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if isinstance(model, Student):
+        if runtime == "compiled":
+            return CompiledStudentStreamer(model)
         return StudentStreamer(model)
     if isinstance(model, NextItNet):
         return NextItNetStreamer(model)
