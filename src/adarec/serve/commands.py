@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be 0 (the default) or more; got {args.threads}")
     if args.max_body_mb <= 0:
         raise UserError(f"--max-body-mb must be positive; got {args.max_body_mb}")
+    from adarec.serve.workers import check_workers
+
+    check_workers(args.workers, args.state)
+    if args.workers > 1:
+        return serve_workers(args)
     try:
         predictor = Predictor.from_run(Path(args.run_dir), args.backend, args.device, args.threads)
         events, events_note = event_service(predictor, args)
@@ -142,6 +148,30 @@ def format_recommendations(response: dict[str, Any]) -> str:
     if response["truncated"]:
         lines.append("history longer than the model's max_len: only the most recent items used")
     return "\n".join(lines)
+
+
+def serve_workers(args: argparse.Namespace) -> int:
+    """``serve --workers N``: the socket bound here, each worker loads the model and serves."""
+    from adarec.serve.app import bind_socket, create_app, serve
+    from adarec.serve.predictor import Predictor
+    from adarec.serve.workers import run_workers
+
+    sock = bind_socket(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def worker() -> None:
+        predictor = Predictor.from_run(Path(args.run_dir), args.backend, args.device, args.threads)
+        events, events_note = event_service(predictor, args)
+        print(f"worker {os.getpid()}: {events_note}", flush=True)
+        app = create_app(predictor, events, max_body=int(args.max_body_mb * 1024 * 1024))
+        serve(app, sock, access_log=not args.no_access_log)
+
+    print(f"serving {args.run_dir} on {url}; {args.workers} workers; Ctrl-C stops", flush=True)
+    code = run_workers(worker, args.workers)
+    sock.close()
+    print("server stopped", flush=True)
+    return code
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -233,6 +263,12 @@ def add_serve_commands(subparsers: Any) -> None:
     )
     serve.add_argument(
         "--max-body-mb", type=float, default=4, help="largest request body in MiB (413 above)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on one port (above 1: needs --state redis://...)",
     )
     _add_backend(serve)
     serve.set_defaults(func=cmd_serve)

@@ -3,7 +3,9 @@
 ``EventService`` ties a predictor (id mapping, popularity), a ``Streamer`` (the model's
 per-event step), a ``StateStore`` and a ``Catalogue`` (top-k). Events of one user are
 applied one at a time, in arrival order (a per-user lock around read, step and write), so
-concurrent events of the same user never lose an update.
+concurrent events of the same user never lose an update. Across server processes sharing
+one Redis, the write is a check-and-set against the state read (``StateStore.put_if``): an
+event that lost the race to another process reads the new state and is applied again.
 
 A user without a usable state (new, evicted, lost, or written by another model) is
 rebuilt from the ``history`` the client sends; without one the event is refused (409),
@@ -20,8 +22,12 @@ from typing import Any
 from adarec.errors import UserError
 from adarec.serve.catalogue import Catalogue
 from adarec.serve.predictor import Predictor
-from adarec.serve.state_store import ForeignState, StateStore
+from adarec.serve.state_store import ForeignState, StateConflict, StateStore, StoreUnavailable
 from adarec.serve.streaming import Streamer, StreamState
+
+# Check-and-set attempts of one event before it is refused (503): only a user whose events
+# arrive at several processes at once retries at all.
+CHECK_AND_SET_ATTEMPTS = 100
 
 
 class MissingState(UserError):
@@ -63,12 +69,13 @@ class EventService:
         self.locks = UserLocks()
         self.rebuilds = 0
 
-    async def _load(self, user: str) -> tuple[StreamState | None, str]:
+    async def _load(self, user: str) -> tuple[StreamState | None, str, Any]:
+        """The stored state (None: none usable), why not, and the token for ``put_if``."""
         try:
-            state = await self.store.get(user)
+            state, token = await self.store.get_for_update(user)
         except ForeignState as exc:
-            return None, f"its stored state was refused: {exc}"
-        return state, "new, evicted or lost"
+            return None, f"its stored state was refused: {exc}", getattr(exc, "token", None)
+        return state, "new, evicted or lost", token
 
     @staticmethod
     def _agrees(state: StreamState, history: list[int]) -> bool:
@@ -82,13 +89,26 @@ class EventService:
         """Append ``item`` to ``user``'s events; the top-k after it.
 
         ``history``: the user's earlier items (oldest first), used only when the stored
-        state is missing or disagrees with it.
+        state is missing or disagrees with it. Applied again from the new state while
+        another process wrote the user's state first (StateConflict).
         """
+        for _ in range(CHECK_AND_SET_ATTEMPTS):
+            try:
+                return await self._event_once(user, item, k, history)
+            except StateConflict:
+                continue
+        raise StoreUnavailable(
+            f"the state of user {user!r} kept changing in {CHECK_AND_SET_ATTEMPTS} attempts"
+        )
+
+    async def _event_once(
+        self, user: str, item: Any, k: int, history: Sequence[Any] | None
+    ) -> dict[str, Any]:
         self.predictor.check_k(k)
         known_history = None if history is None else self.predictor.encode(history).items
         internal = self.predictor.index.get(str(item))
         async with self.locks.hold(user):
-            state, reason = await self._load(user)
+            state, reason, token = await self._load(user)
             status = "continued"
             if known_history is not None and (
                 state is None or not self._agrees(state, known_history)
@@ -103,7 +123,7 @@ class EventService:
                 )
             if internal is not None:
                 state = self.streamer.advance(state, internal)
-            await self.store.put(user, state)
+            await self.store.put_if(user, state, token)
         if state.output is None:
             (items, scores), fallback = self.predictor.popular(k), "popularity"
         else:
@@ -127,7 +147,7 @@ class EventService:
     async def user(self, user: str) -> dict[str, Any]:
         """How many events ``user``'s stored state holds (0 and ``stored: false``: none)."""
         async with self.locks.hold(user):
-            state, _ = await self._load(user)
+            state, _, _ = await self._load(user)
         return {"user": user, "stored": state is not None, "events": state.events if state else 0}
 
     async def stats(self) -> dict[str, Any]:

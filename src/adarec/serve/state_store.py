@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from adarec.errors import UserError
+from adarec.serve.resp import RespClient
 from adarec.serve.streaming import StreamState
 
 FORMAT = 1
@@ -36,6 +37,10 @@ class ForeignState(ValueError):
 
 class StoreUnavailable(RuntimeError):
     """The state store cannot be reached (the service answers 503)."""
+
+
+class StateConflict(RuntimeError):
+    """Another process wrote the user's state between this one's read and write."""
 
 
 def model_tag(model: nn.Module) -> bytes:
@@ -105,6 +110,16 @@ class StateStore(ABC):
     @abstractmethod
     async def delete(self, user: str) -> bool:
         """Forget ``user``; whether there was a state."""
+
+    async def get_for_update(self, user: str) -> tuple[StreamState | None, Any]:
+        """``get`` and a token of what was read, for ``put_if``. A state this model must not
+        use raises ForeignState carrying the token (``exc.token``)."""
+        return await self.get(user), None
+
+    async def put_if(self, user: str, state: StreamState, token: Any) -> None:
+        """``put``, unless the stored state changed since ``get_for_update`` returned
+        ``token`` (then StateConflict: read again). Here nothing else writes: ``put``."""
+        await self.put(user, state)
 
     @abstractmethod
     async def stats(self) -> dict[str, Any]: ...
@@ -181,10 +196,13 @@ class RedisStore(StateStore):
         self.tag = tag
         self.device = device  # where loaded states go: the model's device
         self.refused = 0
+        self.conflicts = 0  # check-and-set retries (another process wrote first)
         self.client = redis.asyncio.Redis.from_url(url, socket_timeout=5)
+        # GET and the check-and-set of every event: a leaner client (see adarec.serve.resp).
+        self.fast = RespClient.from_url(url, timeout=5)
 
     async def get(self, user: str) -> StreamState | None:
-        data = await self._call(self.client.get(self.PREFIX + user))
+        data = await self._call(self.fast.execute("GET", self.PREFIX + user))
         if data is None:
             return None
         try:
@@ -194,10 +212,52 @@ class RedisStore(StateStore):
             raise
 
     async def put(self, user: str, state: StreamState) -> None:
-        await self._call(self.client.set(self.PREFIX + user, encode_state(state, self.tag)))
+        data = encode_state(state, self.tag)
+        await self._call(self.fast.execute("SET", self.PREFIX + user, data))
 
     async def delete(self, user: str) -> bool:
         return bool(await self._call(self.client.delete(self.PREFIX + user)))
+
+    # SET only while the key still holds the bytes read (absent: ''): a check-and-set in
+    # one round trip, atomic in Redis, so processes sharing this Redis never lose an update.
+    CHECK_AND_SET = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+    CHECK_AND_SET_SHA = hashlib.sha1(CHECK_AND_SET.encode()).hexdigest()
+
+    async def get_for_update(self, user: str) -> tuple[StreamState | None, Any]:
+        data = await self._call(self.fast.execute("GET", self.PREFIX + user))
+        if data is None:
+            return None, b""
+        try:
+            return decode_state(data, self.tag, self.device), data
+        except ForeignState as exc:
+            self.refused += 1
+            exc.token = data  # type: ignore[attr-defined]
+            raise
+
+    async def put_if(self, user: str, state: StreamState, token: Any) -> None:
+        if token is None:  # read by ``get``: no check
+            await self.put(user, state)
+            return
+        args = (1, self.PREFIX + user, token, encode_state(state, self.tag))
+        if not await self._call(self._check_and_set(args)):
+            self.conflicts += 1
+            raise StateConflict(f"the state of user {user!r} changed while it was updated")
+
+    async def _check_and_set(self, args: tuple[Any, ...]) -> Any:
+        """EVALSHA of CHECK_AND_SET (EVAL when Redis does not hold the script yet)."""
+        import redis
+
+        try:
+            return await self.fast.execute("EVALSHA", self.CHECK_AND_SET_SHA, *args)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await self.fast.execute("EVAL", self.CHECK_AND_SET, *args)
 
     async def _call(self, command: Awaitable[Any]) -> Any:
         import redis
@@ -223,9 +283,11 @@ class RedisStore(StateStore):
             "url": location,
             "used_memory": memory.get("used_memory"),
             "refused_states": self.refused,
+            "conflicts": self.conflicts,
         }
 
     async def close(self) -> None:
+        await self.fast.close()
         await self.client.aclose()
 
 
