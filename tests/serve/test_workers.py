@@ -100,3 +100,31 @@ def test_serve_with_two_workers(runs, redis_url, tmp_path):
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=60) == 0, log.read_text()
     assert "server stopped" in log.read_text()
+
+
+def test_a_local_copy_of_redis_states_made_stale_elsewhere_is_never_used(predictor, redis_url):
+    """A server keeps the states it wrote (one round trip per event); when another server
+    writes the user in between, the copy fails its check-and-set and the event is applied
+    again from Redis: every event counted, the answer that of the whole history."""
+    model = predictor.model
+
+    def events(cache_users: int) -> EventService:
+        store = RedisStore(redis_url, model_tag(model), cache_users=cache_users, cache_bytes=10**8)
+        return EventService(predictor, streamer_for(model), store, ExactCatalogue(model))
+
+    items = predictor.item_ids[1:6]
+    cached, other = events(1000), events(0)
+    with running(create_app(predictor, cached)) as a, running(create_app(predictor, other)) as b:
+        a.post("/users/copy/reset")
+        a.post("/events", json={"user": "copy", "item": items[0], "history": []})
+        a.post("/events", json={"user": "copy", "item": items[1]})
+        assert cached.store.cache_hits == 1 and cached.store.conflicts == 0
+        b.post("/events", json={"user": "copy", "item": items[2]})  # a's copy is now stale
+        answer = a.post("/events", json={"user": "copy", "item": items[3], "k": 5}).json()
+        assert cached.store.conflicts == 1  # the stale copy was refused, then Redis read
+        assert answer["events"] == 4
+        assert answer["items"] == predictor.recommend(items[:4], k=5)["items"]
+        assert a.get("/health").json()["store"]["cached_users"] == 1
+        a.post("/users/copy/reset")
+        assert cached.store.cache == {}
+        assert a.post("/events", json={"user": "copy", "item": items[4]}).status_code == 409

@@ -94,7 +94,10 @@ def event_service(predictor: Any, args: argparse.Namespace) -> tuple[Any, str]:
     tag = model_tag(predictor.model)
     device = predictor.model.output_layer.weight.device
     max_bytes = int(args.max_state_mb * 1024 * 1024)
-    store = open_store(args.state or "memory", tag, args.max_users, max_bytes, device)
+    # Several workers: a user's events reach any of them, so a local copy of the Redis
+    # states would mostly be stale (see RedisStore).
+    local_copy = getattr(args, "workers", 1) == 1
+    store = open_store(args.state or "memory", tag, args.max_users, max_bytes, device, local_copy)
     catalogue = make_catalogue(predictor.model, args.index)
     service = EventService(predictor, streamer, store, catalogue)
     return service, f"/events with the {store.kind} store and {catalogue.kind} top-k"
@@ -249,10 +252,17 @@ def add_serve_commands(subparsers: Any) -> None:
         "stream) or redis://host:port/db",
     )
     serve.add_argument(
-        "--max-users", type=int, default=1_000_000, help="memory store: users kept (LRU)"
+        "--max-users",
+        type=int,
+        default=1_000_000,
+        help="users whose states this process keeps (LRU): the memory store, or with Redis "
+        "the local copy of the states it wrote",
     )
     serve.add_argument(
-        "--max-state-mb", type=float, default=1024, help="memory store: MiB of states (LRU)"
+        "--max-state-mb",
+        type=float,
+        default=1024,
+        help="MiB of states this process keeps (LRU; as --max-users)",
     )
     serve.add_argument(
         "--index",
