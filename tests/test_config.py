@@ -160,6 +160,6 @@ def test_bad_budgets_are_user_errors(text):
         parse_budget(text)
 
 
-def test_student_positions_default_to_absolute_and_accept_none():
-    assert load_config(None, []).student.positions == "absolute"
-    assert load_config(None, ["student.positions=none"]).student.positions == "none"
+def test_student_positions_default_to_none_and_accept_absolute():
+    assert load_config(None, []).student.positions == "none"
+    assert load_config(None, ["student.positions=absolute"]).student.positions == "absolute"
