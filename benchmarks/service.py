@@ -1,15 +1,15 @@
 """The running service end to end: ``POST /events`` and ``POST /recommend`` over loopback HTTP.
 
 Usage:
-    python benchmarks/service.py RUN_DIR [--stores memory redis] [--concurrency 1 8]
-        [--workers 1] [--seconds 5] [--requests 20000] [--users 64]
+    python benchmarks/service.py RUN_DIR [--backend compiled] [--stores memory redis]
+        [--concurrency 1 8] [--workers 1] [--seconds 5] [--requests 20000] [--users 64]
         [--out benchmarks/results/service.json]
 
 For each store (the in-process ``memory`` store, or a ``redis-server`` started here on
-loopback), ``adarec serve RUN_DIR --state STORE --workers N`` runs in a subprocess, pinned
-with its Redis to the first ``--workers`` cores where the machine has more (the client gets
-the rest); then, at each concurrency, at most ``--requests`` requests or ``--seconds``
-seconds, whichever ends first, of
+loopback), ``adarec serve RUN_DIR --backend B --state STORE --workers N`` runs in a
+subprocess, pinned with its Redis to the first ``--workers`` cores where the machine has
+more (the client gets the rest); then, at each concurrency, at most ``--requests``
+requests or ``--seconds`` seconds, whichever ends first, of
   events     ``POST /events`` of ``--users`` users (random items of the run), the events of
              a few users interleaved so that concurrent events of one user are in flight
              together; at the end every user's stored event count must equal the events
@@ -156,6 +156,9 @@ async def measure(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run that streams (a student or SASRec)")
+    parser.add_argument(
+        "--backend", default="compiled", choices=("compiled", "eager"), help="the model step"
+    )
     parser.add_argument("--stores", nargs="+", default=["memory", "redis"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--workers", type=int, default=1, help="server processes (redis only)")
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 spec = redis_url if store == "redis" else "memory"
                 server = start_server(
                     args.run_dir,
-                    "eager",
+                    args.backend,
                     1,
                     Path(tmp) / f"{store}.log",
                     server_cpus,
@@ -224,12 +227,25 @@ def main(argv: list[str] | None = None) -> int:
         else None,
         "settings": {
             key: getattr(args, key)
-            for key in ("stores", "concurrency", "workers", "seconds", "requests", "users", "seed")
+            for key in (
+                "backend",
+                "stores",
+                "concurrency",
+                "workers",
+                "seconds",
+                "requests",
+                "users",
+                "seed",
+            )
         },
         "model": {key: info.get(key) for key in ("model", "kind", "dataset", "params", "max_len")},
         "results": results,
     }
-    keys = (str(info.get("dataset")), str(info.get("model")), f"workers{args.workers}")
+    keys = (
+        str(info.get("dataset")),
+        str(info.get("model")),
+        f"{args.backend}_workers{args.workers}",
+    )
     merge_results(args.out, keys, summary_json)
     print(f"merged into {args.out} (key {'.'.join(keys)})")
     return 0
