@@ -10,7 +10,7 @@ from typing import Any
 
 from adarec.errors import UserError
 
-BACKEND_CHOICES = ("eager", "torchscript", "onnx")
+BACKEND_CHOICES = ("eager", "torchscript", "onnx", "compiled")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -77,21 +77,26 @@ def event_service(predictor: Any, args: argparse.Namespace) -> tuple[Any, str]:
     from adarec.serve.catalogue import make_catalogue
     from adarec.serve.events import EventService
     from adarec.serve.state_store import model_tag, open_store
-    from adarec.serve.streaming import streamer_for
+    from adarec.serve.streaming import CompiledStudentStreamer, streamer_for
 
     if args.max_users < 1 or args.max_state_mb <= 0:
         raise UserError("--max-users and --max-state-mb must be positive")
     if predictor.model is None:
         if args.state is not None:
-            raise UserError("--state needs the eager backend (--backend eager, a run directory)")
-        return None, "/events off (it needs the eager backend)"
+            raise UserError(
+                "--state needs the eager or compiled backend (a run directory, not an export)"
+            )
+        return None, "/events off (it needs the eager or compiled backend)"
     try:
-        streamer = streamer_for(predictor.model)
+        if predictor.compiled is not None:
+            streamer = CompiledStudentStreamer(predictor.model, predictor.compiled)
+        else:
+            streamer = streamer_for(predictor.model)
     except UserError as exc:
         if args.state is not None:
             raise
         return None, f"/events off ({exc})"
-    tag = model_tag(predictor.model)
+    tag = model_tag(predictor.model, streamer.layout)
     device = predictor.model.output_layer.weight.device
     max_bytes = int(args.max_state_mb * 1024 * 1024)
     # Several workers: a user's events reach any of them, so a local copy of the Redis
@@ -191,8 +196,9 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
-        help="eager PyTorch, TorchScript or ONNX Runtime (default: eager for a "
-        "run directory, the export's format for an artefact)",
+        help="compiled (a student's one-call compiled step), eager PyTorch, TorchScript or "
+        "ONNX Runtime (default: compiled for a student run directory on the CPU, eager for "
+        "other runs, the export's format for an artefact)",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
 
@@ -234,7 +240,8 @@ def add_serve_commands(subparsers: Any) -> None:
         "--backends",
         type=_name_list,
         default=BACKEND_CHOICES,
-        help="comma-separated (default eager,torchscript,onnx)",
+        help="comma-separated (default eager,torchscript,onnx,compiled; a model without a "
+        "compiled step is timed on its TorchScript graph under compiled)",
     )
     bench.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     bench.add_argument("--out", help="write the results as JSON here")

@@ -167,10 +167,12 @@ def run_events(
                 x[c] = max(y[c], np.float32(0.0)) + x[c]
             cell = edge
     hidden[:] = x
-    if scores.shape[0] != rows:
+    if k <= 0 and scores.shape[0] != rows:
         return 0
-    scores[:] = np.dot(_matrix(w, prog[_HEAD_W], rows, width), x)
-    scores += w[prog[_HEAD_B] : prog[_HEAD_B] + rows]
+    if scores.shape[0] != rows:  # top-k alone: the scores are scratch
+        scores = np.empty(rows, np.float32)
+    np.dot(_matrix(w, prog[_HEAD_W], rows, width), x, scores)  # BLAS sgemv, in place
+    bias = w[prog[_HEAD_B] : prog[_HEAD_B] + rows]
     scores[0] = -np.inf  # the padding column
     for e in range(exclude.shape[0]):
         if 0 <= exclude[e] < rows:
@@ -179,8 +181,9 @@ def run_events(
         out_scores[r] = -np.inf
         out_ids[r] = -1
     for n in range(1, rows):
-        score = scores[n]
-        if score > out_scores[k - 1]:
+        score = scores[n] + bias[n]
+        scores[n] = score
+        if k > 0 and score > out_scores[k - 1]:
             r = k - 1
             while r > 0 and out_scores[r - 1] < score:
                 out_scores[r] = out_scores[r - 1]
@@ -333,7 +336,6 @@ class CompiledStep:
         hidden = np.empty(program.width, dtype=np.float32)
         ids = np.empty(max(k, 1), dtype=np.int64)
         top = np.empty(max(k, 1), dtype=np.float32)
-        scores = np.empty(program.prog[_ROWS], dtype=np.float32) if k else self._no_scores
         found = run_events(
             program.prog,
             program.weights,
@@ -344,7 +346,7 @@ class CompiledStep:
             self._nothing if exclude is None else exclude,
             ids,
             top,
-            scores,
+            self._no_scores,
             hidden,
         )
         return new_state, hidden, ids[:found].tolist(), top[:found].tolist()

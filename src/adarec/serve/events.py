@@ -121,11 +121,18 @@ class EventService:
                     f"user {user!r} has no state on this server ({reason}): send the event "
                     "again with 'history', the user's earlier items (empty for a new user)"
                 )
-            if internal is not None:
+            top = None
+            if internal is not None and self.catalogue.kind == "exact":
+                # The step, the head and the top-k in one call (one compiled call for a
+                # compiled student).
+                state, *top = self.streamer.advance_top_k(state, internal, k)
+            elif internal is not None:
                 state = self.streamer.advance(state, internal)
             await self.store.put_if(user, state, token)
         if state.output is None:
             (items, scores), fallback = self.predictor.popular(k), "popularity"
+        elif top is not None:
+            (items, scores), fallback = top, None
         else:
             (items, scores), fallback = self.catalogue.top_k(state.output, k), None
         return {

@@ -43,9 +43,12 @@ class StateConflict(RuntimeError):
     """Another process wrote the user's state between this one's read and write."""
 
 
-def model_tag(model: nn.Module) -> bytes:
-    """8 bytes that identify a model's class and weights (the version tag of its states)."""
+def model_tag(model: nn.Module, layout: str = "torch") -> bytes:
+    """8 bytes that identify a model's class and weights and the layout of its states
+    (``Streamer.layout``): the version tag of its states."""
     digest = hashlib.sha256(type(model).__name__.encode())
+    if layout != "torch":  # the PyTorch streamers' tags are those of earlier versions
+        digest.update(layout.encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
