@@ -38,3 +38,18 @@ def test_latency_cost_stats_builds_the_ops_of_the_zoo():
     stats = latency_cost_stats(names, width=8, length=6, repeats=2, warmup=0)
     assert list(stats) == list(names)
     assert all(s["latency_ms"] >= 0 for s in stats.values())
+
+
+def test_compiled_op_latency_ranks_convs_above_pools_and_none_free():
+    names = list(OP_SETS["causal"])
+    stats = latency_cost_stats(names, width=64, length=20, repeats=9, warmup=1, runtime="compiled")
+    assert list(stats) == names
+    assert stats["none"]["latency_ms"] == 0.0
+    convs = [stats[n]["latency_ms"] for n in names if "conv" in n]
+    cheap = [stats[n]["latency_ms"] for n in names if "pool" in n or n == "skip"]
+    assert min(convs) > max(cheap) >= 0.0
+
+
+def test_compiled_latency_needs_the_zoo_on_the_cpu():
+    with pytest.raises(ValueError, match="compiled runtime"):
+        latency_cost_stats(["skip"], 8, 6, device="meta", runtime="compiled")

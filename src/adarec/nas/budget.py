@@ -8,7 +8,7 @@ the same on every machine) or measured latency.
 
 The cost of a student, per history it scores, is modelled as
 
-    C = fixed + P(reach) * sum over the cell's edges of cost(op on the edge)
+    C = fixed + P(reach) * (sum over the cell's edges of cost(op) + cell_cost)
 
 ``fixed`` is the student without any edge (embedding, cell norms, head over the catalogue);
 ``cost(op)`` is one op applied to a whole window of ``max_len`` positions. ``P`` counts, in
@@ -16,11 +16,30 @@ windows, the positions that serving runs through the cells: ``Student.full_sort_
 reads only the receptive field, and cell k of K computes only the last
 ``(K - k) * reach + 1`` positions that later cells still read (``reach``: how far back one
 cell reads, ``Genotype.cell_reach``). In MACs the model is then exactly what the student
-counts when it scores a full history. (Searches before this model charged every cell the
-whole window, ``P = K``: 2.7 times the real cost of a 4-cell student of pools and one
-dilated convolution on ml-1m, which kept wider cells out of every budget. Their saved cost
-models have no ``max_len`` and keep that form.) In milliseconds ``P = K``: at batch 1 an
-op's time is mostly its dispatch, which does not shrink with the positions.
+counts when it scores a full history (``cell_cost`` 0). (Searches before this model charged
+every cell the whole window, ``P = K``: 2.7 times the real cost of a 4-cell student of
+pools and one dilated convolution on ml-1m, which kept wider cells out of every budget.
+Their saved cost models have no ``max_len`` and keep that form.)
+
+In milliseconds the ops are timed on the runtime that serves the student at batch 1
+(``serving_runtime``; the cost model records it as ``runtime``, "torch" for those saved
+before):
+- "compiled" (causal students on the CPU: ``/recommend`` ranks one history with
+  ``CompiledStep.rank``, one compiled call that steps every cell through each of the last
+  ``T = min(K * reach + 1, max_len)`` items): no per-op dispatch, so an op costs its
+  arithmetic per position and ``P = K * T / max_len``. Every cell also computes all of
+  ``T`` (the step does not trim later cells as the torch forward does). ``cost(op)`` is
+  one edge of the op over ``max_len`` events; ``cell_cost`` is what a cell costs per window
+  without any edge (its norms, state shifts, and the embedding shared out over the cells),
+  so an op that lengthens the reach also pays for the positions it adds. This ``P`` is
+  measured, not assumed: on ml-1m's shape (3,416 items, width 96, 2 cells; random cells
+  of 0.15-0.95 ms, benchmarks/latency_cost_model.py, a shared 2-core machine) it predicts
+  the measured ``rank`` within 3-13% mean (max 7-24%) per round, while the same
+  measurements in PyTorch with ``P = K`` gave 0.6-1.3 ms (1.5-4.7x over) and ranked the
+  cells otherwise. The edge of a k3 conv costs ~2 us per position there, a pool or skip
+  ~0.05 us, and the head with the top-10 ~30 us (``fixed``).
+- "torch" (the paper's op set, and CUDA): ``P = K`` and ``cell_cost`` 0: at batch 1 an
+  op's time in PyTorch is mostly its dispatch, which does not shrink with the positions.
 
 The expected cost under the architecture distribution replaces each edge's op by the
 softmax(alpha)-weighted mean of the op costs: it is differentiable in alpha at every step
@@ -30,9 +49,11 @@ derived from alpha at that step (a constant for the gradient).
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,7 +61,12 @@ from adarec.config import Budget, parse_budget
 from adarec.errors import UserError
 from adarec.evaluate.latency import measure_latency
 from adarec.nas.genotype import Genotype, random_genotype
-from adarec.nas.profile import count_macs
+from adarec.nas.profile import COMPILED_BLOCK, count_macs, paired_median, time_interleaved
+
+# The runtimes a latency is measured on (``serving_runtime``).
+RUNTIMES = ("torch", "compiled")
+# Items a batch-1 request asks for (the service's default k): the top-k pass is timed too.
+SERVED_K = 10
 
 
 def cost_unit(budget: Budget, cost_setting: str) -> str:
@@ -49,6 +75,13 @@ def cost_unit(budget: Budget, cost_setting: str) -> str:
     if budget.kind != "speedup":
         return budget.kind
     return "macs" if cost_setting == "macs" else "ms"
+
+
+def serving_runtime(op_set: str, device: torch.device | str) -> str:
+    """The runtime that serves a student of ``op_set`` on ``device`` at batch 1: "compiled"
+    for the causal op set on the CPU (as ``adarec.serve.predictor.compiles``), "torch"
+    otherwise (the paper's centred ops cannot step per event; CUDA runs PyTorch)."""
+    return "compiled" if op_set == "causal" and torch.device(device).type == "cpu" else "torch"
 
 
 @dataclass
@@ -63,9 +96,15 @@ class CostModel:
     budget: str
     teacher: float | None = None
     max_len: int | None = None  # None: every cell pays the whole window (earlier searches)
+    runtime: str = "torch"  # what the ms were measured on; cost models saved before: torch
+    cell_cost: float = 0.0  # a cell without edges, per window (compiled runtime only)
 
     def cell_positions(self, reach: int) -> float:
         """``P``: the positions the cells compute for one history, in windows of max_len."""
+        if self.unit == "ms" and self.runtime == "compiled" and self.max_len is not None:
+            # Every cell steps through each item of the receptive field (module docstring).
+            served = min(self.max_len, self.cells * reach + 1)
+            return self.cells * served / self.max_len
         if self.max_len is None or self.unit != "macs":
             return float(self.cells)
         kept = (min(self.max_len, (self.cells - k) * reach + 1) for k in range(self.cells))
@@ -79,14 +118,14 @@ class CostModel:
         derived cell's (``Genotype.cell_reach``)."""
         costs = self.cost_vector(op_names, alphas[0].device)
         edges = sum((torch.softmax(a, dim=-1) * costs).sum() for a in alphas)
-        return self.fixed + self.cell_positions(reach) * edges
+        return self.fixed + self.cell_positions(reach) * (edges + self.cell_cost)
 
     def of_genotype(self, genotype: Genotype) -> float:
         """The modelled cost of a derived cell used in every cell."""
         if genotype.cells != self.cells:
             raise ValueError(f"a {genotype.cells}-cell genotype in a {self.cells}-cell model")
         edges = sum(self.op_costs[op] for node in genotype.nodes for _, op in node)
-        return self.fixed + self.cell_positions(genotype.cell_reach()) * edges
+        return self.fixed + self.cell_positions(genotype.cell_reach()) * (edges + self.cell_cost)
 
     def within(self, cost: float) -> bool:
         """Whether ``cost`` meets the target (up to float rounding of the sums)."""
@@ -95,7 +134,8 @@ class CostModel:
     def cheapest(self, nodes: int) -> float:
         """The lowest cost any cell of the space can have (every edge on its cheapest op)."""
         edges = nodes * (nodes + 1) // 2
-        return self.fixed + self.cell_positions(0) * edges * min(self.op_costs.values())
+        cheapest = edges * min(self.op_costs.values())
+        return self.fixed + self.cell_positions(0) * (cheapest + self.cell_cost)
 
     def require_reachable(self, nodes: int, what: str, advice: str) -> None:
         """UserError naming ``what`` (the budget's config key) if no cell of the space fits
@@ -125,22 +165,72 @@ class CostModel:
         return asdict(self)
 
 
-def _full_history(num_items: int, max_len: int) -> torch.Tensor:
+def full_history(num_items: int, max_len: int) -> torch.Tensor:
     """One history that fills the window (items 1, 2, ... cycling), [1, max_len]."""
     return (torch.arange(max_len) % num_items + 1).unsqueeze(0)
 
 
-def model_cost(model: nn.Module, num_items: int, max_len: int, unit: str) -> float:
-    """What one full-window history costs ``model`` in ``unit`` (MACs, or ms at batch 1)."""
-    history = _full_history(num_items, max_len).to(next(model.parameters()).device)
+def model_cost(
+    model: nn.Module, num_items: int, max_len: int, unit: str, runtime: str = "torch"
+) -> float:
+    """What one full-window history costs ``model`` in ``unit`` (MACs, or ms at batch 1 on
+    ``runtime``: ``full_sort_predict`` in PyTorch, or ``CompiledStep.rank``)."""
+    history = full_history(num_items, max_len).to(next(model.parameters()).device)
     if unit == "macs":
         was_training = model.training
         model.eval()
         macs = count_macs(model.full_sort_predict, history)
         model.train(was_training)
         return float(macs)
+    if runtime == "compiled":
+        return compiled_rank_ms(model, num_items, max_len)
     timed = measure_latency({"model": model}, {1: history}, device=history.device)
     return timed["model"]["1"]["median_ms"]
+
+
+def compiled_step(model: nn.Module) -> Any:
+    """``model``'s compiled step (built from its eval-mode weights; its mode is kept)."""
+    from adarec.serve.compiled_step import CompiledStep  # serving is built on nas, not under
+
+    was_training = model.training
+    step = CompiledStep(model.eval())
+    model.train(was_training)
+    return step
+
+
+def compiled_rank_ms(
+    model: nn.Module, num_items: int, max_len: int, repeats: int = 30, warmup: int = 3
+) -> float:
+    """Median ms of ``CompiledStep.rank`` of a full-window history (what ``/recommend``
+    runs for one history, top ``SERVED_K``)."""
+    step = compiled_step(model)
+    history = full_history(num_items, max_len)[0].tolist()
+    call = {"rank": lambda: step.rank(history, SERVED_K)}
+    times = time_interleaved(call, repeats, warmup, block=COMPILED_BLOCK)
+    return statistics.median(times["rank"])
+
+
+def compiled_fixed_costs(
+    empty_student: nn.Module, num_items: int, max_len: int, repeats: int = 30, warmup: int = 3
+) -> tuple[float, float]:
+    """(``fixed``, ``cell_cost``) in ms on the compiled runtime, from a student without edges.
+
+    Its ``rank`` steps one item (its receptive field); stepping a whole window of
+    ``max_len`` items in the same call costs ``max_len - 1`` positions more, paired per
+    repeat. A position's cost (embedding, each cell's norms and state) shared out over the
+    cells is ``cell_cost`` per window; ``fixed`` is the rank less its one position.
+    """
+    step = compiled_step(empty_student)
+    history = full_history(num_items, max_len)[0].tolist()
+    window = np.asarray(history, dtype=np.int64)
+    calls = {
+        "rank": lambda: step.rank(history, SERVED_K),
+        "window": lambda: step.run(step.initial_state(), window, 0, SERVED_K),
+    }
+    times = time_interleaved(calls, repeats, warmup, block=COMPILED_BLOCK)
+    position = max(paired_median(times["window"], times["rank"]), 0.0) / (max_len - 1)
+    cells = len(empty_student.cells)
+    return statistics.median(times["rank"]) - position, position * max_len / cells
 
 
 def build_cost_model(
@@ -153,22 +243,32 @@ def build_cost_model(
     num_items: int,
     max_len: int,
     teacher: nn.Module | None = None,
+    runtime: str = "torch",
 ) -> CostModel:
     """The cost model of a search at this width and length, with the budget's target.
 
     ``unit``: "macs" or "latency" (``search.cost``); a budget in MACs or ms fixes the unit
     itself. ``op_stats``: per op "macs" (``op_cost_stats``) or "latency_ms"
-    (``latency_cost_stats``) on a [1, max_len, width] window. ``empty_student``: a student
-    whose every edge is "none" (its cost is the fixed part). UserError if the budget is
-    below the cheapest student of the space.
+    (``latency_cost_stats``, measured on ``runtime``) on a [1, max_len, width] window.
+    ``empty_student``: a student whose every edge is "none" (its cost is the fixed part).
+    ``runtime`` (ms only): what serves the student (``serving_runtime``); the teacher is
+    timed in PyTorch, which serves it. UserError if the budget is below the cheapest
+    student of the space.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown latency runtime {runtime!r}; choose one of {RUNTIMES}")
     unit = cost_unit(budget, unit)
     key = "macs" if unit == "macs" else "latency_ms"
     missing = [op for op, s in op_stats.items() if key not in s]
     if missing:
         raise ValueError(f"op statistics lack {key!r} for {missing}")
     op_costs = {op: float(s[key]) for op, s in op_stats.items()}
-    fixed = model_cost(empty_student, num_items, max_len, unit)
+    runtime = runtime if unit == "ms" else "torch"  # MACs are counted on the torch graph
+    cell_cost = 0.0
+    if runtime == "compiled":
+        fixed, cell_cost = compiled_fixed_costs(empty_student, num_items, max_len)
+    else:
+        fixed = model_cost(empty_student, num_items, max_len, unit)
     teacher_cost = None
     if budget.kind == "speedup":
         if teacher is None:
@@ -177,7 +277,18 @@ def build_cost_model(
         target = teacher_cost / budget.value
     else:
         target = budget.value
-    model = CostModel(unit, fixed, op_costs, cells, target, str(budget), teacher_cost, max_len)
+    model = CostModel(
+        unit,
+        fixed,
+        op_costs,
+        cells,
+        target,
+        str(budget),
+        teacher_cost,
+        max_len,
+        runtime=runtime,
+        cell_cost=cell_cost,
+    )
     model.require_reachable(nodes, "search.budget", "raise the budget or lower search.width")
     return model
 

@@ -20,6 +20,7 @@ from adarec.nas.budget import (
     cost_unit,
     derive_within_budget,
     format_cost,
+    serving_runtime,
 )
 from adarec.nas.genotype import (
     Genotype,
@@ -64,14 +65,29 @@ def build_supernet(cfg: Config, num_items: int) -> Supernet:
     )
 
 
-def search_costs(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
-    """The paper's mean-1 cost table at this run's width and length, and its raw stats."""
+def search_costs(
+    cfg: Config, device: torch.device | str = "cpu"
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The paper's mean-1 cost table at this run's width and length, and its raw stats
+    (latency: on ``device``, on the runtime that serves there, ``serving_runtime``)."""
     ops = OP_SETS[cfg.search.ops]
     if cfg.search.cost == "latency":
-        stats = latency_cost_stats(ops, cfg.search.width, cfg.data.max_len)
+        stats = _latency_stats(cfg, device)
     else:
         stats = op_cost_stats(ops, cfg.search.width, cfg.data.max_len, cfg.search.ops)
     return cost_table(stats), stats
+
+
+def _latency_stats(cfg: Config, device: torch.device | str) -> dict[str, Any]:
+    """Each op's ms over a window, measured where and as the student will be served."""
+    runtime = serving_runtime(cfg.search.ops, device)
+    return latency_cost_stats(
+        list(OP_SETS[cfg.search.ops]),
+        cfg.search.width,
+        cfg.data.max_len,
+        device=device,
+        runtime=runtime,
+    )
 
 
 def empty_genotype(cfg: Config) -> Genotype:
@@ -84,15 +100,23 @@ def empty_genotype(cfg: Config) -> Genotype:
 def search_cost_model(
     cfg: Config, num_items: int, teacher: torch.nn.Module, stats: dict[str, Any]
 ) -> CostModel:
-    """The budget's cost model in real units (MACs, or ms at batch 1 on this machine)."""
+    """The budget's cost model in real units (MACs, or ms at batch 1 on this machine, on the
+    runtime that serves the student on the teacher's device: ``serving_runtime``)."""
     budget = parse_budget(cfg.search.budget)
     unit = cost_unit(budget, cfg.search.cost)
+    device = next(teacher.parameters()).device
     if unit == "ms" and "latency_ms" not in next(iter(stats.values())):
-        stats = latency_cost_stats(OP_SETS[cfg.search.ops], cfg.search.width, cfg.data.max_len)
+        stats = _latency_stats(cfg, device)
     elif unit == "macs" and "macs" not in next(iter(stats.values())):
         stats = op_cost_stats(OP_SETS[cfg.search.ops], cfg.search.width, cfg.data.max_len)
-    empty = Student(num_items, cfg.data.max_len, empty_genotype(cfg), cfg.search.dropout)
-    device = next(teacher.parameters()).device
+    # Built as the student stage builds it: positions cost time per served position.
+    empty = Student(
+        num_items,
+        cfg.data.max_len,
+        empty_genotype(cfg),
+        cfg.search.dropout,
+        positions=cfg.student.positions,
+    )
     return build_cost_model(
         budget,
         cfg.search.cost,
@@ -103,6 +127,7 @@ def search_cost_model(
         num_items,
         cfg.data.max_len,
         teacher,
+        runtime=serving_runtime(cfg.search.ops, device),
     )
 
 
@@ -194,7 +219,7 @@ def _costs_and_budget(
     cfg: Config, run: StageRun, teacher: torch.nn.Module
 ) -> tuple[dict[str, float], CostModel | None]:
     """The op cost table and, for a budgeted search, its cost model; both in cost_table.json."""
-    costs, stats = search_costs(cfg)
+    costs, stats = search_costs(cfg, run.device)
     cost_model = None
     if cfg.search.use_cost and cfg.search.cost_form != "paper":
         # Measured latencies differ per process: every rank uses rank 0's model.
@@ -233,12 +258,35 @@ def _costs_and_budget(
             run.run_dir / "cost_table.json",
             {
                 "method": cfg.search.cost,
+                # What measured latencies ran on ("torch" or "compiled"; none measured:
+                # null). Files written before this key: "torch" (``saved_runtime``).
+                "runtime": _measured_runtime(cfg, run.device, cost_model),
                 "stats": stats,
                 "cost": costs,
                 "budget": None if cost_model is None else cost_model.to_dict(),
             },
         )
     return costs, cost_model
+
+
+def _measured_runtime(
+    cfg: Config, device: torch.device, cost_model: CostModel | None
+) -> str | None:
+    if cost_model is not None and cost_model.unit == "ms":
+        return cost_model.runtime
+    if cfg.search.cost == "latency":
+        return serving_runtime(cfg.search.ops, device)
+    return None
+
+
+def saved_runtime(cost_file: dict[str, Any]) -> str | None:
+    """The runtime a saved cost_table.json's latencies were measured on: "torch" for files
+    written before it was recorded (PyTorch measured them all); None when it holds MACs."""
+    if "runtime" in cost_file:
+        return cost_file["runtime"]
+    budget = cost_file.get("budget") or {}
+    measured = cost_file.get("method") == "latency" or budget.get("unit") == "ms"
+    return "torch" if measured else None
 
 
 def _derive(supernet: Supernet, cost_model: CostModel | None, run: StageRun) -> Genotype:
@@ -272,6 +320,7 @@ def architecture_cost(genotype: Genotype, cost_file: dict[str, Any]) -> dict[str
         result["budget"] = {
             "budget": model.budget,
             "unit": model.unit,
+            "runtime": saved_runtime(cost_file),
             "target": model.target,
             "teacher": model.teacher,
             "modelled": modelled,
