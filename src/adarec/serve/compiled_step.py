@@ -23,6 +23,7 @@ old one is never modified.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numba
@@ -78,6 +79,18 @@ def _layer_norm(y, weight, bias, eps, out, accumulate):  # pragma: no cover - co
 def _matrix(w, offset, rows, cols):  # pragma: no cover - compiled
     """The [rows, cols] view of the weights at ``offset`` (contiguous: BLAS takes it)."""
     return w[offset : offset + rows * cols].reshape((rows, cols))
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _matvec(weight, x, out):  # pragma: no cover - compiled
+    """out = weight @ x for the small matrices of the cells. A loop LLVM vectorises: BLAS
+    sgemv's call overhead is most of the time at these sizes (a [96, 288] product)."""
+    for o in range(weight.shape[0]):
+        row = weight[o]
+        acc = np.float32(0.0)
+        for c in range(x.shape[0]):
+            acc += row[c] * x[c]
+        out[o] = acc
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)
@@ -141,7 +154,7 @@ def run_events(
                             src = now if lag == 0 else state[row + qlen - lag]
                             taps[tap * width : (tap + 1) * width] = src
                         weight = _matrix(w, prog[edge + 4], width, kernel * width)
-                        y[:] = np.dot(weight, taps[: kernel * width])
+                        _matvec(weight, taps[: kernel * width], y)
                         norm_w = w[prog[edge + 5] : prog[edge + 5] + width]
                         norm_b = w[prog[edge + 6] : prog[edge + 6] + width]
                         _layer_norm(y, norm_w, norm_b, w[prog[edge + 7]], node, True)
@@ -177,13 +190,18 @@ def run_events(
     for e in range(exclude.shape[0]):
         if 0 <= exclude[e] < rows:
             scores[exclude[e]] = -np.inf
+    for n in range(1, rows):
+        scores[n] += bias[n]
+    if k <= 0:
+        return 0
     for r in range(k):
         out_scores[r] = -np.inf
         out_ids[r] = -1
+    # One pass, the k best kept sorted: an item enters only when it beats the k-th best
+    # (rare after the first items), faster than any blocked or vectorised variant tried.
     for n in range(1, rows):
-        score = scores[n] + bias[n]
-        scores[n] = score
-        if k > 0 and score > out_scores[k - 1]:
+        score = scores[n]
+        if score > out_scores[k - 1]:
             r = k - 1
             while r > 0 and out_scores[r - 1] < score:
                 out_scores[r] = out_scores[r - 1]
@@ -192,8 +210,6 @@ def run_events(
             out_scores[r] = score
             out_ids[r] = n
     found = 0
-    if k <= 0:
-        return 0
     for r in range(k):
         if out_ids[r] >= 0:
             found += 1
@@ -212,6 +228,8 @@ class StepProgram:
     num_items: int
     max_len: int
     uses_positions: bool
+    macs_per_event: int  # multiply-adds of one event with the head (convolutions + head)
+    bytes_per_event: int  # bytes of weights one event reads (every op's, the head, rows)
 
 
 def build_program(model: Student) -> StepProgram:
@@ -249,6 +267,10 @@ def build_program(model: Student) -> StepProgram:
     header[_HEAD_B] = put(head.bias)
     inputs = len(genotype.nodes) + 1
     header[_INPUTS] = inputs
+    rows_out = head.weight.shape[0]
+    macs = rows_out * width
+    # The head and its bias, the item's embedding row and its position row.
+    read = rows_out * (width + 1) + width * (2 if uses_positions else 1)
     body: list[int] = []
     rows = 0
     for cell in model.cells:
@@ -267,6 +289,7 @@ def build_program(model: Student) -> StepProgram:
             put(np.float32(cell.norm.eps)),
             put(torch.softmax(cell.node_weights.detach().float(), 0)),
         ]
+        read += 2 * width + len(genotype.nodes)
         for length in queue:
             record += [length, rows]
             rows += length
@@ -274,6 +297,9 @@ def build_program(model: Student) -> StepProgram:
         for edges in specs:
             for i, spec in edges:
                 conv = spec.kind == "conv"
+                if conv:
+                    macs += spec.kernel * width * width
+                    read += spec.kernel * width * width + 2 * width
                 record += [
                     i,
                     OPCODES[spec.kind],
@@ -294,6 +320,8 @@ def build_program(model: Student) -> StepProgram:
         num_items=model.num_items,
         max_len=model.max_len,
         uses_positions=uses_positions,
+        macs_per_event=macs,
+        bytes_per_event=4 * read,
     )
 
 
@@ -306,6 +334,7 @@ class CompiledStep:
         self.reach = model.reach
         self._nothing = np.zeros(0, dtype=np.int64)
         self._no_scores = np.zeros(0, dtype=np.float32)
+        self._scratch = threading.local()
         # Load (or compile, the first time on this machine) the kernel now, not on the
         # first request.
         self.run(self.initial_state(), np.ones(1, dtype=np.int64), 0, 1)
@@ -321,21 +350,31 @@ class CompiledStep:
     def run(
         self,
         state: np.ndarray,
-        items: np.ndarray,
+        items: np.ndarray | int,
         first_position: int,
         k: int,
         exclude: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, list[int], list[float]]:
-        """(new state, final hidden [C], top-k ids, their scores) after ``items`` (int64).
+        """(new state, final hidden [C], top-k ids, their scores) after ``items`` (an int64
+        array, or one item id).
 
-        ``first_position``: the position index of ``items[0]`` (ignored without position
+        ``first_position``: the position index of the first item (ignored without position
         embeddings). ``state`` is not modified. ``k`` 0: no head, no top-k.
         """
         program = self.program
+        # Per-thread scratch for what goes back as Python lists (a call costs ~40 us, so
+        # each of the microsecond-sized allocations it would make counts).
+        scratch = self._scratch
+        if getattr(scratch, "k", -1) < k:
+            scratch.k = max(k, 1)
+            scratch.ids = np.empty(scratch.k, dtype=np.int64)
+            scratch.top = np.empty(scratch.k, dtype=np.float32)
+            scratch.item = np.empty(1, dtype=np.int64)
+        if isinstance(items, int):
+            scratch.item[0] = items
+            items = scratch.item
         new_state = state.copy()
         hidden = np.empty(program.width, dtype=np.float32)
-        ids = np.empty(max(k, 1), dtype=np.int64)
-        top = np.empty(max(k, 1), dtype=np.float32)
         found = run_events(
             program.prog,
             program.weights,
@@ -344,12 +383,12 @@ class CompiledStep:
             first_position if program.uses_positions else -1,
             k,
             self._nothing if exclude is None else exclude,
-            ids,
-            top,
+            scratch.ids,
+            scratch.top,
             self._no_scores,
             hidden,
         )
-        return new_state, hidden, ids[:found].tolist(), top[:found].tolist()
+        return new_state, hidden, scratch.ids[:found].tolist(), scratch.top[:found].tolist()
 
     def tail(self, history: list[int]) -> tuple[list[int], int]:
         """The items a history's last output depends on and the position of the first.
