@@ -11,6 +11,7 @@ from adarec.models.layers import (
     init_weights,
     item_positions,
     padding_mask,
+    push_window,
 )
 
 
@@ -72,3 +73,25 @@ def test_init_weights():
     assert torch.all(embedding.weight[0] == 0)
     assert torch.all(linear.bias == 0)
     assert 0.01 < linear.weight.std().item() < 0.03
+
+
+def test_attention_and_block_steps_equal_the_causal_forward_at_each_position():
+    """``step`` (one position, key/value caches) is the causal forward's last position."""
+    torch.manual_seed(0)
+    block = TransformerBlock(8, num_heads=2, inner_size=16, dropout=0.0, activation="gelu")
+    block.eval()
+    x = torch.randn(1, 6, 8)
+    items = torch.ones(1, 6, dtype=torch.long)
+    with torch.no_grad():
+        full = block(x, attention_mask(items, causal=True), torch.ones(1, 6, 1))[0]
+        keys = values = torch.zeros(0, 8)
+        for t in range(6):
+            out, keys, values = block.step(x[0, t], keys, values)
+            assert keys.shape == values.shape == (t + 1, 8)
+            assert torch.allclose(out, full[t], atol=1e-5)
+
+
+def test_push_window_appends_and_drops_the_oldest():
+    queue = torch.tensor([[1.0], [2.0]])
+    window, later = push_window(queue, torch.tensor([3.0]))
+    assert window.flatten().tolist() == [1.0, 2.0, 3.0] and later.flatten().tolist() == [2.0, 3.0]

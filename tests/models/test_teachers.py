@@ -191,3 +191,17 @@ def test_item_logits_are_the_logits_without_the_padding_column(name):
     (direct_grad,) = torch.autograd.grad((direct * weights).sum(), model.output_layer.weight)
     torch.testing.assert_close(direct_grad, sliced_grad)
     assert torch.all(direct_grad[0] == 0)  # the padding row gets no gradient
+
+
+@pytest.mark.parametrize("name", ["nextitnet", "sasrec", "bert4rec_causal"])
+def test_step_equals_the_forward_at_each_new_position(name):
+    """A causal teacher's own per-position ``step`` (serve.streaming uses it) is its
+    forward's last output, position after position."""
+    model = tiny_model(name)
+    items = random_items(1, MAX_LEN, torch.Generator().manual_seed(3))[0].tolist()
+    state = model.step_state()
+    with torch.no_grad():
+        full = model(torch.tensor([items])).output[0]
+        for t, item in enumerate(items):
+            output, state = model.step(item, t, state)
+            assert torch.allclose(output, full[t], atol=1e-5)

@@ -408,3 +408,25 @@ def test_a_student_without_positions_traces():
         torch.testing.assert_close(frozen(other), predict(other))
     # No position indices are computed for nothing.
     assert "aten::cumsum" not in [node.kind() for node in frozen.graph.nodes()]
+
+
+@pytest.mark.parametrize("positions", ["absolute", "none"])
+@pytest.mark.parametrize("seed", range(4))
+def test_step_equals_the_forward_at_each_new_position(seed, positions):
+    """The student's own per-position ``step`` (each cell's ``step`` from its ops' ``step``;
+    serve.streaming uses it) is its forward's last output, position after position, and
+    ``last_output`` of a history's tail at its positions is the forward's too."""
+    genotype = random_genotype("causal", nodes=3, cells=2, width=WIDTH, seed=seed)
+    torch.manual_seed(seed)
+    student = add_noise(Student(NUM_ITEMS, MAX_LEN, genotype, positions=positions), seed).eval()
+    items = random_items(1, MAX_LEN, seed)
+    queues, weights = student.step_state(), student.step_weights()
+    with torch.no_grad():
+        full = student(items).output[0]
+        for t, item in enumerate(items[0].tolist()):
+            output, queues = student.step(item, t, queues, weights)
+            assert torch.allclose(output, full[t], atol=1e-5)
+        tail = min(student.window, MAX_LEN)
+        positions_tail = torch.arange(MAX_LEN - tail, MAX_LEN).unsqueeze(0)
+        last = student.last_output(items[:, -tail:], positions_tail)[0]
+        assert torch.allclose(last, full[-1], atol=1e-5)

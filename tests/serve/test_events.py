@@ -1,10 +1,12 @@
 """Per-event serving over real HTTP: exact answers, lost states, stores and concurrency."""
 
 import asyncio
+import dataclasses
 import random
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 
 from adarec.serve.app import create_app
 from adarec.serve.catalogue import ExactCatalogue
@@ -189,3 +191,106 @@ def test_a_user_never_seen_has_no_state(predictor):
         assert http.get("/users/nobody").json() == {"user": "nobody", "stored": False, "events": 0}
         reset = http.post("/users/nobody/reset").json()
         assert reset == {"user": "nobody", "reset": True, "existed": False}
+
+
+@pytest.mark.parametrize("name", ["nextitnet", "student-causal", "sasrec"])
+def test_a_history_of_the_same_length_that_disagrees_rebuilds_the_state(runs, name):
+    """Issue 29 (2): contents are compared, not lengths, for every model (NextItNet and a
+    student without positions keep no items; SASRec keeps only the last max_len = 10)."""
+    predictor = Predictor.from_run(runs[name])
+    items = predictor.item_ids[1:]
+    first = items[:13]
+    with running(create_app(predictor, service(predictor))) as http:
+        body = {"user": "u", "item": items[20], "history": first}
+        assert http.post("/events", json=body).json()["state"] == "rebuilt"
+        # The same length (14) with the oldest item changed: outside every kept tail.
+        other = [items[30]] + first[1:] + [items[20]]
+        answer = http.post("/events", json={"user": "u", "item": items[21], "history": other})
+        assert answer.json()["state"] == "rebuilt" and answer.json()["events"] == 15
+        # The same length (15) with the newest item changed: inside the served window, so a
+        # state used as it is would answer for the wrong history.
+        changed = other + [items[22]]
+        answer = http.post("/events", json={"user": "u", "item": items[23], "history": changed})
+        assert answer.json()["state"] == "rebuilt" and answer.json()["events"] == 16
+        assert answer.json()["items"] == predictor.recommend(changed + [items[23]])["items"]
+        # The history the state holds: used as it is.
+        same = changed + [items[23]]
+        answer = http.post("/events", json={"user": "u", "item": items[24], "history": same})
+        assert answer.json()["state"] == "continued" and answer.json()["events"] == 17
+
+
+async def redis_value(redis_url: str, key: str, value: bytes | None = None) -> bytes | None:
+    """The raw bytes under ``key`` (and, with ``value``, write those: a restore)."""
+    client = RedisStore(redis_url, b"anything")
+    try:
+        if value is not None:
+            await client.client.set(key, value)
+        return await client.client.get(key)
+    finally:
+        await client.close()
+
+
+def test_a_state_restored_from_an_older_snapshot_is_caught(predictor, redis_url):
+    """Issue 29 (3): after Redis is restored from a snapshot taken 6 events ago, a client
+    that says how many events it sent (or sends its history) never gets an answer from
+    the old state."""
+    items = predictor.item_ids[1:14]
+    key = RedisStore.PREFIX + "restored"
+    with running(create_app(predictor, redis_service(predictor, redis_url))) as http:
+        http.post("/users/restored/reset")
+        for t, item in enumerate(items):
+            body = {"user": "restored", "item": item, "events": t}
+            answer = http.post("/events", json={**body, "history": []} if t == 0 else body)
+            assert answer.status_code == 200 and answer.json()["events"] == t + 1
+            if t == 5:
+                snapshot = asyncio.run(redis_value(redis_url, key))
+        asyncio.run(redis_value(redis_url, key, snapshot))  # the restore: 6 events
+
+        behind = http.post("/events", json={"user": "restored", "item": items[0], "events": 13})
+        assert behind.status_code == 409
+        assert "holds 6 events, not the 13" in behind.json()["detail"]
+        assert http.get("/users/restored").json()["events"] == 6  # nothing applied
+        # Its history rebuilds the state (compared in full, not only by length).
+        body = {"user": "restored", "item": items[0], "history": items}
+        rebuilt = http.post("/events", json=body).json()
+        assert rebuilt["state"] == "rebuilt" and rebuilt["events"] == 14
+        assert rebuilt["items"] == predictor.recommend(items + [items[0]])["items"]
+        body = {"user": "restored", "item": items[1], "events": 14}
+        assert http.post("/events", json=body).json()["state"] == "continued"
+
+
+@pytest.mark.parametrize("how", ["rows", "cols", "count", "output"])
+def test_a_damaged_state_with_this_models_tag_is_refused_not_a_500(predictor, redis_url, how):
+    """Issue 29 (13): shapes that do not fit the model's streamer are refused like a
+    foreign state: 409 without a history, rebuilt with one."""
+    items = predictor.item_ids[1:4]
+    events = redis_service(predictor, redis_url)
+    state = events.streamer.rebuild([predictor.index[str(item)] for item in items])
+    tensors, output = list(state.tensors), state.output
+    width = output.numel()
+    if how == "rows" and tensors:
+        tensors[0] = torch.zeros(tensors[0].size(0) + 1, width)
+    elif how == "cols" and tensors:
+        tensors[-1] = torch.zeros(tensors[-1].size(0), width - 3)
+    elif how == "output":
+        output = torch.zeros(width + 2)
+    else:
+        tensors.append(torch.zeros(2, width))
+    damaged = dataclasses.replace(state, tensors=tensors, output=output)
+    key = RedisStore.PREFIX + "damaged"
+    asyncio.run(redis_value(redis_url, key, encode_state(damaged, model_tag(predictor.model))))
+    with running(create_app(predictor, events)) as http:
+        refused = http.post("/events", json={"user": "damaged", "item": items[0]})
+        assert refused.status_code == 409 and "refused" in refused.json()["detail"]
+        body = {"user": "damaged", "item": items[0], "history": items}
+        rebuilt = http.post("/events", json=body)
+        assert rebuilt.status_code == 200 and rebuilt.json()["state"] == "rebuilt"
+        assert rebuilt.json()["items"] == predictor.recommend(items + [items[0]])["items"]
+
+
+def test_events_must_be_a_count(predictor):
+    with running(create_app(predictor, service(predictor))) as http:
+        for events in (-1, "3", 1.5, True):
+            body = {"user": "u", "item": predictor.item_ids[1], "events": events}
+            response = http.post("/events", json=body)
+            assert response.status_code == 422 and "events" in response.json()["detail"]

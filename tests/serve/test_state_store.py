@@ -1,6 +1,7 @@
 """State stores: the bounded in-process LRU and Redis (a real redis-server on loopback)."""
 
 import asyncio
+import struct
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from adarec.serve.state_store import (
     model_tag,
     open_store,
 )
-from adarec.serve.streaming import StreamState, streamer_for
+from adarec.serve.streaming import StreamState, history_digest, streamer_for
 from tests.models.helpers import tiny_model
 
 TAG = b"12345678"
@@ -32,11 +33,12 @@ def sample_state(events: int = 3, width: int = 4) -> StreamState:
         recent=list(range(1, events + 1)),
         tensors=[torch.randn(2, width, generator=generator), torch.zeros(0, width)],
         output=torch.randn(width, generator=generator),
+        digest=history_digest(list(range(1, events + 1))),
     )
 
 
 def assert_same(a: StreamState, b: StreamState) -> None:
-    assert (a.events, a.recent) == (b.events, b.recent)
+    assert (a.events, a.recent, a.digest) == (b.events, b.recent, b.digest)
     assert len(a.tensors) == len(b.tensors)
     assert all(torch.equal(x, y) for x, y in zip(a.tensors, b.tensors, strict=True))
     assert (a.output is None) == (b.output is None)
@@ -47,10 +49,22 @@ def test_encoding_round_trips_and_is_compact():
     state = sample_state()
     data = encode_state(state, TAG)
     assert_same(decode_state(data, TAG), state)
-    # 21-byte header, 3 int32 items, 3 shapes and 2 x 4 + 4 floats: nothing else.
-    assert len(data) == 21 + 3 * 4 + 3 * 4 + 12 * 4
+    # 29-byte header, 3 int32 items, 3 shapes and 2 x 4 + 4 floats: nothing else.
+    assert len(data) == 29 + 3 * 4 + 3 * 4 + 12 * 4
     empty = StreamState()
     assert_same(decode_state(encode_state(empty, TAG), TAG), empty)
+    # The digest takes all 64 bits.
+    wide = StreamState(digest=2**64 - 1)
+    assert decode_state(encode_state(wide, TAG), TAG).digest == 2**64 - 1
+
+
+def test_a_state_of_the_previous_format_is_refused_not_misread():
+    """Format 1 had no digest: read with format 2's layout it would be garbage."""
+    state = sample_state()
+    old_header = struct.pack("<4sB8sIHH", b"ADRS", 1, TAG, state.events, len(state.recent), 3)
+    data = old_header + encode_state(state, TAG)[29:]
+    with pytest.raises(ForeignState, match="format 2"):
+        decode_state(data, TAG)
 
 
 def test_a_state_of_another_model_or_format_is_refused():

@@ -10,7 +10,13 @@ from adarec.data.splits import left_pad
 from adarec.errors import UserError
 from adarec.nas.genotype import Genotype, random_genotype
 from adarec.nas.student import Student
-from adarec.serve.streaming import StreamState, streamer_for
+from adarec.serve.streaming import (
+    ForeignState,
+    StreamState,
+    extend_digest,
+    history_digest,
+    streamer_for,
+)
 from tests.models.helpers import tiny_model
 from tests.nas.helpers import add_noise
 
@@ -78,14 +84,14 @@ def test_student_leaves_out_edges_that_only_see_zeros():
     genotype = Genotype("causal", nodes, cells=2, width=8)
     torch.manual_seed(0)
     student = add_noise(Student(NUM_ITEMS, 12, genotype, dropout=0.0), 0).eval()
-    streamer = streamer_for(student)
-    assert streamer.edges == [
-        [],
-        [(0, "causal_max_pool3")],
-        [(0, "skip"), (1, "causal_conv3"), (2, "causal_avg_pool3")],
-        [],
-    ]
-    assert streamer.live == [1, 2]
+    for cell in student.cells:
+        assert cell.step_edges == [
+            [],
+            [(0, "causal_max_pool3")],
+            [(0, "skip"), (1, "causal_conv3"), (2, "causal_avg_pool3")],
+            [],
+        ]
+        assert cell.step_live == [1, 2]
     assert max(replay(student, random_history(7, 20))) <= TOLERANCE
 
 
@@ -96,7 +102,7 @@ def test_student_reencodes_past_max_len_only():
     for item in random_history(0, 20):
         state = streamer.advance(state, item)
         if state.events <= 12:
-            assert state.tensors or not any(streamer.queue)
+            assert state.tensors or not any(student.cells[0].queue_lengths)
     assert streamer.reencodes == 8
     assert state.tensors == [] and len(state.recent) == min(student.window, 12)
 
@@ -118,7 +124,7 @@ def test_student_without_positions_streams_exactly_forever(seed):
     state = streamer.init_state()
     for item in history:
         state = streamer.advance(state, item)
-        assert state.tensors or not any(streamer.queue)
+        assert state.tensors or not any(student.cells[0].queue_lengths)
     assert streamer.reencodes == 0 and state.recent == []
 
 
@@ -223,7 +229,7 @@ def test_state_stays_small():
     state = streamer.init_state()
     for item in random_history(6, 5):
         state = streamer.advance(state, item)
-    queue_rows = sum(streamer.queue) * len(student.cells)
+    queue_rows = sum(student.cells[0].queue_lengths) * len(student.cells)
     assert state.nbytes() == 4 * 8 * (queue_rows + 1) + 4 * len(state.recent)
 
 
@@ -242,3 +248,114 @@ def test_unknown_internal_id_is_a_programming_error():
     streamer = streamer_for(tiny_model("sasrec", num_items=NUM_ITEMS))
     with pytest.raises(ValueError, match="internal item id"):
         streamer.advance(StreamState(), NUM_ITEMS + 1)
+
+
+def streamers_of_every_kind() -> list:
+    """Every streamer: the student's two runtimes (with and without positions) and the
+    teachers, each exact within max_len and (but for NEXTITNET_FITS) re-encoding past it."""
+    students = [random_student(4), student_without_positions(4), random_student(4)]
+    return [
+        streamer_for(students[0], "torch"),
+        streamer_for(students[0], "compiled"),
+        streamer_for(students[1], "torch"),
+        streamer_for(students[2], "compiled"),
+        streamer_for(tiny_model("sasrec", num_items=NUM_ITEMS)),
+        streamer_for(tiny_model("nextitnet", num_items=NUM_ITEMS, **NEXTITNET_FITS)),
+        streamer_for(tiny_model("nextitnet", num_items=NUM_ITEMS, **NEXTITNET_WIDE)),
+    ]
+
+
+def test_the_history_digest_is_the_same_however_the_state_was_reached():
+    history = random_history(8, 40)  # past every max_len here
+    expected = [history_digest(history[:n]) for n in range(len(history) + 1)]
+    folded = 0
+    for n, item in enumerate(history):
+        folded = extend_digest(folded, item, n)
+        assert folded == expected[n + 1]
+    for streamer in streamers_of_every_kind():
+        state = streamer.init_state()
+        assert state.digest == expected[0] == 0
+        for n, item in enumerate(history):
+            if n % 2:
+                state = streamer.advance(state, item)
+            else:
+                state, _, _ = streamer.advance_top_k(state, item, 3)
+            assert state.digest == expected[n + 1]
+        for n in (0, 1, 5, 40):
+            assert streamer.rebuild(history[:n]).digest == expected[n]
+
+
+def test_the_digest_tells_histories_of_the_same_length_apart():
+    history = random_history(9, 30)
+    digests = {history_digest(history)}
+    for position in range(len(history)):  # any one item changed
+        changed = list(history)
+        changed[position] = changed[position] % NUM_ITEMS + 1
+        digests.add(history_digest(changed))
+    digests.add(history_digest(history[1:] + history[:1]))  # the same items, reordered
+    assert len(digests) == len(history) + 2
+
+
+def test_check_state_accepts_every_state_its_streamer_writes():
+    history = random_history(10, 30)
+    for streamer in streamers_of_every_kind():
+        streamer.check_state(streamer.init_state())
+        state = streamer.init_state()
+        for n, item in enumerate(history):
+            state = streamer.advance(state, item)
+            streamer.check_state(state)
+            if n in (0, 11, 29):
+                streamer.check_state(streamer.rebuild(history[: n + 1]))
+
+
+def damaged(state: StreamState, how: str) -> StreamState:
+    """``state`` with one inconsistency, as a damaged store could hold it."""
+    tensors, output = list(state.tensors), state.output
+    recent = list(state.recent)
+    if how == "rows":
+        tensors[0] = torch.zeros(tensors[0].size(0) + 1, tensors[0].size(1))
+    elif how == "cols":
+        tensors[-1] = torch.zeros(tensors[-1].size(0), tensors[-1].size(1) + 3)
+    elif how == "fewer tensors":
+        tensors = tensors[:-1]
+    elif how == "more tensors":
+        tensors.append(torch.zeros(2, output.numel()))
+    elif how == "output":
+        output = torch.zeros(output.numel() - 1)
+    elif how == "no output":
+        output = None
+    elif how == "kept items":
+        recent = recent + [1]
+    elif how == "events":
+        return StreamState(state.events + 1, recent, tensors, output, state.digest)
+    return StreamState(state.events, recent, tensors, output, state.digest)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "rows",
+        "cols",
+        "fewer tensors",
+        "more tensors",
+        "output",
+        "no output",
+        "kept items",
+        "events",
+    ],
+)
+def test_check_state_refuses_shapes_that_do_not_fit(how):
+    for streamer in streamers_of_every_kind():
+        if how == "events" and streamer.keep == 0:
+            continue  # fixed-size queues and no kept items: any count fits them
+        state = streamer.rebuild(random_history(11, 5))
+        with pytest.raises(ForeignState):
+            streamer.check_state(damaged(state, how))
+
+
+def test_check_state_refuses_items_the_model_does_not_have():
+    streamer = streamer_for(tiny_model("sasrec", num_items=NUM_ITEMS))
+    state = streamer.rebuild(random_history(12, 20))  # past max_len: re-encodes recent
+    state.recent[-1] = NUM_ITEMS + 1
+    with pytest.raises(ForeignState, match="not this model's"):
+        streamer.check_state(state)

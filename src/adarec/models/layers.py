@@ -54,6 +54,13 @@ def init_weights(module: nn.Module) -> None:
             module.weight[module.padding_idx].zero_()
 
 
+def push_window(queue: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Streaming inference: (the window ``queue`` + ``value`` [rows + 1, C], the queue one
+    position later [rows, C]). ``queue`` holds an input's last values, oldest first."""
+    window = torch.cat([queue, value.unsqueeze(0)])
+    return window, window[1:]
+
+
 class CausalConv1d(nn.Module):
     """Dilated convolution over time on [B, L, C_in] -> [B, L, C_out].
 
@@ -114,6 +121,22 @@ class MultiHeadSelfAttention(nn.Module):
         weights = self.dropout(torch.softmax(scores, dim=-1))
         return self.out((weights @ v).transpose(1, 2).flatten(2))
 
+    def step(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Causal attention of the newest position ``x`` [H] over itself and the cached
+        earlier ones (``keys``, ``values`` [n, H], oldest first): its output [H] and the
+        caches grown by one row (streaming inference, eval mode)."""
+        heads, size = self.num_heads, self.head_size
+        q, k, v = self.qkv(x).unflatten(0, (3, -1)).unbind(0)
+        keys = torch.cat([keys, k.unsqueeze(0)])
+        values = torch.cat([values, v.unsqueeze(0)])
+        q = q.view(heads, 1, size)
+        scores = q @ keys.view(-1, heads, size).permute(1, 2, 0) * size**-0.5  # [heads, 1, n]
+        weights = torch.softmax(scores, dim=-1)
+        mixed = (weights @ values.view(-1, heads, size).transpose(0, 1)).flatten()
+        return self.out(mixed), keys, values
+
 
 class TransformerBlock(nn.Module):
     """Post-LN transformer block: x = LN(x + attn(x)); x = LN(x + FFN(x)); padding -> 0.
@@ -144,3 +167,13 @@ class TransformerBlock(nn.Module):
         x = self.attention_norm(x + self.dropout(self.attention(x, allowed)))
         x = self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
         return x * real
+
+    def step(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` at the newest position only, causally: its input ``x`` [H] and the
+        key/value caches of the earlier positions -> its output [H] and the grown caches
+        (streaming inference, eval mode: no dropout, and a real position needs no mask)."""
+        attended, keys, values = self.attention.step(x, keys, values)
+        x = self.attention_norm(x + attended)
+        return self.feed_forward_norm(x + self.feed_forward(x)), keys, values

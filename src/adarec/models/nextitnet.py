@@ -9,7 +9,7 @@ from torch import nn
 
 from adarec.config import ModelConfig
 from adarec.models.base import SeqOutput, Teacher
-from adarec.models.layers import CausalConv1d, init_weights, padding_mask
+from adarec.models.layers import CausalConv1d, init_weights, padding_mask, push_window
 
 
 class ResidualBlock(nn.Module):
@@ -44,6 +44,24 @@ class ResidualBlock(nn.Module):
         if self.scale is not None:
             branch = branch * self.scale
         return x + branch
+
+    def step(
+        self, x: torch.Tensor, queues: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward`` at the newest position only (streaming inference, eval mode).
+
+        ``x`` [H] is the block input there; ``queues`` hold the last inputs of the two
+        convolutions, [conv1.left_pad, H] (block inputs) and [conv2.left_pad, H] (first
+        stage outputs), oldest first. Returns the block output [H] and the queues one
+        position later.
+        """
+        window, first = push_window(queues[0], x)
+        branch = torch.relu(self.norm1(self.conv1.step(window)))
+        window, second = push_window(queues[1], branch)
+        branch = torch.relu(self.norm2(self.conv2.step(window)))
+        if self.scale is not None:
+            branch = branch * self.scale
+        return x + branch, [first, second]
 
 
 class NextItNet(Teacher):
@@ -102,3 +120,26 @@ class NextItNet(Teacher):
             outputs.append(x)
         hidden = outputs[self.distill_every - 1 :: self.distill_every]
         return SeqOutput(embedding=embedding, hidden_states=hidden, output=x)
+
+    def step_state(self) -> list[torch.Tensor]:
+        """The queues of ``step`` before the first item: zeros, as left padding is held."""
+        weight = self.item_embedding.weight
+        return [
+            weight.new_zeros(conv.left_pad, self.hidden_size)
+            for block in self.blocks
+            for conv in (block.conv1, block.conv2)
+        ]
+
+    def step(
+        self, item: int, position: int, queues: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward``'s output [H] at a new last item (internal id ``item``) from the queues
+        of the items before it (``step_state``, two per block); the queues one position
+        later. ``position`` is unused: NextItNet has no positions (an argument all
+        streaming models share). Eval mode."""
+        x = self.item_embedding.weight[item]
+        later: list[torch.Tensor] = []
+        for b, block in enumerate(self.blocks):
+            x, block_queues = block.step(x, queues[2 * b : 2 * b + 2])
+            later += block_queues
+        return x, later

@@ -79,3 +79,24 @@ class TransformerRecommender(Teacher):
             outputs.append(x)
         hidden = outputs[self.distill_every - 1 :: self.distill_every]
         return SeqOutput(embedding=embedding, hidden_states=hidden, output=x)
+
+    def step_state(self) -> list[torch.Tensor]:
+        """The key/value caches of ``step`` before the first item: [0, H] per block, twice."""
+        weight = self.item_embedding.weight
+        return [weight.new_zeros(0, self.hidden_size) for _ in range(2 * len(self.blocks))]
+
+    def step(
+        self, item: int, position: int, caches: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward``'s output [H] at a new last item (internal id ``item`` at
+        ``position`` < max_len, counted from the oldest item) from the key/value caches of
+        the earlier positions (keys then values per block, [position, H] each); the grown
+        caches. Causal attention only (``attends_causally``); eval mode."""
+        x = self.embedding_norm(
+            self.item_embedding.weight[item] + self.position_embedding.embedding.weight[position]
+        )
+        later: list[torch.Tensor] = []
+        for b, block in enumerate(self.blocks):
+            x, keys, values = block.step(x, caches[2 * b], caches[2 * b + 1])
+            later += [keys, values]
+        return x, later

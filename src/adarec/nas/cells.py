@@ -35,6 +35,11 @@ class Cell(nn.Module):
         mixed = weights[0] * nodes[0]
         for n in range(1, len(nodes)):
             mixed = mixed + weights[n] * nodes[n]
+        return self.finish(mixed, cell_input)
+
+    def finish(self, mixed: torch.Tensor, cell_input: torch.Tensor) -> torch.Tensor:
+        """The cell's output from its nodes' weighted sum: ReLU(LayerNorm(mixed)) + input
+        (shared by ``combine`` and a student cell's per-event step)."""
         return F.relu(self.norm(mixed)) + cell_input
 
 

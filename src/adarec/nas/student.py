@@ -16,10 +16,10 @@ from torch import nn
 
 from adarec.errors import UserError
 from adarec.models.base import SeqOutput
-from adarec.models.layers import item_positions
+from adarec.models.layers import item_positions, push_window
 from adarec.nas.cells import Cell, CellNetwork
 from adarec.nas.genotype import Genotype, genotype_from_dict, genotype_to_dict
-from adarec.nas.operations import ConvOp, PoolOp, make_op
+from adarec.nas.operations import ConvOp, PoolOp, left_reach, make_op
 from adarec.nas.supernet import Supernet
 
 
@@ -76,6 +76,31 @@ class StudentCell(Cell):
             if j + 1 in read
             and not all(_keeps_padding_zero(self.nodes[j][str(i)][op]) for i, op in edges)
         }
+        # The per-event step (``step``). A node whose edges are all "none" is zero at every
+        # position, and so is a pool or skip of it: such edges are left out (a convolution
+        # of zeros is kept: its LayerNorm adds a bias), and zero nodes add nothing to the
+        # cell's weighted sum. ``step_edges[j]``: node j's edges that can be nonzero;
+        # ``step_live``: the nodes with any; ``queue_lengths[i]``: how many past values of
+        # edge input i (0: the cell input) the step keeps, the longest reach of its readers;
+        # ``step_read[i]``: whether any edge reads input i.
+        zero = [False]
+        self.step_edges: list[list[tuple[int, str]]] = []
+        for j, edges in enumerate(self.edges):
+            live = [
+                (i, op)
+                for i, op in edges
+                if not (zero[i] and _keeps_padding_zero(self.nodes[j][str(i)][op]))
+            ]
+            self.step_edges.append(live)
+            zero.append(not live)
+        self.step_live = [j for j, edges in enumerate(self.step_edges) if edges]
+        self.queue_lengths = [0] * (len(self.edges) + 1)
+        self.step_read = [False] * (len(self.edges) + 1)
+        for edges in self.step_edges:
+            for i, op in edges:
+                self.queue_lengths[i] = max(self.queue_lengths[i], left_reach(op))
+                self.step_read[i] = True
+        self.queue_count = sum(1 for length in self.queue_lengths if length)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # Not for ONNX export: its exporter has no unfold for a dynamic batch.
@@ -108,6 +133,56 @@ class StudentCell(Cell):
             nodes.append(node)
             states.append(F.relu(node))
         return self.combine(nodes, x)
+
+    def step_weights(self) -> torch.Tensor:
+        """The mixing weights of ``step_live``'s nodes (fixed at inference: compute once)."""
+        return torch.softmax(self.node_weights.detach(), 0)[self.step_live]
+
+    def step(
+        self, x: torch.Tensor, queues: list[torch.Tensor], weights: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward`` at the newest position only (streaming inference, eval mode, causal
+        ops): the cell input there ``x`` [C], the queues of the past edge inputs (one
+        [queue_lengths[i], C] per input with a nonzero length, in input order) and
+        ``step_weights()``. Returns the cell output [C] and the queues one position later.
+        Each op computes its own step from the window of its input (``_op_step``).
+        """
+        pending = iter(queues)
+        later: list[torch.Tensor] = []
+
+        def window(index: int, value: torch.Tensor) -> torch.Tensor:
+            """Edge input ``index`` at its last positions up to the newest: [length + 1, C]."""
+            if not self.queue_lengths[index]:
+                return value.unsqueeze(0)
+            values, rest = push_window(next(pending), value)
+            later.append(rest)
+            return values
+
+        inputs: list[torch.Tensor | None] = [window(0, F.relu(x))]
+        nodes = []
+        for j, (edges, modules) in enumerate(zip(self.step_edges, self.nodes, strict=True)):
+            node = None
+            for i, op in edges:
+                out = _op_step(modules[str(i)][op], inputs[i], left_reach(op))
+                node = out if node is None else node + out
+            if node is not None:
+                nodes.append(node)
+            if self.step_read[j + 1]:
+                inputs.append(window(j + 1, torch.zeros_like(x) if node is None else F.relu(node)))
+            else:
+                inputs.append(None)
+        # ``combine`` for one position, over the live nodes only (the others are zero).
+        mixed = weights @ torch.stack(nodes) if nodes else torch.zeros_like(x)
+        return self.finish(mixed, x), later
+
+
+def _op_step(op: nn.Module, inputs: torch.Tensor, reach: int) -> torch.Tensor:
+    """A causal op's output at the newest position; ``inputs`` [n, C] end there (n - 1 >=
+    ``reach``, the op's own: a shared queue may be longer, the op reads its last part)."""
+    if reach == 0:  # skip: the newest input itself
+        return inputs[-1]
+    span = reach + 1
+    return op.step(inputs if inputs.size(0) == span else inputs[inputs.size(0) - span :])
 
 
 def _reads_windows(op: nn.Module) -> bool:
@@ -189,10 +264,56 @@ class Student(CellNetwork):
         # Without a position embedding the indices would be computed for nothing (and
         # traced into the exported graph).
         positions = item_positions(items)[..., -self.window :] if self.uses_positions else None
-        output = self.run_cells(
-            items[..., -self.window :], lambda c, x, m: c(x, m), positions, trim=self.reach
-        )
-        return self.logits(output.output.select(1, -1))
+        return self.logits(self.last_output(items[..., -self.window :], positions))
+
+    def last_output(
+        self, items: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The last position's output [B, C] of ``items`` [B, n], n <= ``window`` (at most
+        the receptive field: ``run_cells``'s ``trim``), at ``positions`` [B, n] (default:
+        counted within ``items``; unused without a position embedding). Items before
+        ``items`` read as padding, as in a left-padded history."""
+        output = self.run_cells(items, lambda c, x, m: c(x, m), positions, trim=self.reach)
+        return output.output.select(1, -1)
+
+    def step_weights(self) -> list[torch.Tensor]:
+        """Every cell's ``StudentCell.step_weights`` (fixed at inference: compute once)."""
+        return [cell.step_weights() for cell in self.cells]
+
+    def step_state(self) -> list[torch.Tensor]:
+        """The queues of ``step`` before the first item: zeros, as left padding is held."""
+        weight = self.item_embedding.weight
+        return [
+            weight.new_zeros(length, self.width)
+            for cell in self.cells
+            for length in cell.queue_lengths
+            if length
+        ]
+
+    def step(
+        self,
+        item: int,
+        position: int,
+        queues: list[torch.Tensor],
+        weights: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The last output [C] of ``forward`` at a new last item (internal id ``item`` at
+        ``position``, < max_len and used only with absolute positions) from the queues of
+        the items before it (``step_state``); the queues one position later. ``weights``:
+        ``step_weights()``, computed once by a caller that steps often. Causal op set and
+        eval mode only (see ``serve.streaming``)."""
+        x = self.item_embedding.weight[item]
+        if self.uses_positions:
+            x = x + self.position_embedding.embedding.weight[position]
+        weights = self.step_weights() if weights is None else weights
+        later: list[torch.Tensor] = []
+        start = 0
+        for cell, cell_weights in zip(self.cells, weights, strict=True):
+            end = start + cell.queue_count
+            x, cell_queues = cell.step(x, queues[start:end], cell_weights)
+            later += cell_queues
+            start = end
+        return x, later
 
 
 def inherit_weights(student: Student, supernet: Supernet) -> int:

@@ -109,6 +109,14 @@ class EventRequest(BaseModel):
     history: History | None = Field(
         None, description="the user's items before this event, oldest first (empty: new user)"
     )
+    events: StrictInt | None = Field(
+        None,
+        ge=0,
+        description=(
+            "without 'history': the 'events' of the user's last answer; a stored state "
+            "that holds another count (e.g. restored from an older snapshot) answers 409"
+        ),
+    )
 
 
 def _field_errors(errors: list[dict[str, Any]]) -> str:
@@ -329,7 +337,9 @@ def create_app(
     async def event_answer(data: bytes) -> bytes:
         service = need_events()
         body = parse(EventRequest, data)
-        return encode_json(await service.event(body.user, body.item, body.k, body.history))
+        return encode_json(
+            await service.event(body.user, body.item, body.k, body.history, body.events)
+        )
 
     app.max_body = max_body
     app.fast_routes = {"/recommend": recommend_answer, "/events": event_answer}

@@ -7,9 +7,21 @@ concurrent events of the same user never lose an update. Across server processes
 one Redis, the write is a check-and-set against the state read (``StateStore.put_if``): an
 event that lost the race to another process reads the new state and is applied again.
 
-A user without a usable state (new, evicted, lost, or written by another model) is
-rebuilt from the ``history`` the client sends; without one the event is refused (409),
-never answered from a wrong state.
+A user without a usable state (new, evicted, lost, written by another model, or damaged:
+``Streamer.check_state``) is rebuilt from the ``history`` the client sends; without one the
+event is refused (409), never answered from a wrong state.
+
+What the service can check depends on what the client sends:
+
+- ``history``: the state is used only when it is the state of exactly that history (same
+  count and the same ``history_digest`` of all its known items, for every model);
+  otherwise it is rebuilt from the history. This also catches a store restored from an
+  older snapshot, or a state another writer changed.
+- ``events`` (the ``events`` of the user's last answer): the state is used only when it
+  holds that many events; otherwise 409, and the client sends the event again with its
+  history. A store restored from an older snapshot then never answers from the old state.
+- neither: nothing to compare with, so the stored state is trusted as it is. A client that
+  needs the guarantee sends ``events`` (cheap) or ``history``.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from adarec.errors import UserError
 from adarec.serve.catalogue import Catalogue
 from adarec.serve.predictor import Predictor
 from adarec.serve.state_store import ForeignState, StateConflict, StateStore, StoreUnavailable
-from adarec.serve.streaming import Streamer, StreamState
+from adarec.serve.streaming import Streamer, StreamState, history_digest
 
 # Check-and-set attempts of one event before it is refused (503): only a user whose events
 # arrive at several processes at once retries at all.
@@ -32,6 +44,10 @@ CHECK_AND_SET_ATTEMPTS = 100
 
 class MissingState(UserError):
     """The user has no usable state and the request carries no history to rebuild it."""
+
+
+class StaleState(MissingState):
+    """The stored state does not hold the events the client says it sent (409)."""
 
 
 class UserLocks:
@@ -71,30 +87,44 @@ class EventService:
 
     async def _load(self, user: str) -> tuple[StreamState | None, str, Any]:
         """The stored state (None: none usable), why not, and the token for ``put_if``."""
+        token: Any = None
         try:
             state, token = await self.store.get_for_update(user)
+            if state is not None:
+                # A state of this model's tag whose shapes do not fit (damaged, or written
+                # by a buggy process) is refused like a foreign one, never stepped from.
+                self.streamer.check_state(state)
         except ForeignState as exc:
-            return None, f"its stored state was refused: {exc}", getattr(exc, "token", None)
+            return None, f"its stored state was refused: {exc}", getattr(exc, "token", token)
         return state, "new, evicted or lost", token
 
     @staticmethod
-    def _agrees(state: StreamState, history: list[int]) -> bool:
-        """Whether ``state`` is the state of ``history`` (count and the items it kept)."""
-        kept = state.recent
-        return state.events == len(history) and (not kept or history[-len(kept) :] == kept)
+    def _agrees(state: StreamState, history: list[int], digest: int) -> bool:
+        """Whether ``state`` is the state of ``history`` (its count and ``digest``, the
+        ``history_digest`` of all its items: contents, not only the length)."""
+        return state.events == len(history) and state.digest == digest
 
     async def event(
-        self, user: str, item: Any, k: int = 10, history: Sequence[Any] | None = None
+        self,
+        user: str,
+        item: Any,
+        k: int = 10,
+        history: Sequence[Any] | None = None,
+        events: int | None = None,
     ) -> dict[str, Any]:
         """Append ``item`` to ``user``'s events; the top-k after it.
 
-        ``history``: the user's earlier items (oldest first), used only when the stored
-        state is missing or disagrees with it. Applied again from the new state while
-        another process wrote the user's state first (StateConflict).
+        ``history``: the user's earlier items (oldest first); the stored state is rebuilt
+        from it when missing or not the state of exactly this history. ``events``: how many
+        events the stored state must hold (the ``events`` of the user's last answer),
+        without a history: otherwise StaleState (409). Applied again from the new state
+        while another process wrote the user's state first (StateConflict).
         """
+        if events is not None and (isinstance(events, bool) or not isinstance(events, int)):
+            raise UserError(f"events must be an integer; got {events!r}")
         for _ in range(CHECK_AND_SET_ATTEMPTS):
             try:
-                return await self._event_once(user, item, k, history)
+                return await self._event_once(user, item, k, history, events)
             except StateConflict:
                 continue
         raise StoreUnavailable(
@@ -102,16 +132,18 @@ class EventService:
         )
 
     async def _event_once(
-        self, user: str, item: Any, k: int, history: Sequence[Any] | None
+        self, user: str, item: Any, k: int, history: Sequence[Any] | None, events: int | None
     ) -> dict[str, Any]:
         self.predictor.check_k(k)
         known_history = None if history is None else self.predictor.encode(history).items
+        # Outside the user's lock: it depends on the request alone.
+        digest = None if known_history is None else history_digest(known_history)
         internal = self.predictor.index.get(str(item))
         async with self.locks.hold(user):
             state, reason, token = await self._load(user)
             status = "continued"
             if known_history is not None and (
-                state is None or not self._agrees(state, known_history)
+                state is None or not self._agrees(state, known_history, digest)
             ):
                 state = self.streamer.rebuild(known_history)
                 status = "rebuilt"
@@ -120,6 +152,12 @@ class EventService:
                 raise MissingState(
                     f"user {user!r} has no state on this server ({reason}): send the event "
                     "again with 'history', the user's earlier items (empty for a new user)"
+                )
+            if known_history is None and events is not None and state.events != events:
+                raise StaleState(
+                    f"the stored state of user {user!r} holds {state.events} events, not the "
+                    f"{events} the request expects (restored from an older copy, or written "
+                    "elsewhere): send the event again with 'history', the user's earlier items"
                 )
             top = None
             if internal is not None and self.catalogue.kind == "exact":

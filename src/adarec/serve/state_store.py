@@ -22,17 +22,16 @@ from torch import nn
 
 from adarec.errors import UserError
 from adarec.serve.resp import RespClient
-from adarec.serve.streaming import StreamState
+from adarec.serve.streaming import ForeignState, StreamState  # check_state raises it too
 
-FORMAT = 1
-# magic, format, model tag, events, kept items, tensors (the output first, [0, 0] if none)
-_HEADER = struct.Struct("<4sB8sIHH")
+# 2: the history's digest (``StreamState.digest``). A state of format 1 is refused
+# (ForeignState), so the service rebuilds it from the client's history.
+FORMAT = 2
+# magic, format, model tag, events, digest, kept items, tensors (the output first, [0, 0]
+# if none)
+_HEADER = struct.Struct("<4sB8sIQHH")
 _SHAPE = struct.Struct("<HH")
 _MAGIC = b"ADRS"
-
-
-class ForeignState(ValueError):
-    """A stored state that this model must not use (other model, other format, corrupt)."""
 
 
 class StoreUnavailable(RuntimeError):
@@ -60,7 +59,9 @@ def encode_state(state: StreamState, tag: bytes) -> bytes:
     output = state.output.unsqueeze(0) if state.output is not None else torch.zeros(0, 0)
     tensors = [output, *state.tensors]
     parts = [
-        _HEADER.pack(_MAGIC, FORMAT, tag, state.events, len(state.recent), len(tensors)),
+        _HEADER.pack(
+            _MAGIC, FORMAT, tag, state.events, state.digest, len(state.recent), len(tensors)
+        ),
         np.asarray(state.recent, dtype="<i4").tobytes(),
     ]
     for tensor in tensors:
@@ -73,10 +74,11 @@ def decode_state(data: bytes, tag: bytes, device: str | torch.device = "cpu") ->
     """The state of ``encode_state`` (tensors on ``device``); ForeignState unless written
     for ``tag`` in this format."""
     try:
-        magic, fmt, written_by, events, kept, count = _HEADER.unpack_from(data)
+        magic, fmt, written_by, events, digest, kept, count = _HEADER.unpack_from(data)
     except struct.error:
         raise ForeignState("not an adarec streaming state (too short)") from None
     if magic != _MAGIC or fmt != FORMAT:
+        # An older format is never read with this one's layout.
         raise ForeignState(f"not an adarec streaming state of format {FORMAT}")
     if written_by != tag:
         raise ForeignState("the state was written by another model")
@@ -96,7 +98,7 @@ def decode_state(data: bytes, tag: bytes, device: str | torch.device = "cpu") ->
     if offset != len(data) or not tensors:
         raise ForeignState("the state has trailing or missing bytes")
     output = tensors[0][0] if tensors[0].numel() else None
-    return StreamState(events, recent, tensors[1:], output)
+    return StreamState(events, recent, tensors[1:], output, digest)
 
 
 class StateStore(ABC):

@@ -27,6 +27,11 @@ models differ:
 Every re-encode is counted (``Streamer.reencodes``). Bidirectional BERT4Rec (each new item
 changes every earlier position) and the paper op set (centred ops read the next position)
 cannot stream exactly and are refused.
+
+Each model owns its per-position step next to its forward (``Student.step``,
+``NextItNet.step``, ``TransformerRecommender.step``, built from its cells', blocks' and
+ops' own ``step``); a streamer only keeps the state (queues, caches, the kept items, the
+history's digest) and decides when to step and when to re-encode.
 """
 
 from __future__ import annotations
@@ -38,16 +43,52 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adarec.errors import UserError
 from adarec.models.base import SequentialRecommender
-from adarec.models.layers import MultiHeadSelfAttention, TransformerBlock
 from adarec.models.nextitnet import NextItNet
 from adarec.models.transformer import TransformerRecommender
-from adarec.nas.operations import left_reach
 from adarec.nas.student import Student
+
+
+class ForeignState(ValueError):
+    """A stored state that this model must not use (other model, other format, corrupt,
+    or shapes that do not fit this model's streamer)."""
+
+
+# The history digest: the sum (mod 2^64) over the items of splitmix64(item ^ position x
+# golden ratio). A sum, so that a whole history is digested in a few vectorised numpy ops
+# (a client's history of 10,000 items in ~0.1 ms) while an event adds one term (~0.3 us);
+# the position in each term makes it order-sensitive. splitmix64 is a bijection of its
+# input, so two histories of the same length that differ in one item always differ;
+# otherwise a collision has the odds of two random 64-bit numbers.
+_MASK = (1 << 64) - 1
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def extend_digest(digest: int, item: int, position: int) -> int:
+    """The digest of a history after appending internal id ``item`` at ``position`` (the
+    count of items before it)."""
+    z = (item ^ (position * _GOLDEN)) & _MASK
+    z = ((z ^ (z >> 30)) * _MIX1) & _MASK
+    z = ((z ^ (z >> 27)) * _MIX2) & _MASK
+    return (digest + (z ^ (z >> 31))) & _MASK
+
+
+def history_digest(items: Sequence[int]) -> int:
+    """The digest of a whole history (internal ids, oldest first): the same value as
+    ``extend_digest`` item by item from 0 (the empty history)."""
+    if not len(items):
+        return 0
+    # uint64 arrays wrap on overflow, as the masks above do.
+    z = np.asarray(items, dtype=np.uint64) ^ (
+        np.arange(len(items), dtype=np.uint64) * np.uint64(_GOLDEN)
+    )
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
+    z ^= z >> np.uint64(31)
+    return int(z.sum(dtype=np.uint64))
 
 
 @dataclass
@@ -58,12 +99,15 @@ class StreamState:
     for re-encoding past the exact range. ``tensors``: the model's queues or key/value
     caches, each [rows, width] (empty when the next event re-encodes anyway). ``output``:
     the last position's final hidden state [width] (None before the first event).
+    ``digest``: ``history_digest`` of all ``events`` items, so that a client's history can
+    be compared with the state in full, whatever the model keeps of it.
     """
 
     events: int = 0
     recent: list[int] = field(default_factory=list)
     tensors: list[torch.Tensor] = field(default_factory=list)
     output: torch.Tensor | None = None
+    digest: int = 0
 
     def nbytes(self) -> int:
         """Bytes of the tensors, output and kept items (what a store holds)."""
@@ -87,6 +131,7 @@ class Streamer(ABC):
     def __init__(self, model: SequentialRecommender):
         self.model = model.eval()
         self.reencodes = 0
+        self._tensor_shapes: list[tuple[int, ...]] | None = None  # see ``_shapes``
 
     def init_state(self) -> StreamState:
         """The state of a user with no event yet."""
@@ -98,12 +143,13 @@ class Streamer(ABC):
         if not 1 <= item <= self.model.num_items:
             raise ValueError(f"item {item} is not an internal item id (1..{self.model.num_items})")
         events = state.events + 1
+        digest = extend_digest(state.digest, item, state.events)
         recent = (state.recent + [item])[-self.keep :] if self.keep else []
         if self.exact_events is not None and events > self.exact_events:
             self.reencodes += 1
-            return StreamState(events, recent, [], self._reencode(recent))
+            return StreamState(events, recent, [], self._reencode(recent), digest)
         tensors, output = self._step(state, item)
-        return StreamState(events, recent, tensors, output)
+        return StreamState(events, recent, tensors, output, digest)
 
     def step(self, state: StreamState, item: int) -> tuple[StreamState, torch.Tensor]:
         """The state after ``item`` and the scores over [padding] + items: [num_items + 1]."""
@@ -116,6 +162,14 @@ class Streamer(ABC):
     ) -> tuple[StreamState, list[int], list[float]]:
         """The state after ``item`` and the ``k`` best items then (never the padding
         column), with their scores: what ``/events`` answers with an exact top-k."""
+        new, ids, scores = self._advance_top_k(state, item, k)
+        # Here, not in each runtime's own step: one digest for every runtime.
+        new.digest = extend_digest(state.digest, item, state.events)
+        return new, ids, scores
+
+    def _advance_top_k(
+        self, state: StreamState, item: int, k: int
+    ) -> tuple[StreamState, list[int], list[float]]:
         state = self.advance(state, item)
         with torch.inference_mode():
             scores = self.model.logits(state.output.unsqueeze(0))[0]
@@ -124,12 +178,16 @@ class Streamer(ABC):
         return state, indices.tolist(), values.tolist()
 
     def rebuild(self, items: Sequence[int]) -> StreamState:
-        """The state after a whole history (internal ids, oldest first), e.g. after a loss.
-
-        Only the last ``max_len`` items are stepped through: the served window is all a
-        full recomputation reads.
-        """
+        """The state after a whole history (internal ids, oldest first), e.g. after a loss."""
         items = list(items)
+        state = self._rebuild(items)
+        # The digest of the whole history, whatever part of it the runtime stepped through.
+        state.digest = history_digest(items)
+        return state
+
+    def _rebuild(self, items: list[int]) -> StreamState:
+        """``rebuild`` without the digest. Only the last ``max_len`` items are stepped
+        through: the served window is all a full recomputation reads."""
         if self.exact_events is not None and len(items) > self.exact_events:
             recent = items[-self.keep :]
             with torch.inference_mode():
@@ -144,13 +202,41 @@ class Streamer(ABC):
         return state
 
     def _reencode(self, recent: list[int]) -> torch.Tensor:
-        """The last output of the model over ``recent``, served as the window's tail."""
+        """The last output of the model over ``recent``, served as the window's tail: the
+        model's own forward."""
         device = self.model.output_layer.weight.device
         items = torch.tensor([recent], device=device)
-        return self._forward_tail(items)[0, -1]
+        return self.model.forward(items).output[0, -1]
 
-    def _forward_tail(self, items: torch.Tensor) -> torch.Tensor:
-        return self.model.forward(items).output
+    def check_state(self, state: StreamState) -> None:
+        """ForeignState unless ``state`` has the form this streamer writes: counts, kept
+        items and tensor shapes (a stored state of this model's tag can still be damaged
+        or written by a buggy process; stepping from it would fail or read out of bounds).
+        """
+        events, width = state.events, self.model.hidden_size
+        kept = min(self.keep, events)
+        if events < 0 or len(state.recent) != kept:
+            raise ForeignState(f"it holds {len(state.recent)} items for {events} events")
+        if kept and not all(1 <= item <= self.model.num_items for item in state.recent):
+            raise ForeignState("it holds items that are not this model's")
+        if (state.output is None) != (events == 0) or (
+            state.output is not None and tuple(state.output.shape) != (width,)
+        ):
+            raise ForeignState("its output does not fit the model")
+        reencodes = self.exact_events is not None and events > self.exact_events
+        expected = [] if reencodes else self._shapes(events)
+        shapes = [tuple(tensor.shape) for tensor in state.tensors]
+        if shapes != expected:
+            raise ForeignState(
+                f"its tensors {shapes} do not fit the model's after {events} events {expected}"
+            )
+
+    def _shapes(self, events: int) -> list[tuple[int, ...]]:
+        """The shapes of a state's tensors after ``events`` events within the exact range:
+        those of the initial state (fixed-size queues) unless a streamer says otherwise."""
+        if self._tensor_shapes is None:
+            self._tensor_shapes = [tuple(tensor.shape) for tensor in self._initial_tensors()]
+        return self._tensor_shapes
 
     @abstractmethod
     def _initial_tensors(self) -> list[torch.Tensor]: ...
@@ -160,30 +246,12 @@ class Streamer(ABC):
         """The new tensors and output after ``item`` at position ``state.events``."""
 
 
-def _op_step(op: nn.Module, inputs: torch.Tensor, reach: int) -> torch.Tensor:
-    """A causal op's output at the newest position; ``inputs`` end there."""
-    if reach == 0:  # skip: the newest input itself
-        return inputs[-1]
-    span = reach + 1
-    return op.step(inputs if inputs.size(0) == span else inputs[inputs.size(0) - span :])
-
-
-def _keeps_zero(op: str) -> bool:
-    """Whether an op maps all-zero inputs to zero (skip and the pools; not convolutions)."""
-    return op == "skip" or op.endswith("pool3")
-
-
-def _push(history: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(window = history + value, the history one position later)."""
-    window = torch.cat([history, value.unsqueeze(0)])
-    return window, window[1:]
-
-
 class StudentStreamer(Streamer):
-    """The AdaRec student: per cell, a queue of the last inputs of every edge input.
+    """The AdaRec student: ``Student.step`` from per-cell queues of the edge inputs.
 
     Edges reading the same input (the cell input or a node) share one queue, as long as
-    the longest reach among them; padding is zeros, as the model holds it.
+    the longest reach among them (``StudentCell.queue_lengths``); padding is zeros, as the
+    model holds it.
     """
 
     def __init__(self, model: Student):
@@ -200,107 +268,34 @@ class StudentStreamer(Streamer):
         else:
             self.exact_events = model.max_len
             self.keep = min(model.window, model.max_len)
-        # A node whose edges are all "none" is zero at every position, and so is a pool or
-        # skip of it: such edges are left out (a convolution of zeros is kept: its
-        # LayerNorm adds a bias), and zero nodes add nothing to the cell's weighted sum.
-        zero = [False]  # per edge input; input 0 is the cell input
-        self.edges: list[list[tuple[int, str]]] = []
-        for node in model.genotype.nodes:
-            live = [(i, op) for i, op in node if op != "none" and not (zero[i] and _keeps_zero(op))]
-            self.edges.append(live)
-            zero.append(not live)
-        self.live = [j for j, edges in enumerate(self.edges) if edges]
-        # The cells' mixing weights of the live nodes, fixed at inference: computed once.
-        self.node_weights = [
-            torch.softmax(cell.node_weights.detach(), 0)[self.live] for cell in model.cells
-        ]
-        # Per edge input: queue length (the longest reach of the ops reading it) and
-        # whether any op reads it at all.
-        self.queue = [0] * (len(self.edges) + 1)
-        self.read = [False] * (len(self.edges) + 1)
-        for edges in self.edges:
-            for i, op in edges:
-                self.queue[i] = max(self.queue[i], left_reach(op))
-                self.read[i] = True
+        # The cells' mixing weights, fixed at inference: computed once.
+        self.weights = model.step_weights()
 
     def _initial_tensors(self) -> list[torch.Tensor]:
-        weight = self.model.item_embedding.weight
-        return [
-            weight.new_zeros(length, self.model.width)
-            for _ in self.model.cells
-            for length in self.queue
-            if length
-        ]
+        return self.model.step_state()
 
     def _step(self, state: StreamState, item: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        # Within the exact range: state.events < max_len is the new item's position.
+        output, queues = self.model.step(item, state.events, state.tensors, self.weights)
+        return queues, output
+
+    def _reencode(self, recent: list[int]) -> torch.Tensor:
+        """The student's forward over the window's tail (``Student.last_output``): the
+        served window's last ``len(recent)`` items, at positions max_len - len .. max_len - 1
+        (past max_len the window is full), nothing before them within the receptive field."""
         model = self.model
-        x = model.item_embedding.weight[item]
-        if model.uses_positions:  # here state.events < max_len (exact_events)
-            x = x + model.position_embedding.embedding.weight[state.events]
-        queues, new_queues = iter(state.tensors), []
-
-        def window(index: int, value: torch.Tensor) -> torch.Tensor:
-            """Edge input ``index`` at the last positions up to the newest: [queue + 1, C]."""
-            if not self.queue[index]:
-                return value.unsqueeze(0)
-            window, later = _push(next(queues), value)
-            new_queues.append(later)
-            return window
-
-        for cell, weights in zip(model.cells, self.node_weights, strict=True):
-            inputs = [window(0, F.relu(x))]
-            nodes = []
-            for j, (edges, modules) in enumerate(zip(self.edges, cell.nodes, strict=True)):
-                node = None
-                for i, op in edges:
-                    out = _op_step(modules[str(i)][op], inputs[i], left_reach(op))
-                    node = out if node is None else node + out
-                if node is not None:
-                    nodes.append(node)
-                if self.read[j + 1]:
-                    inputs.append(
-                        window(j + 1, torch.zeros_like(x) if node is None else F.relu(node))
-                    )
-                else:
-                    inputs.append(None)
-            # Cell.combine for one position: ReLU(LayerNorm(softmax(w) . nodes)) + input.
-            mixed = weights @ torch.stack(nodes) if nodes else torch.zeros_like(x)
-            x = F.relu(cell.norm(mixed)) + x
-        return new_queues, x
-
-    def _forward_tail(self, items: torch.Tensor) -> torch.Tensor:
-        """``model.forward`` over a window's tail (positions max_len - len .. max_len - 1,
-        no padding), without the edges that only see zeros: past max_len every event
-        pays for this pass, so it is worth the ~1/3 of operators they would cost."""
-        model = self.model
-        length = items.size(1)
-        first = model.max_len - length
-        x = model.item_embedding.weight[items[0]]  # [length, C]
+        device = model.output_layer.weight.device
+        items = torch.tensor([recent], device=device)
+        positions = None
         if model.uses_positions:
-            x = x + model.position_embedding.embedding.weight[first : first + length]
-        for cell, weights in zip(model.cells, self.node_weights, strict=True):
-            inputs = [F.relu(x).unsqueeze(0)]  # each [1, length, C], as the ops expect
-            nodes = []
-            for j, (edges, modules) in enumerate(zip(self.edges, cell.nodes, strict=True)):
-                node = None
-                for i, op in edges:
-                    out = modules[str(i)][op](inputs[i])
-                    node = out if node is None else node + out
-                if node is not None:
-                    nodes.append(node[0])
-                if not self.read[j + 1]:
-                    inputs.append(None)
-                else:
-                    inputs.append(torch.zeros_like(inputs[0]) if node is None else F.relu(node))
-            mixed = (
-                torch.tensordot(weights, torch.stack(nodes), 1) if nodes else torch.zeros_like(x)
-            )
-            x = F.relu(cell.norm(mixed)) + x
-        return x.unsqueeze(0)
+            positions = torch.arange(model.max_len - len(recent), model.max_len, device=device)
+            positions = positions.unsqueeze(0)
+        return model.last_output(items, positions)[0]
 
 
 class NextItNetStreamer(Streamer):
-    """NextItNet: per block, queues of the block input and of the first conv's output."""
+    """NextItNet: ``NextItNet.step`` from per-block queues of the block input and of the
+    first conv's output."""
 
     def __init__(self, model: NextItNet):
         super().__init__(model)
@@ -312,31 +307,16 @@ class NextItNetStreamer(Streamer):
         self.keep = 0 if fits else model.max_len
 
     def _initial_tensors(self) -> list[torch.Tensor]:
-        weight = self.model.item_embedding.weight
-        return [
-            weight.new_zeros(conv.left_pad, self.model.hidden_size)
-            for block in self.model.blocks
-            for conv in (block.conv1, block.conv2)
-        ]
+        return self.model.step_state()
 
     def _step(self, state: StreamState, item: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-        x = self.model.item_embedding.weight[item]
-        queues, new_queues = iter(state.tensors), []
-        for block in self.model.blocks:
-            window, later = _push(next(queues), x)
-            new_queues.append(later)
-            branch = torch.relu(block.norm1(block.conv1.step(window)))
-            window, later = _push(next(queues), branch)
-            new_queues.append(later)
-            branch = torch.relu(block.norm2(block.conv2.step(window)))
-            if block.scale is not None:
-                branch = branch * block.scale
-            x = x + branch
-        return new_queues, x
+        output, queues = self.model.step(item, state.events, state.tensors)
+        return queues, output
 
 
 class CausalAttentionStreamer(Streamer):
-    """SASRec (or BERT4Rec fine-tuned causally): a key/value cache per block, [events, H]."""
+    """SASRec (or BERT4Rec fine-tuned causally): ``TransformerRecommender.step`` from a
+    key/value cache per block, [events, H]."""
 
     def __init__(self, model: TransformerRecommender):
         if not model.attends_causally():
@@ -350,45 +330,15 @@ class CausalAttentionStreamer(Streamer):
         self.keep = model.max_len
 
     def _initial_tensors(self) -> list[torch.Tensor]:
-        weight = self.model.item_embedding.weight
-        return [
-            weight.new_zeros(0, self.model.hidden_size) for _ in range(2 * len(self.model.blocks))
-        ]
+        return self.model.step_state()
 
     def _step(self, state: StreamState, item: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-        model = self.model
-        x = (
-            model.item_embedding.weight[item]
-            + model.position_embedding.embedding.weight[state.events]
-        )
-        x = model.embedding_norm(x)
-        caches, new_caches = iter(state.tensors), []
-        for block in model.blocks:
-            keys, values = next(caches), next(caches)
-            attended, keys, values = _attend(block.attention, x, keys, values)
-            new_caches += [keys, values]
-            x = _finish_block(block, x, attended)
-        return new_caches, x
+        output, caches = self.model.step(item, state.events, state.tensors)
+        return caches, output
 
-
-def _attend(
-    attention: MultiHeadSelfAttention, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Attention of the newest position over itself and the cached ones; grown caches."""
-    heads, size = attention.num_heads, attention.head_size
-    q, k, v = attention.qkv(x).unflatten(0, (3, -1)).unbind(0)
-    keys = torch.cat([keys, k.unsqueeze(0)])
-    values = torch.cat([values, v.unsqueeze(0)])
-    q = q.view(heads, 1, size)
-    scores = q @ keys.view(-1, heads, size).permute(1, 2, 0) * size**-0.5  # [heads, 1, n]
-    weights = torch.softmax(scores, dim=-1)
-    mixed = (weights @ values.view(-1, heads, size).transpose(0, 1)).flatten()
-    return attention.out(mixed), keys, values
-
-
-def _finish_block(block: TransformerBlock, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-    x = block.attention_norm(x + attended)
-    return block.feed_forward_norm(x + block.feed_forward(x))
+    def _shapes(self, events: int) -> list[tuple[int, ...]]:
+        # The caches grow by one row per event.
+        return [(events, self.model.hidden_size)] * (2 * len(self.model.blocks))
 
 
 class CompiledStudentStreamer(Streamer):
@@ -419,15 +369,15 @@ class CompiledStudentStreamer(Streamer):
         return [torch.from_numpy(self.compiled.initial_state())]
 
     def _run(
-        self, queues: np.ndarray, items: Sequence[int], first_position: int, k: int
+        self, queues: np.ndarray, items: Sequence[int] | int, first_position: int, k: int
     ) -> tuple[list[torch.Tensor], torch.Tensor, list[int], list[float]]:
-        state, hidden, ids, scores = self.compiled.run(
-            queues, np.asarray(items, dtype=np.int64), first_position, k
-        )
+        if not isinstance(items, int):
+            items = np.asarray(items, dtype=np.int64)
+        state, hidden, ids, scores = self.compiled.run(queues, items, first_position, k)
         return [torch.from_numpy(state)], torch.from_numpy(hidden), ids, scores
 
     def _step(self, state: StreamState, item: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-        tensors, output, _, _ = self._run(state.tensors[0].numpy(), [item], state.events, 0)
+        tensors, output, _, _ = self._run(state.tensors[0].numpy(), item, state.events, 0)
         return tensors, output
 
     def _reencode(self, recent: list[int]) -> torch.Tensor:
@@ -435,7 +385,7 @@ class CompiledStudentStreamer(Streamer):
         _, output, _, _ = self._run(self.compiled.initial_state(), recent, first, 0)
         return output
 
-    def advance_top_k(
+    def _advance_top_k(
         self, state: StreamState, item: int, k: int
     ) -> tuple[StreamState, list[int], list[float]]:
         if not 1 <= item <= self.model.num_items:
@@ -447,10 +397,10 @@ class CompiledStudentStreamer(Streamer):
             first = self.model.max_len - len(recent)
             _, output, ids, scores = self._run(self.compiled.initial_state(), recent, first, k)
             return StreamState(events, recent, [], output), ids, scores
-        tensors, output, ids, scores = self._run(state.tensors[0].numpy(), [item], state.events, k)
+        tensors, output, ids, scores = self._run(state.tensors[0].numpy(), item, state.events, k)
         return StreamState(events, recent, tensors, output), ids, scores
 
-    def rebuild(self, items: Sequence[int]) -> StreamState:
+    def _rebuild(self, items: Sequence[int]) -> StreamState:
         """The state after a whole history in one compiled call over its last
         ``window + reach`` items: the queues hold inputs up to ``reach`` back, whose own
         values read at most ``window - 1`` further, so older items change nothing."""
