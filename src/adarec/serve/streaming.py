@@ -397,8 +397,16 @@ class CompiledStudentStreamer(Streamer):
             first = self.model.max_len - len(recent)
             _, output, ids, scores = self._run(self.compiled.initial_state(), recent, first, k)
             return StreamState(events, recent, [], output), ids, scores
-        tensors, output, ids, scores = self._run(state.tensors[0].numpy(), item, state.events, k)
-        return StreamState(events, recent, tensors, output), ids, scores
+        # The common case called straight (each Python call costs ~0.1-0.3 us of a ~35 us
+        # event).
+        queues, hidden, ids, scores = self.compiled.run(
+            state.tensors[0].numpy(), item, state.events, k
+        )
+        return (
+            StreamState(events, recent, [torch.from_numpy(queues)], torch.from_numpy(hidden)),
+            ids,
+            scores,
+        )
 
     def _rebuild(self, items: Sequence[int]) -> StreamState:
         """The state after a whole history in one compiled call over its last
