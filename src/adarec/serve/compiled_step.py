@@ -216,6 +216,23 @@ def run_events(
     return found
 
 
+@numba.njit(cache=True, nogil=True)
+def step_event(prog, w, state, item, position, k, out_ids, out_scores):  # pragma: no cover
+    """One event from ``state`` (left as it is): (new state, final hidden, top-k found).
+
+    The per-event entry point: what ``run`` would allocate and copy in Python is done here,
+    in one call of fewer arguments (the dispatcher's cost grows with their number)."""
+    new_state = state.copy()
+    hidden = np.empty(prog[_WIDTH], np.float32)
+    items = np.empty(1, np.int64)
+    items[0] = item
+    nothing, no_scores = np.empty(0, np.int64), np.empty(0, np.float32)
+    found = run_events(
+        prog, w, new_state, items, position, k, nothing, out_ids, out_scores, no_scores, hidden
+    )
+    return new_state, hidden, found
+
+
 @dataclass
 class StepProgram:
     """A student laid out for ``run_events``: ``prog`` (structure), ``weights`` (float32),
@@ -338,6 +355,7 @@ class CompiledStep:
         # Load (or compile, the first time on this machine) the kernel now, not on the
         # first request.
         self.run(self.initial_state(), np.ones(1, dtype=np.int64), 0, 1)
+        self.step(self.initial_state(), 1, 0, 1)
 
     @property
     def uses_positions(self) -> bool:
@@ -366,10 +384,7 @@ class CompiledStep:
         # each of the microsecond-sized allocations it would make counts).
         scratch = self._scratch
         if getattr(scratch, "k", -1) < k:
-            scratch.k = max(k, 1)
-            scratch.ids = np.empty(scratch.k, dtype=np.int64)
-            scratch.top = np.empty(scratch.k, dtype=np.float32)
-            scratch.item = np.empty(1, dtype=np.int64)
+            self._grow(k)
         if isinstance(items, int):
             scratch.item[0] = items
             items = scratch.item
@@ -389,6 +404,34 @@ class CompiledStep:
             hidden,
         )
         return new_state, hidden, scratch.ids[:found].tolist(), scratch.top[:found].tolist()
+
+    def step(
+        self, state: np.ndarray, item: int, position: int, k: int
+    ) -> tuple[np.ndarray, np.ndarray, list[int], list[float]]:
+        """``run`` for one event: (new state, final hidden [C], top-k ids, their scores)."""
+        scratch = self._scratch
+        if getattr(scratch, "k", -1) < k:
+            self._grow(k)
+        program = self.program
+        new_state, hidden, found = step_event(
+            program.prog,
+            program.weights,
+            state,
+            item,
+            position if program.uses_positions else -1,
+            k,
+            scratch.ids,
+            scratch.top,
+        )
+        return new_state, hidden, scratch.ids[:found].tolist(), scratch.top[:found].tolist()
+
+    def _grow(self, k: int) -> None:
+        """This thread's scratch for the top-k (what goes back as Python lists)."""
+        scratch = self._scratch
+        scratch.k = max(k, 1)
+        scratch.ids = np.empty(scratch.k, dtype=np.int64)
+        scratch.top = np.empty(scratch.k, dtype=np.float32)
+        scratch.item = np.empty(1, dtype=np.int64)
 
     def tail(self, history: list[int]) -> tuple[list[int], int]:
         """The items a history's last output depends on and the position of the first.
