@@ -133,6 +133,26 @@ def cmd_run(args: argparse.Namespace, ablate: bool = False) -> int:
     return 0
 
 
+def cmd_front(args: argparse.Namespace) -> int:
+    from adarec.pipeline.front import FRONT_FILE, build_front, format_front, front_dir_of
+
+    # --keep and --budget are config keys (run.keep, run.select_budget): a bad value is
+    # one UserError naming the key. --budget alone asks for the most accurate student
+    # within it, so the configured keep is then dropped.
+    if args.keep is not None:
+        args.overrides = [*args.overrides, f"run.keep={args.keep}"]
+    if args.budget is not None:
+        args.overrides = [*args.overrides, f"run.select_budget={args.budget}"]
+        if args.keep is None:
+            args.overrides.append("run.keep=null")
+    cfg = _config_from_run(args, args.search)
+    out = Path(args.out) if args.out else front_dir_of(Path(args.search))
+    front = build_front(cfg, Path(args.search), out, quiet=args.quiet)
+    print(format_front(front))
+    print(f"front: {out / FRONT_FILE}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from adarec.pipeline.evaluate import evaluate_run
 
@@ -218,6 +238,25 @@ def build_parser() -> argparse.ArgumentParser:
         _add_budget_option(run)
         _add_config_options(run)
         run.set_defaults(func=(lambda a, ab=(name == "ablate"): cmd_run(a, ablate=ab)))
+
+    front = sub.add_parser(
+        "front",
+        help="students of one search at every budget: estimate, retrain the front, select",
+    )
+    front.add_argument("search", help="a finished search run directory")
+    front.add_argument("--out", help="front directory (default: beside the search, front/)")
+    front.add_argument(
+        "--keep",
+        help="select the fastest student whose validation NDCG@10 is at least KEEP x the "
+        "teacher's (config run.keep, default 0.99)",
+    )
+    front.add_argument(
+        "--budget",
+        help="select within this budget: a speed-up ('10x'), MACs ('2.5M') or ms at batch 1 "
+        "('1.5ms'); alone: the most accurate within it, with --keep: the fastest that keeps",
+    )
+    _add_config_options(front)
+    front.set_defaults(func=cmd_front)
 
     evaluate = sub.add_parser("evaluate", help="re-evaluate a finished run on valid and test")
     evaluate.add_argument("run_dir")

@@ -199,6 +199,26 @@ class RunConfig:
 
     baselines: list[str] = field(default_factory=lambda: ["pop"])
     random_cells: int = 3  # how many random cells the random_arch_budget baseline retrains
+    # Opt-in: after the student, build the front of the search (adarec front) and select
+    # from it; report.json gains "front" and "selected".
+    front: bool = False
+    # The front's selection (adarec front --keep/--budget): the fastest student whose
+    # validation NDCG@10 >= keep x the teacher's (null: no accuracy target), within
+    # select_budget when given (a speed-up "10x", MACs "2.5M" or ms at batch 1 "1.5ms";
+    # "" none; with keep null: the most accurate within it). 0.99 is to be confirmed by
+    # measurement (issue 27).
+    keep: float | None = 0.99
+    select_budget: str = ""
+
+
+@dataclass
+class FrontConfig:
+    """The front of one search (``adarec front``): students derived at a sweep of budgets."""
+
+    budgets: int = 8  # speed-ups swept, geometric from 1.1x to the cheapest cell of the space
+    # Epochs of the student's loop that each estimate runs from the inherited supernet
+    # weights before its validation NDCG@10 is read (0: the inherited weights alone).
+    estimate_epochs: int = 1
 
 
 @dataclass
@@ -214,6 +234,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    front: FrontConfig = field(default_factory=FrontConfig)
 
 
 STAGES = ("train", "search", "student")
@@ -334,6 +355,9 @@ RANGES: dict[str, Range] = {
     "bench.warmup": AT_LEAST_0,
     "bench.threads": AT_LEAST_0,  # 0: torch's default
     "run.random_cells": AT_LEAST_2,  # a mean and its spread need two
+    "run.keep": Range(0, 1, low_open=True),  # a share of the teacher's validation NDCG@10
+    "front.budgets": AT_LEAST_2,
+    "front.estimate_epochs": AT_LEAST_0,
 }
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -547,6 +571,11 @@ def validate(cfg: Config) -> None:
         parse_budget(cfg.search.budget)
     except UserError as error:
         raise UserError(f"config key 'search.budget': {error}") from None
+    if cfg.run.select_budget:
+        try:
+            parse_budget(cfg.run.select_budget)
+        except UserError as error:
+            raise UserError(f"config key 'run.select_budget': {error}") from None
     if cfg.student.budget:
         try:
             kind = parse_budget(cfg.student.budget).kind

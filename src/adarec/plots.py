@@ -106,3 +106,81 @@ def plot_accuracy_latency(points: dict[str, tuple[float, float]], path: Path, ba
     ax.grid(True, alpha=0.3)
     ax.set_title("accuracy against serving latency")
     save_figure(fig, path)
+
+
+def plot_front(front: dict[str, Any], path: Path) -> None:
+    """The front of one search (front.json's content), two panels.
+
+    Left: validation NDCG@10 of the retrained students against their measured latency at
+    the smallest batch (serving path, log scale), the teacher on the same axes, the keep
+    threshold dashed, the selected student starred. Right: every derived student's
+    estimated validation NDCG@10 (± one standard error) against its MACs per history,
+    retrained ones filled.
+    """
+    teacher, students = front["teacher"], front["students"]
+    retrained = [s for s in students if s["retrained"]]
+    batch = min(teacher["latency_ms"], key=int)
+    selected = front["selected"]["name"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    points = sorted((s["latency_ms"][batch], s["valid_ndcg10"], s) for s in retrained)
+    left.plot([p[0] for p in points], [p[1] for p in points], "-o", color="#35577d", ms=5)
+    for x, y, s in points:
+        left.errorbar(x, y, yerr=s["valid_se"], color="#35577d", capsize=2, alpha=0.5)
+        left.annotate(s["budget"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if s["budget"] == selected:
+            left.scatter([x], [y], marker="*", s=260, color="#d1495b", zorder=4, label="selected")
+    left.scatter(
+        [teacher["latency_ms"][batch]],
+        [teacher["valid_ndcg10"]],
+        marker="s",
+        color="black",
+        zorder=4,
+        label=f"teacher ({teacher['model']})",
+    )
+    keep = front["selected"]["keep"]
+    if keep is not None:
+        left.axhline(
+            keep * teacher["valid_ndcg10"],
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label=f"keep {keep:g} x teacher",
+        )
+    left.set_xscale("log")
+    left.set_xlabel(f"latency at batch {batch}, serving path (ms, log scale)")
+    left.set_ylabel("validation NDCG@10 (retrained)")
+    left.legend(fontsize=8)
+    left.grid(True, alpha=0.3)
+    for s in students:
+        right.errorbar(
+            s["macs"] / 1e6,
+            s["estimate"]["valid_ndcg10"],
+            yerr=s["estimate"]["valid_se"],
+            fmt="o",
+            color="#35577d",
+            mfc="#35577d" if s["retrained"] else "white",
+            capsize=2,
+        )
+        right.annotate(
+            s["budget"],
+            (s["macs"] / 1e6, s["estimate"]["valid_ndcg10"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
+    right.scatter(  # the teacher's real validation NDCG@10 at its cost, for scale
+        [teacher["macs"] / 1e6],
+        [teacher["valid_ndcg10"]],
+        marker="s",
+        color="black",
+        zorder=4,
+        label="teacher (trained)",
+    )
+    right.set_xscale("log")
+    right.set_xlabel("MMACs per history (log scale)")
+    right.set_ylabel(f"estimated validation NDCG@10 ({front['estimate_epochs']} epochs)")
+    right.legend(fontsize=8)
+    right.grid(True, alpha=0.3)
+    fig.suptitle("one search, every budget: the front (filled: retrained)")
+    fig.tight_layout()
+    save_figure(fig, path)

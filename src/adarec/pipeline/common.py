@@ -55,7 +55,8 @@ RESUMABLE_KEYS = tuple(
     for stage in STAGES
     for key in ("epochs", "patience", "eval_every", "max_steps_per_epoch")
 ) + ("device", "amp")
-RESUMABLE_SECTIONS = ("eval.", "bench.", "run.")
+# front.* says which students the front derives, not how any one of them trains.
+RESUMABLE_SECTIONS = ("eval.", "bench.", "run.", "front.")
 
 
 def check_resume_config(cfg: Config, run_dir: Path) -> None:

@@ -59,8 +59,12 @@ def write_report(
     search_dir: Path,
     student_dir: Path,
     baseline_dirs: dict[str, Path],
+    front: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Measure, then write ``report.json`` (the contract) and ``report.md`` with plots."""
+    """Measure, then write ``report.json`` (the contract) and ``report.md`` with plots.
+
+    ``front``: the front's front.json content when it ran (``run.front``): report.json then
+    adds "front" (the retrained students) and "selected"."""
     dirs = {"teacher": teacher_dir, "student": student_dir, **baseline_dirs}
     metrics = {name: read_metrics(d) for name, d in dirs.items()}
     log.info(
@@ -114,6 +118,12 @@ def write_report(
         "threads": measured["threads"],
         "date": dt.datetime.now().isoformat(timespec="seconds"),
     }
+    if front is not None:
+        from adarec.pipeline.front import FRONT_FIGURE, front_summary
+
+        report["front"] = front_summary(front)
+        report["selected"] = front["selected"]
+        report["front_figure"] = _rel(out / "front" / FRONT_FIGURE, out)
     if dist.is_main():
         largest = str(max(int(b) for b in speedup))
         points = {
@@ -361,6 +371,7 @@ def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
             f"![alpha over epochs]({_rel(Path(search_dir) / 'alphas.png', out)})",
             "",
         ]
+    lines += _front_lines(report)
     lines += [
         "## Plots",
         "",
@@ -405,6 +416,46 @@ def _budget_lines(report: dict[str, Any]) -> list[str]:
             f"{_verdict(c)}",
             "",
         ]
+    return lines
+
+
+def _front_lines(report: dict[str, Any]) -> list[str]:
+    """The front's table and figure (``run.front``), with the selection and its reason."""
+    if "front" not in report:
+        return []
+    rows = report["front"]
+    batches = list(rows[0]["speedup"]) if rows else []
+    header = ["budget", "valid NDCG@10", "test NDCG@10", "MMACs"] + [
+        f"speed-up @{b}" for b in batches
+    ]
+    selected = report["selected"]
+    lines = [
+        "## The front of the search (one search, every budget)",
+        "",
+        "Students derived from the search at a sweep of speed-ups and retrained where they",
+        "can be on the front; speed-ups measured in the serving path (compiled step; the",
+        "teacher on its TorchScript graph). Selection reads validation only.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for r in rows:
+        mark = " (selected)" if r["budget"] == selected["name"] else ""
+        cells = [
+            r["budget"] + mark,
+            f"{r['valid_ndcg10']:.4f}",
+            f"{r['test_ndcg10']:.4f}",
+            f"{r['macs'] / 1e6:.3f}",
+            *[f"{r['speedup'][b]:.1f}x" for b in batches],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"- Selected: {selected['reason']}",
+        "",
+        f"![the front]({report['front_figure']})",
+        "",
+    ]
     return lines
 
 

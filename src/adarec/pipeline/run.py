@@ -80,8 +80,14 @@ def run_pipeline(
         baseline_dirs.update(
             run_baseline(name, cfg, out / "baselines", teacher_dir, search_dir, quiet)
         )
+    front = None
+    if cfg.run.front:
+        from adarec.pipeline.front import build_front
+
+        # The student stage's cell is one of the front's when a swept budget derives it.
+        front = build_front(cfg, search_dir, out / "front", quiet, finished=[student_dir])
     setup_logging(out, quiet)
-    return write_report(cfg, out, teacher_dir, search_dir, student_dir, baseline_dirs)
+    return write_report(cfg, out, teacher_dir, search_dir, student_dir, baseline_dirs, front=front)
 
 
 def run_baseline(

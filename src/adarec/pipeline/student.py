@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from adarec.config import Config
@@ -24,6 +25,7 @@ from adarec.pipeline.search import (
 from adarec.pipeline.stage import StageRun
 from adarec.runs import load_run_model, resolve_from_run
 from adarec.train.distill_stage import DistillStage
+from adarec.train.loop import Stage
 from adarec.train.supervised import SupervisedStage
 
 log = logging.getLogger("adarec")
@@ -70,6 +72,57 @@ def rederived_genotype(search_dir: Path, model: CostModel) -> Genotype:
     return genotype
 
 
+def kd_teacher_dir(cfg: Config, search_dir: Path, teacher: nn.Module | None) -> Path | None:
+    """The teacher run that retraining with ``student.loss=kd`` distils (the search's),
+    or None (cross-entropy, or a ``teacher`` module given)."""
+    if cfg.student.loss != "kd" or teacher is not None:
+        return None
+    recorded = _search_file(search_dir, "teacher.json", "run_dir")["run_dir"]
+    if recorded is None:
+        raise UserError(
+            f"the search in {search_dir} distilled a teacher module given in Python; "
+            "retraining with student.loss=kd needs that module again (teacher=...)"
+        )
+    return resolve_from_run(recorded, search_dir)
+
+
+def new_student(
+    cfg: Config,
+    genotype: Genotype,
+    num_items: int,
+    search_dir: Path,
+    device: torch.device,
+    supernet: nn.Module | None = None,
+) -> Student:
+    """The student of ``genotype``, with the supernet's weights of its ops when
+    ``student.init`` is inherit (``supernet``: the search's, when already loaded)."""
+    student = Student(
+        num_items,
+        cfg.data.max_len,
+        genotype,
+        dropout=cfg.search.dropout,
+        positions=cfg.student.positions,
+    )
+    if cfg.student.init == "inherit":
+        if supernet is None:
+            supernet, _ = load_run_model(search_dir, device, filename=SUPERNET_FILE)
+        copied = inherit_weights(student, supernet)
+        log.info("student inherits %d tensors from the searched supernet", copied)
+    return student
+
+
+def retraining_stage(
+    cfg: Config, student: Student, teacher: nn.Module | None, device: torch.device
+) -> Stage:
+    """The training stage of a student: distillation from ``teacher`` (``student.loss``
+    kd) or cross-entropy."""
+    if cfg.student.loss == "kd":
+        return DistillStage(
+            student, teacher, cfg.search, cfg.student, device, cfg.seed, amp=cfg.amp
+        )
+    return SupervisedStage(student, cfg.student, device, cfg.amp)
+
+
 def run_student(
     cfg: Config,
     run_dir: Path,
@@ -101,35 +154,12 @@ def run_student(
         # The student's cost is reported against the budget it was derived under.
         cost_file = {**cost_file, "budget": model.to_dict()}
     genotype = genotype or load_genotype(search_dir / "genotype.json")
-    teacher_dir = None
-    if cfg.student.loss == "kd" and teacher is None:
-        recorded = _search_file(search_dir, "teacher.json", "run_dir")["run_dir"]
-        if recorded is None:
-            raise UserError(
-                f"the search in {search_dir} distilled a teacher module given in Python; "
-                "retraining with student.loss=kd needs that module again (teacher=...)"
-            )
-        teacher_dir = resolve_from_run(recorded, search_dir)
+    teacher_dir = kd_teacher_dir(cfg, search_dir, teacher)
     run = StageRun(cfg, run_dir, resume, quiet, data_of=search_dir)
-    num_items = run.data.data.num_items
-    student = Student(
-        num_items,
-        cfg.data.max_len,
-        genotype,
-        dropout=cfg.search.dropout,
-        positions=cfg.student.positions,
-    )
-    if cfg.student.init == "inherit":
-        supernet, _ = load_run_model(search_dir, run.device, filename=SUPERNET_FILE)
-        copied = inherit_weights(student, supernet)
-        log.info("student inherits %d tensors from the searched supernet", copied)
+    student = new_student(cfg, genotype, run.data.data.num_items, search_dir, run.device)
     if cfg.student.loss == "kd":
         teacher = distilled_teacher(teacher_dir, teacher, run.data, cfg.data.max_len, run.device)
-        stage = DistillStage(
-            student, teacher, cfg.search, cfg.student, run.device, cfg.seed, amp=cfg.amp
-        )
-    else:
-        stage = SupervisedStage(student, cfg.student, run.device, cfg.amp)
+    stage = retraining_stage(cfg, student, teacher, run.device)
     run.train(stage, cfg.student, name)
     extra = {
         "architecture": genotype_to_dict(genotype),

@@ -1,0 +1,273 @@
+"""``adarec front``: one search's students at every budget, on tiny synthetic data:
+front.json and front.png, the bookkeeping, resume, CLI errors and the opt-in pipeline stage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from adarec.cli import main
+from adarec.nas.front import Candidate, select_student
+from adarec.pipeline import front as front_module
+from adarec.pipeline import stage as stage_module
+from adarec.pipeline.front import build_front
+from adarec.pipeline.run import run_pipeline
+from adarec.pipeline.search import run_search
+from adarec.pipeline.teacher import train_teacher
+from tests.conftest import tiny_config
+
+FAST = ["model.name=sasrec", "train.epochs=1", "search.epochs=2", "student.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("front")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADAREC_CACHE_DIR", str(root / "cache"))
+        cfg = tiny_config(*FAST)
+        train_teacher(cfg, root / "teacher", quiet=True)
+        run_search(cfg, root / "search", root / "teacher", quiet=True)
+    return root / "search"
+
+
+@pytest.fixture(scope="module")
+def fronted(searched, tmp_path_factory) -> Path:
+    """A finished ``adarec front`` (through the CLI) in its own copy of the search."""
+    root = tmp_path_factory.mktemp("fronted")
+    shutil.copytree(searched.parent / "teacher", root / "teacher")
+    search = Path(shutil.copytree(searched, root / "search"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADAREC_CACHE_DIR", str(searched.parent / "cache"))
+        assert main(["front", str(search), "--quiet", *_sets()]) == 0
+    return root / "front"
+
+
+def _sets() -> list[str]:
+    # The search's saved config is the tiny one; only the front's own keys are set here.
+    return ["--set", "front.budgets=6", "--set", "bench.repeats=2", "--set", "bench.warmup=1"]
+
+
+def _read(front_dir: Path) -> dict:
+    return json.loads((front_dir / "front.json").read_text())
+
+
+def test_front_json_and_png(fronted):
+    front = _read(fronted)
+    assert (fronted / "front.png").stat().st_size > 0
+    assert len(front["sweep"]) >= 6 and "5x" in front["sweep"]  # the search's own budget
+    assert front["teacher"]["valid_ndcg10"] > 0 and set(front["teacher"]["latency_ms"]) == {
+        "1",
+        "4",
+    }
+    students = front["students"]
+    assert students and any(s["retrained"] for s in students)
+    for s in students:
+        assert {"budget", "cell", "params", "macs", "cost", "estimate"} <= set(s)
+        assert {"valid_ndcg10", "valid_se", "seconds", "epochs"} <= set(s["estimate"])
+        if s["retrained"]:
+            assert {"valid_ndcg10", "valid_se", "test_ndcg10", "test_se"} <= set(s)
+            assert set(s["latency_ms"]) == set(s["speedup"]) == {"1", "4"}
+            assert s["retrain_seconds"] >= 0
+            assert (fronted / s["run_dir"] / "metrics.json").exists()
+            metrics = json.loads((fronted / s["run_dir"] / "metrics.json").read_text())
+            assert metrics["architecture"] == s["cell"]
+            assert metrics["cost"]["budget"]["budget"] == s["budget"]  # derived under it
+    selected = front["selected"]
+    assert selected["keep"] == 0.99 and selected["select_budget"] is None
+    assert (selected["name"] is None) == (not selected["met"])
+    assert selected["name"] or selected["closest"]
+    seconds = front["seconds"]
+    assert seconds["front"] == pytest.approx(
+        seconds["estimates"] + seconds["retraining"] + seconds["measure"], abs=0.05
+    )
+
+
+def test_front_bookkeeping_monotone_distinct_and_non_dominated(fronted):
+    front = _read(fronted)
+    students = front["students"]
+    speedups = [s["speedup_target"] for s in students]
+    costs = [s["cost"] for s in students]
+    assert speedups == sorted(speedups)
+    assert costs == sorted(costs, reverse=True)  # a tighter budget never costs more
+    assert len({json.dumps(s["cell"], sort_keys=True) for s in students}) == len(students)
+    swept = sorted(b for s in students for b in s["budgets"])
+    assert swept == sorted(front["sweep"])
+    by_budget = {s["budget"]: s for s in students}
+    for s in students:
+        assert s["retrained"] == (s["dominated_by"] is None)
+        if s["dominated_by"]:
+            better = by_budget[s["dominated_by"]]
+            assert better["cost"] <= s["cost"]
+            assert better["estimate"]["valid_ndcg10"] > s["estimate"]["valid_ndcg10"]
+    # The selection is the rule's, on the retrained students' validation NDCG@10.
+    retrained = [s for s in students if s["retrained"]]
+    expected = select_student(
+        [
+            Candidate(s["budget"], s["valid_ndcg10"], s["cost"], s["macs"], s["latency_ms"]["1"])
+            for s in retrained
+        ],
+        front["teacher"]["valid_ndcg10"],
+        keep=0.99,
+    )
+    assert front["selected"]["name"] == expected.name
+    assert front["selected"]["reason"] == expected.reason
+
+
+def _forbid_training(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished estimate or student was trained again")
+
+    monkeypatch.setattr(front_module, "run_student", refuse)
+    monkeypatch.setattr(front_module, "StageRun", refuse)
+
+
+def _copy(fronted: Path, tmp_path: Path) -> tuple[Path, Path]:
+    root = fronted.parent
+    shutil.copytree(root / "teacher", tmp_path / "teacher")
+    search = Path(shutil.copytree(root / "search", tmp_path / "search"))
+    return search, Path(shutil.copytree(fronted, tmp_path / "front"))
+
+
+def test_second_front_reuses_finished_students_and_reads_validation_only(
+    fronted, tmp_path, monkeypatch
+):
+    search, out = _copy(fronted, tmp_path)
+    first = _read(out)
+    # Give the retrained students test scores that would reverse any choice made on test:
+    # the selection must not move.
+    for rank, s in enumerate(s for s in first["students"] if s["retrained"]):
+        path = out / s["run_dir"] / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["test"]["full"]["NDCG@10"] = (
+            0.001 if s["budget"] == first["selected"]["name"] else 0.9 + rank / 100
+        )
+        path.write_text(json.dumps(metrics))
+    _forbid_training(monkeypatch)
+    cfg = tiny_config(*FAST, "front.budgets=6")
+    second = build_front(cfg, search, out, quiet=True)
+    assert [s["cell"] for s in second["students"]] == [s["cell"] for s in first["students"]]
+    assert second["selected"]["name"] == first["selected"]["name"]
+    for a, b in zip(first["students"], second["students"], strict=True):
+        assert a["estimate"]["valid_ndcg10"] == b["estimate"]["valid_ndcg10"]
+        assert a.get("valid_ndcg10") == b.get("valid_ndcg10")
+
+
+def test_interrupted_front_resumes_estimates_and_students(searched, tmp_path, monkeypatch):
+    search = Path(shutil.copytree(searched, tmp_path / "search"))
+    shutil.copytree(searched.parent / "teacher", tmp_path / "teacher")
+    out = tmp_path / "front"
+    cfg = tiny_config(*FAST, "front.budgets=6", "student.epochs=2")
+    calls = {"estimate": 0, "finish": 0}
+    real_estimate, real_finish = front_module._estimate, stage_module.StageRun.finish
+
+    def estimate_then_stop(*args, **kwargs):
+        calls["estimate"] += 1
+        if calls["estimate"] == 2:
+            raise KeyboardInterrupt  # killed during the second estimate
+        return real_estimate(*args, **kwargs)
+
+    monkeypatch.setattr(front_module, "_estimate", estimate_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        build_front(cfg, search, out, quiet=True)
+    assert len(list(out.glob("estimates/e1/*/estimate.json"))) == 1
+    monkeypatch.setattr(front_module, "_estimate", real_estimate)
+
+    def finish_once_killed(self, *args, **kwargs):
+        calls["finish"] += 1
+        if calls["finish"] == 1:
+            raise KeyboardInterrupt  # the first student trained, killed before its metrics
+        return real_finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(stage_module.StageRun, "finish", finish_once_killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_front(cfg, search, out, quiet=True)
+    interrupted = [d for d in out.glob("students/*") if not (d / "metrics.json").exists()]
+    assert len(interrupted) == 1 and (interrupted[0] / "checkpoints" / "last.pt").exists()
+
+    resumed = []
+    real_training = stage_module.run_training
+
+    def watch(stage, train_data, valid, loop, eval_cfg, run_dir, *args, **kwargs):
+        resumed.append((Path(run_dir), (Path(run_dir) / "checkpoints" / "last.pt").exists()))
+        return real_training(stage, train_data, valid, loop, eval_cfg, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(stage_module, "run_training", watch)
+    front = build_front(cfg, search, out, quiet=True)
+    # The interrupted student continued from its checkpoint (its epochs were not run again).
+    assert (interrupted[0], True) in resumed
+    history = json.loads((interrupted[0] / "history.json").read_text())
+    assert len(history) == 2
+    assert all(s["retrained"] == (s["dominated_by"] is None) for s in front["students"])
+    assert (out / "front.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "key"),
+    [
+        (["--keep", "1.5"], "run.keep"),
+        (["--keep", "0"], "run.keep"),
+        (["--keep", "most"], "run.keep"),
+        (["--budget", "fast"], "run.select_budget"),
+    ],
+)
+def test_cli_bad_keep_or_budget_is_one_error_naming_the_key(
+    searched, tmp_path, capsys, option, key
+):
+    out = tmp_path / "front"
+    assert main(["front", str(searched), "--out", str(out), *option]) == 2
+    error = capsys.readouterr().err
+    assert f"config key '{key}'" in error and error.count("adarec: error") == 1
+    assert not out.exists()
+
+
+def test_cli_budget_alone_selects_the_most_accurate_within_it(fronted, tmp_path, monkeypatch):
+    search, out = _copy(fronted, tmp_path)
+    _forbid_training(monkeypatch)
+    assert (
+        main(["front", str(search), "--out", str(out), "--budget", "2x", "--quiet", *_sets()]) == 0
+    )
+    selected = _read(out)["selected"]
+    assert selected["keep"] is None and selected["select_budget"] == "2x"
+    assert selected["met"] and "most accurate" in selected["reason"]
+
+
+def test_pipeline_front_is_opt_in_and_reported(tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(*FAST, "run.front=true", "run.baselines=[]", "front.budgets=6")
+    report = run_pipeline(cfg, out, quiet=True)
+    assert (out / "front" / "front.json").exists() and (out / "front" / "front.png").exists()
+    saved = json.loads((out / "report.json").read_text())
+    assert {"teacher", "student", "speedup", "front", "selected"} <= set(saved)
+    assert saved["front"] == report["front"] and saved["front"]
+    for row in saved["front"]:
+        assert {"budget", "speedup", "valid_ndcg10", "test_ndcg10"} <= set(row)
+    assert {"budget", "keep"} <= set(saved["selected"])
+    assert "The front of the search" in (out / "report.md").read_text()
+    # The student stage's cell, when on the front, is reused rather than retrained.
+    student = json.loads((out / "student" / "metrics.json").read_text())["architecture"]
+    front = json.loads((out / "front" / "front.json").read_text())
+    same = [s for s in front["students"] if s["cell"] == student and s["retrained"]]
+    assert all(s["run_dir"] == "../student" for s in same)
+
+
+def test_dominated_candidates_are_not_retrained(fronted, tmp_path, monkeypatch):
+    search, out = _copy(fronted, tmp_path)
+    first = _read(out)
+    shutil.rmtree(out / "students")
+    (out / "front.json").unlink()
+    # With no uncertainty, any cheaper candidate with a higher estimate dominates.
+    monkeypatch.setattr(front_module, "_difference_se", lambda e: [[0.0] * len(e) for _ in e])
+    front = build_front(tiny_config(*FAST, "front.budgets=6"), search, out, quiet=True)
+    students = front["students"]
+    best_cheaper = [
+        max((t["estimate"]["valid_ndcg10"] for t in students[k + 1 :]), default=-1.0)
+        for k in range(len(students))
+    ]
+    for s, better in zip(students, best_cheaper, strict=True):
+        assert s["retrained"] == (better <= s["estimate"]["valid_ndcg10"])
+        assert (out / "students" / s["budget"]).exists() == s["retrained"]
+    assert students[-1]["retrained"]  # the cheapest is always on the front
+    assert [s["estimate"] for s in students] == [s["estimate"] for s in first["students"]]
