@@ -190,7 +190,7 @@ def model_cost(
 
 def compiled_step(model: nn.Module) -> Any:
     """``model``'s compiled step (built from its eval-mode weights; its mode is kept)."""
-    from adarec.serve.compiled_step import CompiledStep  # serving is built on nas, not under
+    from adarec.nas.compiled_step import CompiledStep  # serving is built on nas, not under
 
     was_training = model.training
     step = CompiledStep(model.eval())

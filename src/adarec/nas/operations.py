@@ -60,7 +60,7 @@ _CONVS = {"conv3": (3, 1), "conv5": (5, 1), "dil_conv3": (3, 2), "dil_conv5": (5
 
 @dataclass(frozen=True)
 class StepSpec:
-    """What a compiled per-event step needs of one causal op (``adarec.serve.compiled_step``).
+    """What a compiled per-event step needs of one causal op (``adarec.nas.compiled_step``).
 
     ``kind``: "skip", "max_pool", "avg_pool" or "conv". A pool reduces its input at
     t - 2 .. t. A convolution multiplies ``weight`` [C_out, kernel x C_in] by its taps

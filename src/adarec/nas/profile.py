@@ -7,7 +7,7 @@ and none cost 0 MACs.
 
 Latency has two runtimes (``adarec.nas.budget.serving_runtime``): "torch" times an op's
 PyTorch module on a window; "compiled" times the compiled per-event step
-(``adarec.serve.compiled_step``), which serves causal students on the CPU, over probe
+(``adarec.nas.compiled_step``), which serves causal students on the CPU, over probe
 students built of that op alone.
 """
 
@@ -168,7 +168,7 @@ def compiled_op_latency(
     """
     # Imported here: the serving runtime is built on the search's modules, not under them.
     from adarec.nas.student import Student
-    from adarec.serve.compiled_step import CompiledStep
+    from adarec.nas.compiled_step import CompiledStep
 
     edges = PROBE_CELLS * PROBE_NODES * (PROBE_NODES + 1) // 2
     items = np.arange(length, dtype=np.int64) % PROBE_ITEMS + 1

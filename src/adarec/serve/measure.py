@@ -110,7 +110,7 @@ def _backend_models(
         if backend == "eager":
             models[backend] = model
         elif backend == "compiled" and compiles(model, device):
-            from adarec.serve.compiled_step import CompiledStep
+            from adarec.nas.compiled_step import CompiledStep
 
             step = CompiledStep(model)
             models[backend] = ScorerModule(compiled_scorer(step, model.full_sort_predict))

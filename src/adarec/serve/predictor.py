@@ -133,7 +133,7 @@ class Predictor:
         """A predictor for a run directory or an exported artefact directory.
 
         ``backend`` None: for a run directory, compiled for a student of the causal op set
-        on the CPU (``adarec.serve.compiled_step``) and eager otherwise; for an export, the
+        on the CPU (``adarec.nas.compiled_step``) and eager otherwise; for an export, the
         artefact's own format. "eager" stays the PyTorch reference, selected explicitly.
         A run directory served by TorchScript or ONNX uses its artefact in ``export/FORMAT``,
         exported first when it is missing or older than the run's model.
@@ -169,7 +169,7 @@ class Predictor:
                     f"CPU; this is a {spec['kind']} on {torch_device} (use --backend eager "
                     "or torchscript)"
                 )
-            from adarec.serve.compiled_step import CompiledStep
+            from adarec.nas.compiled_step import CompiledStep
 
             compiled = CompiledStep(model)
         info = {**model_info(path, model, spec), "backend": backend}

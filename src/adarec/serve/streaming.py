@@ -347,14 +347,14 @@ class CompiledStudentStreamer(Streamer):
 
     Same events, re-encodes and answers as ``StudentStreamer`` (the PyTorch reference,
     exact against ``full_sort_predict``); its state is one array [rows, C] of queues (see
-    ``adarec.serve.compiled_step``), so the two runtimes' stored states differ in layout
+    ``adarec.nas.compiled_step``), so the two runtimes' stored states differ in layout
     (``layout`` goes into the state store's tag).
     """
 
     layout = "compiled"
 
     def __init__(self, model: Student, step: Any = None):
-        from adarec.serve.compiled_step import CompiledStep
+        from adarec.nas.compiled_step import CompiledStep
 
         super().__init__(model)
         self.compiled = step if step is not None else CompiledStep(model)
