@@ -50,9 +50,9 @@ from adarec.errors import UserError
 from adarec.evaluate.evaluator import evaluate
 from adarec.evaluate.latency import machine_description
 from adarec.io import atomic_write_json
+from adarec.nas.compiled_step import CompiledStep, head_scores
 from adarec.runs import load_run_config, load_run_model
 from adarec.serve.catalogue import ExactCatalogue
-from adarec.nas.compiled_step import CompiledStep, head_scores
 from adarec.serve.export import ScorePredict, example_histories, frozen_torchscript
 from adarec.serve.measure import ScorerModule
 from adarec.serve.streaming import CompiledStudentStreamer, streamer_for

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from adarec.errors import UserError
+from adarec.nas.compiled_step import OPCODES, CompiledStep, run_events
 from adarec.nas.genotype import Genotype, random_genotype
 from adarec.nas.operations import CAUSAL_OPS, make_op, step_spec
 from adarec.nas.student import Student
 from adarec.serve.catalogue import ExactCatalogue
-from adarec.nas.compiled_step import OPCODES, CompiledStep, run_events
 from adarec.serve.events import EventService
 from adarec.serve.predictor import Predictor
 from adarec.serve.state_store import MemoryStore, model_tag

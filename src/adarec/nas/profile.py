@@ -167,8 +167,8 @@ def compiled_op_latency(
     skip) is 0.
     """
     # Imported here: the serving runtime is built on the search's modules, not under them.
-    from adarec.nas.student import Student
     from adarec.nas.compiled_step import CompiledStep
+    from adarec.nas.student import Student
 
     edges = PROBE_CELLS * PROBE_NODES * (PROBE_NODES + 1) // 2
     items = np.arange(length, dtype=np.int64) % PROBE_ITEMS + 1
