@@ -89,7 +89,7 @@ def event_service(predictor: Any, args: argparse.Namespace) -> tuple[Any, str]:
         return None, "/events off (it needs the eager or compiled backend)"
     try:
         if predictor.compiled is not None:
-            streamer = CompiledStudentStreamer(predictor.model, predictor.compiled)
+            streamer = CompiledStudentStreamer(predictor.model, predictor.compiled.step)
         else:
             streamer = streamer_for(predictor.model)
     except UserError as exc:

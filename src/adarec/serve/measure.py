@@ -26,8 +26,8 @@ from adarec.nas.profile import count_macs
 from adarec.runs import HISTORIES_FILE, load_run_model, serving_file_hint
 from adarec.serve.export import MODEL_FILES, export_run, run_items
 from adarec.serve.predictor import (
+    CompiledPaths,
     Scorer,
-    compiled_scorer,
     compiles,
     load_torchscript,
     onnx_scorer,
@@ -110,10 +110,7 @@ def _backend_models(
         if backend == "eager":
             models[backend] = model
         elif backend == "compiled" and compiles(model, device):
-            from adarec.nas.compiled_step import CompiledStep
-
-            step = CompiledStep(model)
-            models[backend] = ScorerModule(compiled_scorer(step, model.full_sort_predict))
+            models[backend] = ScorerModule(CompiledPaths.of(model).scorer())
         elif backend == "compiled":
             # A model without a compiled step (a teacher) is timed on its fastest path,
             # the frozen TorchScript graph: speed-ups are never over a slow teacher.

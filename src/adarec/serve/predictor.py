@@ -6,6 +6,7 @@ scorer differs by backend (eager PyTorch, TorchScript, ONNX Runtime).
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,10 @@ from adarec.serve.export import (
     MODEL_FILES,
     OUTPUT_NAME,
     POPULARITY_FILE,
+    ScorePredict,
     current_export,
+    example_histories,
+    frozen_torchscript,
     is_artefact,
     model_info,
     read_metadata,
@@ -115,9 +119,9 @@ class Predictor:
         self.max_len = max_len
         self.info = info or {}
         self.model = model  # the eager model (None for exported artefacts): streams events
-        # A student's compiled step (backend "compiled"): ranks a batch-1 request in one
-        # call and streams events (None: every request goes through ``scorer``).
-        self.compiled: Any = None
+        # A student's compiled paths (backend "compiled"): its compiled step ranks batch-1
+        # requests (when faster) and streams events (None: every request through ``scorer``).
+        self.compiled: CompiledPaths | None = None
         self.index = {str(raw): internal for internal, raw in enumerate(item_ids) if internal > 0}
         self.popularity = torch.as_tensor(popularity, dtype=torch.float32)
         self.popularity[0] = float("-inf")
@@ -169,13 +173,12 @@ class Predictor:
                     f"CPU; this is a {spec['kind']} on {torch_device} (use --backend eager "
                     "or torchscript)"
                 )
-            from adarec.nas.compiled_step import CompiledStep
-
-            compiled = CompiledStep(model)
+            compiled = CompiledPaths.of(model)
         info = {**model_info(path, model, spec), "backend": backend}
         scorer = _torch_scorer(model.full_sort_predict, torch_device)
         if compiled is not None:
-            scorer = compiled_scorer(compiled, scorer)
+            scorer = compiled.scorer()
+            info["batch1_path"] = "compiled step" if compiled.step_for_one else "torchscript"
         items = run_items(path, spec["num_items"])
         popularity = run_popularity(path, spec["num_items"])
         predictor = cls(scorer, items, popularity, spec["max_len"], info, model)
@@ -260,11 +263,11 @@ class Predictor:
         rows = [row for row, e in enumerate(encoded) if e.items]
         top: dict[int, tuple[list[int], list[float]]] = {}
         fallback: tuple[list[int], list[float]] = ([], [])
-        if len(rows) == 1 and self.compiled is not None:
+        if len(rows) == 1 and self.compiled is not None and self.compiled.step_for_one:
             # A batch-1 request: one compiled call over the history's receptive field.
             (row,) = rows
             history = encoded[row].items
-            top[row] = self.compiled.rank(history, k, history if exclude_seen else None)
+            top[row] = self.compiled.step.rank(history, k, history if exclude_seen else None)
         elif rows:
             inputs = left_pad([np.asarray(encoded[r].items) for r in rows], self.max_len)
             with torch.inference_mode():
@@ -293,15 +296,59 @@ class Predictor:
         return results
 
 
-def compiled_scorer(step: Any, batched: Scorer) -> Scorer:
-    """The compiled backend's scorer: one history in one compiled call, a batch by
-    ``batched`` (PyTorch), which is faster there: on the ml-1m student at batch 256 one
-    call per history took 26 ms against 12 ms for the eager batch (1 thread)."""
+@dataclass
+class CompiledPaths:
+    """The compiled backend of a student: its compiled step (one machine-code call per
+    event, ``adarec.nas.compiled_step``) and its frozen TorchScript graph.
 
-    def score(items: torch.Tensor) -> torch.Tensor:
-        return step.scores(items) if items.shape[0] == 1 else batched(items)
+    Events always take the step. A whole history at batch 1 takes whichever of the two
+    was faster on full-length histories when the model was loaded: stepping through the
+    receptive field costs it once per item (65 us for the 9-item field of the ml-1m 2 x 96
+    student, 2.7x faster than its graph), which loses to the graph's batched products for
+    a wide field of convolutions (612 vs 486 us for the 41 items of the ml-100k 4 x 64
+    conv cell). A batch of histories always takes the graph.
+    """
 
-    return score
+    step: Any
+    graph: torch.jit.ScriptModule
+    step_for_one: bool
+    timings_us: dict[str, float]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, repeats: int = 20) -> CompiledPaths:
+        from adarec.nas.compiled_step import CompiledStep
+
+        step = CompiledStep(model)
+        graph = frozen_torchscript(
+            ScorePredict(model).eval(), example_histories(model.num_items, model.max_len)
+        )
+        rng = np.random.default_rng(0)
+        histories = rng.integers(1, model.num_items + 1, size=(repeats, model.max_len))
+        timings = {"compiled step": [], "torchscript": []}
+        with torch.inference_mode():
+            for history in histories:
+                batch = torch.from_numpy(history[None, :])
+                for name, call in (
+                    ("compiled step", lambda h=history: step.rank(h.tolist(), 10)),
+                    ("torchscript", lambda b=batch: torch.topk(graph(b)[0, 1:], 10)),
+                ):
+                    start = time.perf_counter_ns()
+                    call()
+                    timings[name].append(time.perf_counter_ns() - start)
+        medians = {name: float(np.median(ns[2:])) / 1e3 for name, ns in timings.items()}
+        faster = medians["compiled step"] <= medians["torchscript"]
+        return cls(step, graph, faster, {k: round(v, 1) for k, v in medians.items()})
+
+    def scorer(self) -> Scorer:
+        """``full_sort_predict`` as the backend serves it: one history by the faster path,
+        a batch by the graph."""
+
+        def score(items: torch.Tensor) -> torch.Tensor:
+            if items.shape[0] == 1 and self.step_for_one:
+                return self.step.scores(items)
+            return self.graph(items.cpu())
+
+        return score
 
 
 def compiles(model: torch.nn.Module, device: torch.device) -> bool:
