@@ -198,7 +198,7 @@ def replay(
 
     times: dict[str, list[int]] = {}
     rng = random.Random(seed)
-    worst, mismatches, events = 0.0, 0, 0
+    worst, mismatches, set_mismatches, events = 0.0, 0, 0, 0
     clock = time.perf_counter_ns
     paths = {
         "student_compiled_step": compiled_step,
@@ -251,11 +251,13 @@ def replay(
                 expected[0] = float("-inf")
                 values, indices = torch.topk(expected, K)
                 answers = event.answers
-                if (
-                    answers["compiled"] != indices.tolist()
-                    or answers["history"] != indices.tolist()
-                ):
+                expected_ids = indices.tolist()
+                if answers["compiled"] != expected_ids or answers["history"] != expected_ids:
                     mismatches += 1
+                    # The same items in another order: scores that tie within float32
+                    # rounding (sums taken in another order) may swap.
+                    same = set(answers["compiled"]) == set(expected_ids) == set(answers["history"])
+                    set_mismatches += not same
                 diff = np.abs(np.asarray(answers["compiled_scores"]) - values.numpy()).max()
                 worst = max(worst, float(diff))
                 events += 1
@@ -265,6 +267,7 @@ def replay(
         "events_past_max_len": len(times.get("student_compiled_step_past", [])),
         "reencodes_compiled": compiled.reencodes,
         "top10_mismatches": mismatches,
+        "top10_set_mismatches": set_mismatches,
         "max_abs_score_diff": worst,
         "latency": latency,
         "arithmetic": event_arithmetic(step),
