@@ -50,7 +50,7 @@ from adarec.errors import UserError
 from adarec.evaluate.evaluator import evaluate
 from adarec.evaluate.latency import machine_description
 from adarec.io import atomic_write_json
-from adarec.nas.compiled_step import CompiledStep, head_scores
+from adarec.nas.compiled_step import CompiledStep, head_scores, top_k
 from adarec.runs import load_run_config, load_run_model
 from adarec.serve.catalogue import ExactCatalogue
 from adarec.serve.export import ScorePredict, example_histories, frozen_torchscript
@@ -67,19 +67,7 @@ def _head_top_k(weight_t, bias, hidden, k, ids, top):  # pragma: no cover - comp
     the top-k (padding out)."""
     scores = np.empty(weight_t.shape[1], np.float32)
     head_scores(weight_t, bias, hidden, scores)
-    for r in range(k):
-        top[r] = -np.inf
-        ids[r] = -1
-    for n in range(1, weight_t.shape[1]):
-        score = scores[n]
-        if score > top[k - 1]:
-            r = k - 1
-            while r > 0 and top[r - 1] < score:
-                top[r] = top[r - 1]
-                ids[r] = ids[r - 1]
-                r -= 1
-            top[r] = score
-            ids[r] = n
+    top_k(scores, k, ids, top)
     return ids
 
 

@@ -219,12 +219,19 @@ def run_events(
             scores[exclude[e]] = -np.inf
     if k <= 0:
         return 0
+    return top_k(scores, k, out_ids, out_scores)
+
+
+@numba.njit(cache=True, nogil=True)
+def top_k(scores, k, out_ids, out_scores):  # pragma: no cover - compiled
+    """The k best of ``scores`` past column 0 into ``out_ids`` / ``out_scores``, best first,
+    ties to the lower id; how many were found (-inf never enters)."""
     for r in range(k):
         out_scores[r] = -np.inf
         out_ids[r] = -1
     # One pass, the k best kept sorted: an item enters only when it beats the k-th best
     # (rare after the first items), faster than any blocked or vectorised variant tried.
-    for n in range(1, rows):
+    for n in range(1, scores.shape[0]):
         score = scores[n]
         if score > out_scores[k - 1]:
             r = k - 1
