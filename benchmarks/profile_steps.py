@@ -32,9 +32,10 @@ from adarec.nas.genotype import load_genotype
 from adarec.nas.student import Student
 from adarec.pipeline.common import load_stage_data
 from adarec.pipeline.search import build_supernet, empty_genotype, search_cost_model, search_costs
+from adarec.pipeline.student import retraining_stage
 from adarec.runs import load_run_model
 from adarec.train.distill_stage import DistillStage
-from adarec.train.supervised import SupervisedStage, next_item_batch
+from adarec.train.supervised import next_item_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -149,10 +150,7 @@ def main() -> int:
         dropout=cfg.search.dropout,
         positions=cfg.student.positions,
     )
-    if cfg.student.loss == "kd":
-        retrain = DistillStage(student, teacher, cfg.search, cfg.student, device, cfg.seed)
-    else:
-        retrain = SupervisedStage(student, cfg.student, device, cfg.amp)
+    retrain = retraining_stage(cfg, student, teacher, device)
     retrain.on_epoch_start(0)
     batches = training_batches(stage_data.train, cfg.student.batch_size, args.steps + 1)
     result["retrain"] = _time_steps(retrain, batches, 0)

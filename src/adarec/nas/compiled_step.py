@@ -400,13 +400,13 @@ class CompiledStep:
     def run(
         self,
         state: np.ndarray,
-        items: np.ndarray | int,
+        items: np.ndarray,
         first_position: int,
         k: int,
         exclude: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, list[int], list[float]]:
-        """(new state, final hidden [C], top-k ids, their scores) after ``items`` (an int64
-        array, or one item id).
+        """(new state, final hidden [C], top-k ids, their scores) after ``items`` (int64;
+        one event goes through ``step``).
 
         ``first_position``: the position index of the first item (ignored without position
         embeddings). ``state`` is not modified. ``k`` 0: no head, no top-k.
@@ -417,9 +417,6 @@ class CompiledStep:
         scratch = self._scratch
         if getattr(scratch, "k", -1) < k:
             self._grow(k)
-        if isinstance(items, int):
-            scratch.item[0] = items
-            items = scratch.item
         new_state = state.copy()
         hidden = np.empty(program.width, dtype=np.float32)
         found = run_events(
@@ -463,7 +460,6 @@ class CompiledStep:
         scratch.k = max(k, 1)
         scratch.ids = np.empty(scratch.k, dtype=np.int64)
         scratch.top = np.empty(scratch.k, dtype=np.float32)
-        scratch.item = np.empty(1, dtype=np.int64)
 
     def tail(self, history: list[int]) -> tuple[list[int], int]:
         """The items a history's last output depends on and the position of the first.

@@ -369,16 +369,16 @@ class CompiledStudentStreamer(Streamer):
         return [torch.from_numpy(self.compiled.initial_state())]
 
     def _run(
-        self, queues: np.ndarray, items: Sequence[int] | int, first_position: int, k: int
+        self, queues: np.ndarray, items: Sequence[int], first_position: int, k: int
     ) -> tuple[list[torch.Tensor], torch.Tensor, list[int], list[float]]:
-        if not isinstance(items, int):
-            items = np.asarray(items, dtype=np.int64)
+        """Several items (a rebuild or a re-encode) from ``queues`` in one compiled call."""
+        items = np.asarray(items, dtype=np.int64)
         state, hidden, ids, scores = self.compiled.run(queues, items, first_position, k)
         return [torch.from_numpy(state)], torch.from_numpy(hidden), ids, scores
 
     def _step(self, state: StreamState, item: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-        tensors, output, _, _ = self._run(state.tensors[0].numpy(), item, state.events, 0)
-        return tensors, output
+        queues, hidden, _, _ = self.compiled.step(state.tensors[0].numpy(), item, state.events, 0)
+        return [torch.from_numpy(queues)], torch.from_numpy(hidden)
 
     def _reencode(self, recent: list[int]) -> torch.Tensor:
         first = self.model.max_len - len(recent)  # the window's tail, as served
