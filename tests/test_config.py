@@ -163,3 +163,11 @@ def test_bad_budgets_are_user_errors(text):
 def test_student_positions_default_to_none_and_accept_absolute():
     assert load_config(None, []).student.positions == "none"
     assert load_config(None, ["student.positions=absolute"]).student.positions == "absolute"
+
+
+def test_eval_ks_must_include_the_selection_cutoff():
+    """Issue 29 (6): without 10 in eval.ks, training crashed after its first epoch
+    (KeyError 'NDCG@10'); the configuration is refused on load instead."""
+    with pytest.raises(UserError, match=r"'eval.ks' must include 10.*\[5, 10, 20\]"):
+        load_config(None, ["eval.ks=[5,20]"])
+    assert load_config(None, ["eval.ks=[10,50]"]).eval.ks == [10, 50]

@@ -548,6 +548,14 @@ def validate(cfg: Config) -> None:
     for key in ("model.dilations", "eval.ks", "bench.batch_sizes"):
         if not _value(cfg, key):
             raise UserError(f"config key '{key}' must hold at least one value")
+    if 10 not in cfg.eval.ks:
+        # Early stopping, the front's selection, the logs and the report all read the
+        # @10 metrics (NDCG@10, HR@10, MRR@10): other cut-offs are added to 10, not put
+        # in its place.
+        raise UserError(
+            f"config key 'eval.ks' must include 10 (training selects and the report compares "
+            f"on NDCG@10); got {cfg.eval.ks!r}, e.g. use {sorted({*cfg.eval.ks, 10})!r}"
+        )
     backends = cfg.bench.backends
     if "eager" not in backends or any(b not in SERVING_BACKENDS for b in backends):
         raise UserError(
