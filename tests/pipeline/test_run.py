@@ -8,10 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
+from adarec.config import load_config
+from adarec.nas.architect import Architect
+from adarec.nas.budget import CostModel
+from adarec.nas.supernet import Supernet
 from adarec.pipeline.evaluate import evaluate_run
 from adarec.pipeline.report import write_report
-from adarec.pipeline.run import run_pipeline
+from adarec.pipeline.run import run_baseline, run_pipeline
 from adarec.pipeline.student import run_student
 from adarec.runs import load_run_model
 from adarec.serve.bench import bench_runs
@@ -94,6 +99,36 @@ def test_search_history_tracks_alpha(finished_run: Path):
             record
         )
         assert record["alpha_entropy"] <= record["alpha_uniform_entropy"] + 1e-9
+
+
+def test_no_cost_ablation_searches_without_any_cost_term(finished_run: Path, tmp_path: Path):
+    """The no_cost row under the default budget form: its search has no cost model, sends
+    alpha no cost gradient, and its student is not re-derived under student.budget."""
+    cfg = tiny_config("model.name=nextitnet", "student.budget=5x")
+    assert cfg.search.cost_form == "budget"
+    dirs = run_baseline(
+        "no_cost", cfg, tmp_path, finished_run / "teacher", finished_run / "search", True
+    )
+    search_dir = dirs["no_cost"] / "search"
+    assert json.loads((search_dir / "cost_table.json").read_text())["budget"] is None
+    history = json.loads((search_dir / "history.json").read_text())
+    assert history and not any("expected_cost" in record for record in history)
+    student = json.loads((dirs["no_cost"] / "metrics.json").read_text())
+    assert "budget" not in student["cost"]
+    # The search's own settings, given a cost model whose target every cell is far over:
+    # alpha's loss gains no term, while the pipeline's settings add a cost gradient.
+    searched = load_config(search_dir / "config.yaml", []).search
+    net = Supernet(20, 8, 8, 2, 2)
+    costs = {op: 100.0 * (k + 1) for k, op in enumerate(net.op_names)}
+    model = CostModel("macs", 10.0, costs, 2, target=1.0, budget="test")
+    task, epoch = torch.tensor(1.0), searched.epochs - 1  # past the warm-up
+    searched.entropy = cfg.search.entropy = 0.0  # only the cost term is compared
+    no_cost = Architect(net, searched, seed=0, cost_model=model, paper_costs=costs)
+    assert no_cost.penalty(task, [], epoch) is None
+    with_cost = Architect(net, cfg.search, seed=0, cost_model=model)
+    with_cost.zero_grad()
+    with_cost.penalty(task, [], epoch).backward()
+    assert float(net.alphas[0].grad.abs().sum()) > 0
 
 
 def test_student_loads_and_is_smaller(finished_run: Path):

@@ -124,7 +124,10 @@ def run_baseline(
         if name == "fixed_mapping":
             variant.search.layer_mapping = "skip"
         else:
-            variant.search.beta = 0.0
+            # No cost term in any cost form (beta weighs only the paper's), and no budget:
+            # the student is the search's own derivation, not one re-derived under a cost.
+            variant.search.use_cost = False
+            variant.student.budget = ""
         variant_search = run_dir / "search"
         _stage(
             variant_search,
