@@ -176,6 +176,26 @@ class EvalConfig:
     exclude_seen: bool = False  # drop the user's history items from the ranking
 
 
+@dataclass
+class SampledSoftmaxConfig:
+    """Training losses over a sampled candidate set instead of the whole catalogue.
+
+    Below ``min_items`` items every loss scores the whole catalogue (full softmax, exact);
+    from ``min_items`` on, the teacher, the search and the retraining score each position's
+    target and ``negatives`` items drawn once per step, shared by all positions, from the
+    proposal, with the log-Q correction (adarec.train.sampled). Evaluation always ranks the
+    whole catalogue.
+    """
+
+    # The catalogue size from which training samples (0: always; a huge value: never).
+    # Provisional until the ml-1m comparison of benchmarks/sampled_softmax.py is run: it
+    # keeps every built-in dataset (ml-1m: 3,416 items) on the exact full softmax.
+    min_items: int = 50_000
+    negatives: int = 1024  # shared negatives drawn per training step
+    proposal: str = "popularity"  # popularity (training counts ** power) | uniform
+    power: float = 0.75  # popularity proposal: (count + 1) ** power
+
+
 # How a trained model can be run for serving (adarec serve --backend, adarec bench).
 SERVING_BACKENDS = ("eager", "torchscript", "onnx", "compiled")
 
@@ -199,14 +219,16 @@ class RunConfig:
 
     baselines: list[str] = field(default_factory=lambda: ["pop"])
     random_cells: int = 3  # how many random cells the random_arch_budget baseline retrains
-    # Opt-in: after the student, build the front of the search (adarec front) and select
-    # from it; report.json gains "front" and "selected".
-    front: bool = False
-    # The front's selection (adarec front --keep/--budget): the fastest student whose
+    # After the search, build its front (adarec front: students at a sweep of budgets,
+    # estimated, the ones that can be on the front retrained and measured) and make the
+    # selected one the run's student/; report.json gains "front" and "selected". false:
+    # one student, derived at the search's budget (or student.budget), as before.
+    front: bool = True
+    # The front's selection (adarec run/front --keep/--budget): the fastest student whose
     # validation NDCG@10 >= keep x the teacher's (null: no accuracy target), within
     # select_budget when given (a speed-up "10x", MACs "2.5M" or ms at batch 1 "1.5ms";
-    # "" none; with keep null: the most accurate within it). 0.99 is to be confirmed by
-    # measurement (issue 27).
+    # "" none; with keep null: the most accurate within it). Why 0.99: README, "One
+    # search, every budget".
     keep: float | None = 0.99
     select_budget: str = ""
 
@@ -235,6 +257,7 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
     run: RunConfig = field(default_factory=RunConfig)
     front: FrontConfig = field(default_factory=FrontConfig)
+    sampled_softmax: SampledSoftmaxConfig = field(default_factory=SampledSoftmaxConfig)
 
 
 STAGES = ("train", "search", "student")
@@ -260,6 +283,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "student.init": ("inherit", "scratch"),
     "student.loss": ("ce", "kd"),
     "student.positions": ("absolute", "none"),
+    "sampled_softmax.proposal": ("popularity", "uniform"),
 }
 
 
@@ -358,6 +382,9 @@ RANGES: dict[str, Range] = {
     "run.keep": Range(0, 1, low_open=True),  # a share of the teacher's validation NDCG@10
     "front.budgets": AT_LEAST_2,
     "front.estimate_epochs": AT_LEAST_0,
+    "sampled_softmax.min_items": AT_LEAST_0,
+    "sampled_softmax.negatives": AT_LEAST_1,
+    "sampled_softmax.power": AT_LEAST_0,  # 0: uniform over the items
 }
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")

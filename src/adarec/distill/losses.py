@@ -53,6 +53,25 @@ def logit_kd_loss(
     return _masked_mean(kl, student.size(0)) * temperature**2
 
 
+def candidate_kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """KL(teacher || student) over each position's sampled candidates, mean over positions.
+
+    Both are [P, 1 + S] logits of the real positions on the same candidates, already at
+    the temperature and log-Q corrected (``adarec.train.sampled.corrected_logits``), with
+    -inf at the same entries (accidental hits), which contribute nothing. Times tau^2, as
+    ``logit_kd_loss``.
+    """
+    log_s = F.log_softmax(student_logits.float(), dim=-1)
+    log_t = F.log_softmax(teacher_logits.float(), dim=-1)
+    p_t = log_t.exp()
+    # Zeroing the masked entries before the difference keeps -inf - -inf (NaN) out.
+    out = ~torch.isfinite(teacher_logits)
+    kl = (p_t * (log_t.masked_fill(out, 0.0) - log_s.masked_fill(out, 0.0))).sum()
+    return _masked_mean(kl, student_logits.size(0)) * temperature**2
+
+
 def hidden_distance_matrix(
     student_hidden: list[torch.Tensor],
     teacher_hidden: list[torch.Tensor],

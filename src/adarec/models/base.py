@@ -22,6 +22,34 @@ class SeqOutput:
     output: torch.Tensor | None = None  # [B, L, H]
 
 
+@dataclass
+class CandidateScores:
+    """The logits of the real positions on their candidates, before any correction.
+
+    ``target`` [P]: each position's own target; ``negatives`` [P, S]: the shared negatives.
+    """
+
+    target: torch.Tensor
+    negatives: torch.Tensor
+
+
+def head_scores(
+    output: torch.Tensor, layer: nn.Linear, targets: torch.Tensor, negatives: torch.Tensor
+) -> CandidateScores:
+    """The output layer ``layer`` (over [padding] + items) on the candidates only.
+
+    ``output`` [P, H] (the real positions), ``targets`` [P], ``negatives`` [S]. Only the
+    P + S rows of the weight are read; the cost is P x S x H.
+    """
+    weight = layer.weight
+    target = (output * weight[targets]).sum(-1)
+    negative = output @ weight[negatives].t()
+    if layer.bias is not None:
+        target = target + layer.bias[targets]
+        negative = negative + layer.bias[negatives]
+    return CandidateScores(target, negative)
+
+
 class SequentialRecommender(nn.Module):
     """Base class: subclasses define ``item_embedding``, ``output_layer`` and ``forward``.
 
@@ -50,6 +78,14 @@ class SequentialRecommender(nn.Module):
         layer = self.output_layer
         bias = None if layer.bias is None else layer.bias[1:]
         return F.linear(output, layer.weight[1:], bias)
+
+    def candidate_scores(
+        self, output: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor
+    ) -> CandidateScores:
+        """Scores of ``output`` [P, H] on its targets [P] and the shared ``negatives`` [S]
+        only (what the sampled softmax reads): the same values as columns of ``logits``,
+        from P + S rows of the output layer."""
+        return head_scores(output, self.output_layer, targets, negatives)
 
     def full_sort_predict(self, items: torch.Tensor) -> torch.Tensor:
         """Scores at the last position only: [B, num_items + 1] (column 0 is padding)."""

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from adarec.config import ModelConfig
-from adarec.models.base import SeqOutput, Teacher
+from adarec.models.base import CandidateScores, SeqOutput, Teacher
 
 
 class Popularity(Teacher):
@@ -51,3 +51,11 @@ class Popularity(Teacher):
 
     def item_logits(self, output: torch.Tensor) -> torch.Tensor:
         return self.logits(output)[..., 1:]
+
+    def candidate_scores(
+        self, output: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor
+    ) -> CandidateScores:
+        rows = output.shape[:-1]
+        return CandidateScores(
+            self.scores[targets], self.scores[negatives].expand(*rows, -1).clone()
+        )

@@ -31,6 +31,9 @@ class TeacherProtocol(Protocol):
       items at every position; their softmax at temperature tau is L_logit's target.
     - ``full_sort_predict(items)`` [B, N + 1]: the scores at the last position. A speed-up
       budget ("5x") counts the teacher's MACs, or times it, through this call.
+    - optional ``candidate_scores(output, targets, negatives)``: the columns of ``logits``
+      at each position's target and at shared negatives only (``CandidateScores``), which
+      the sampled-softmax distillation reads; without it ``logits`` is gathered.
 
     "Hidden states" are whichever layers the teacher offers: EMD matches the student's K
     cell outputs with these T layers many to many (an optimal transport between two sets
@@ -78,6 +81,41 @@ def _outputs(teacher: nn.Module, items: torch.Tensor) -> dict[str, torch.Tensor]
     return named
 
 
+def _check_candidate_scores(
+    teacher: nn.Module, outputs: dict[str, torch.Tensor], items: torch.Tensor, num_items: int
+) -> None:
+    """A teacher's own ``candidate_scores`` (what the sampled-softmax KD reads in place of
+    ``logits``) must give the very columns of its ``logits``."""
+    output = outputs["output"].reshape(-1, outputs["output"].size(-1))
+    logits = outputs["logits"].reshape(-1, num_items + 1)
+    generator = torch.Generator().manual_seed(1)
+    targets = torch.randint(1, num_items + 1, (len(output),), generator=generator)
+    negatives = torch.randint(1, num_items + 1, (min(num_items, 16),), generator=generator)
+    targets, negatives = targets.to(output.device), negatives.to(output.device)
+    scores = teacher.candidate_scores(output, targets, negatives)
+    expected_target = logits.gather(1, targets[:, None]).squeeze(1)
+    if not (
+        torch.allclose(scores.target, expected_target, atol=1e-4)
+        and torch.allclose(scores.negatives, logits[:, negatives], atol=1e-4)
+    ):
+        raise UserError(
+            "the teacher's candidate_scores disagree with its logits on the same items; "
+            "the sampled-softmax distillation reads candidate_scores (remove it to have "
+            "logits gathered instead)"
+        )
+
+
+def _require_finite(what: str, tensor: torch.Tensor, scores: bool) -> None:
+    """UserError if a probe output holds NaN or inf (``scores``: over padding + items, where
+    column 0, padding, is ignored and may be -inf)."""
+    values = tensor[..., 1:] if scores else tensor
+    if not torch.isfinite(values).all():
+        raise UserError(
+            f"the teacher is not finite: {what} holds NaN or inf on a probe batch; a "
+            "student distilled from it would learn NaN (check the teacher's weights)"
+        )
+
+
 def check_teacher(teacher: nn.Module, num_items: int, max_len: int) -> None:
     """UserError unless ``teacher`` follows ``TeacherProtocol`` for this catalogue and window.
 
@@ -115,12 +153,16 @@ def check_teacher(teacher: nn.Module, num_items: int, max_len: int) -> None:
                         f"{expected[name]} ([batch, max_len, hidden_size {width}], logits "
                         f"over padding + {num_items} items)"
                     )
+                _require_finite(f"its {name}", tensor, scores=name == "logits")
+            if hasattr(teacher, "candidate_scores"):
+                _check_candidate_scores(teacher, outputs, items, num_items)
             scores = teacher.full_sort_predict(items)
             if tuple(scores.shape) != (2, num_items + 1):
                 raise UserError(
                     f"the teacher's full_sort_predict has shape {tuple(scores.shape)}, "
                     f"expected (2, {num_items + 1}) (scores at the last position)"
                 )
+            _require_finite("its full_sort_predict", scores, scores=True)
             changed = items.clone()
             changed[:, -1] = changed[:, -1] % num_items + 1
             for name, tensor in _outputs(teacher, changed).items():

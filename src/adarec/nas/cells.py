@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adarec.models.base import SeqOutput, SequentialRecommender
+from adarec.models.base import CandidateScores, SeqOutput, SequentialRecommender
 from adarec.models.layers import PositionEmbedding, init_weights, padding_mask
 
 
@@ -133,3 +133,9 @@ class CellNetwork(SequentialRecommender):
     def item_logits(self, output: torch.Tensor) -> torch.Tensor:
         """The head over the real items only (see ``SequentialRecommender.item_logits``)."""
         return super().item_logits(self.head_dropout(output))
+
+    def candidate_scores(
+        self, output: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor
+    ) -> CandidateScores:
+        """The head on the sampled candidates only (see ``SequentialRecommender``)."""
+        return super().candidate_scores(self.head_dropout(output), targets, negatives)

@@ -21,6 +21,7 @@ from torch.utils.data.distributed import DistributedSampler
 from adarec.config import LoopConfig, SearchConfig
 from adarec.distill.emd import EMDLayerMapper
 from adarec.distill.losses import (
+    candidate_kd_loss,
     embedding_loss,
     fixed_mapping_loss,
     hidden_distance_matrix,
@@ -31,6 +32,12 @@ from adarec.nas.supernet import Supernet
 from adarec.runtime import distributed as dist
 from adarec.train.losses import next_item_loss, target_mask
 from adarec.train.optim import make_optimizer, make_scheduler
+from adarec.train.sampled import (
+    NegativeSampler,
+    candidate_scores,
+    corrected_logits,
+    sampled_next_item_loss,
+)
 from adarec.train.supervised import autocast, next_item_batch, wrap_ddp
 
 
@@ -55,9 +62,21 @@ class StudentWithProjections(nn.Module):
         self.embedding_proj = nn.Linear(student_width, teacher_width) if embedding else None
         self.hidden_proj = nn.Linear(student_width, teacher_width) if hidden else None
 
-    def forward(self, items: torch.Tensor, weights: list[torch.Tensor] | None = None):
+    def forward(
+        self,
+        items: torch.Tensor,
+        weights: list[torch.Tensor] | None = None,
+        targets: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+    ):
+        """Full logits [B, L, N], or with ``negatives`` (sampled softmax) the scores of the
+        real positions (``targets`` > 0) on their candidates."""
         out = self.student(items, weights) if weights is not None else self.student(items)
-        logits = self.student.item_logits(out.output)
+        if negatives is None:
+            logits = self.student.item_logits(out.output)
+        else:
+            mask = target_mask(targets)
+            logits = self.student.candidate_scores(out.output[mask], targets[mask], negatives)
         embedding, hidden = None, None
         if self.embedding_proj is not None:
             embedding = self.embedding_proj(out.embedding)
@@ -80,8 +99,11 @@ class DistillStage:
         architect: Architect | None = None,
         held_out: Dataset | None = None,
         amp: bool = False,
+        sampler: NegativeSampler | None = None,
     ):
         self.cfg, self.loop, self.device, self.seed, self.amp = search_cfg, loop, device, seed, amp
+        # None: every loss over the whole catalogue; else the sampled softmax (train.sampled).
+        self.sampler = None if sampler is None else sampler.to(device)
         self.architect = architect
         self.search = architect is not None
         self.model = student.to(device)
@@ -147,15 +169,28 @@ class DistillStage:
         """Each loss term of the objective (only the switched-on ones), unweighted."""
         cfg = self.cfg
         mask = target_mask(targets)
+        sampler = self.sampler
+        # Sampled softmax: one draw of negatives serves the student's CE and the KD term,
+        # so the teacher is matched on the very candidates the student is scored on.
+        negatives = None if sampler is None else sampler.draw()
+        real = targets[mask]
         with torch.no_grad():
             t_out = self.teacher(inputs)
-            # A teacher of the user's own provides ``logits`` only (TeacherProtocol).
-            t_logits = self.teacher.logits(t_out.output)[..., 1:]
+            t_logits = None
+            if cfg.use_logit and sampler is None:
+                # A teacher of the user's own provides ``logits`` only (TeacherProtocol).
+                t_logits = self.teacher.logits(t_out.output)[..., 1:]
+            elif cfg.use_logit:
+                t_scores = candidate_scores(self.teacher, t_out.output[mask], real, negatives)
+                t_logits = corrected_logits(t_scores, real, negatives, sampler, cfg.kd_temperature)
         with autocast(self.device, self.amp):
-            out, logits, embedding, hidden = self.net(inputs, weights)
+            out, logits, embedding, hidden = self.net(inputs, weights, targets, negatives)
         terms: dict[str, torch.Tensor] = {}
         if cfg.use_ce:
-            terms["ce"] = next_item_loss(logits, targets)
+            if sampler is None:
+                terms["ce"] = next_item_loss(logits, targets)
+            else:
+                terms["ce"] = sampled_next_item_loss(logits, real, negatives, sampler)
         if cfg.use_emb:
             terms["emb"] = embedding_loss(embedding.float(), t_out.embedding, nn.Identity(), mask)
         if cfg.use_hid:
@@ -167,8 +202,11 @@ class DistillStage:
                     hidden, t_out.hidden_states, mask, cfg.hid_distance
                 )
                 terms["hid"] = fixed_mapping_loss(dist_matrix, cfg.layer_mapping)
-        if cfg.use_logit:
+        if cfg.use_logit and sampler is None:
             terms["logit"] = logit_kd_loss(logits.float(), t_logits, mask, cfg.kd_temperature)
+        elif cfg.use_logit:
+            s_logits = corrected_logits(logits, real, negatives, sampler, cfg.kd_temperature)
+            terms["logit"] = candidate_kd_loss(s_logits, t_logits, cfg.kd_temperature)
         return terms
 
     def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -13,10 +13,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from adarec.config import LoopConfig
-from adarec.models.base import SeqOutput
+from adarec.models.base import CandidateScores, SeqOutput
 from adarec.runtime import distributed as dist
-from adarec.train.losses import next_item_loss
+from adarec.train.losses import next_item_loss, target_mask
 from adarec.train.optim import make_optimizer, make_scheduler
+from adarec.train.sampled import NegativeSampler, candidate_scores, sampled_next_item_loss
 
 
 class WithLogits(nn.Module):
@@ -31,9 +32,19 @@ class WithLogits(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, items: torch.Tensor, *args: Any) -> tuple[SeqOutput, torch.Tensor]:
-        out = self.model(items, *args)
-        return out, self.model.item_logits(out.output)
+    def forward(
+        self,
+        items: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+    ) -> tuple[SeqOutput, torch.Tensor | CandidateScores]:
+        """Full logits over the items [B, L, N]; with ``negatives`` (sampled softmax) the
+        scores of the real positions (``targets`` > 0) on their candidates instead."""
+        out = self.model(items)
+        if negatives is None:
+            return out, self.model.item_logits(out.output)
+        mask = target_mask(targets)
+        return out, candidate_scores(self.model, out.output[mask], targets[mask], negatives)
 
 
 def wrap_ddp(module: nn.Module, device: torch.device, find_unused: bool = False) -> nn.Module:
@@ -55,6 +66,7 @@ class SupervisedStage:
     """Cross-entropy training of one model; ``make_batch`` turns a window into (inputs, targets).
 
     The default batch maker is next-item prediction: inputs ``w[:, :-1]``, targets ``w[:, 1:]``.
+    With a ``sampler`` the cross-entropy is the sampled softmax (``adarec.train.sampled``).
     """
 
     def __init__(
@@ -64,8 +76,10 @@ class SupervisedStage:
         device: torch.device,
         amp: bool = False,
         make_batch: Any = None,
+        sampler: NegativeSampler | None = None,
     ):
         self.model = model.to(device)
+        self.sampler = None if sampler is None else sampler.to(device)
         self.device, self.loop, self.amp = device, loop, amp
         self.net = wrap_ddp(WithLogits(self.model), device)
         self.optimizer = make_optimizer(self.model.parameters(), loop)
@@ -78,9 +92,16 @@ class SupervisedStage:
     def train_step(self, batch: torch.Tensor, epoch: int, step: int) -> dict[str, float]:
         self.net.train()
         inputs, targets = self.make_batch(batch.to(self.device), epoch, step)
-        with autocast(self.device, self.amp):
-            _, logits = self.net(inputs)
-        loss = next_item_loss(logits, targets)
+        if self.sampler is None:
+            with autocast(self.device, self.amp):
+                _, logits = self.net(inputs)
+            loss = next_item_loss(logits, targets)
+        else:
+            negatives = self.sampler.draw()
+            with autocast(self.device, self.amp):
+                _, scores = self.net(inputs, targets, negatives)
+            real = targets[target_mask(targets)]
+            loss = sampled_next_item_loss(scores, real, negatives, self.sampler)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.loop.clip_grad > 0:
