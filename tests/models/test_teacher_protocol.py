@@ -68,3 +68,21 @@ class NoLogits(nn.Module):
 def test_a_module_that_breaks_the_protocol_is_named(teacher, message):
     with pytest.raises(UserError, match=message):
         check_teacher(teacher, NUM_ITEMS, MAX_LEN)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_teacher_with_non_finite_logits_is_refused(value):
+    """Issue 29 (4): a teacher with inf logits was distilled into a NaN student."""
+    teacher = Plain()
+    with torch.no_grad():
+        teacher.head.bias[3] = value
+    with pytest.raises(UserError, match="teacher is not finite: its logits"):
+        check_teacher(teacher, NUM_ITEMS, MAX_LEN)
+
+
+def test_padding_column_may_be_minus_inf():
+    """Column 0 (padding) is ignored: a teacher may mask it with -inf."""
+    teacher = Plain()
+    with torch.no_grad():
+        teacher.head.bias[0] = float("-inf")
+    check_teacher(teacher, NUM_ITEMS, MAX_LEN)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pytest
 import torch
 
+from adarec.errors import UserError
 from adarec.pipeline.common import load_stage_data
 from adarec.registry import build_model
 from adarec.runtime.seed import seed_everything
@@ -78,3 +80,34 @@ def test_first_window_item_is_never_a_target():
     inputs, targets = next_item_batch(window, 0, 0)
     assert inputs.tolist() == [[0, 0, 5, 6]]
     assert targets.tolist() == [[0, 0, 6, 7]]
+
+
+def test_diverged_training_stops_with_one_error_and_no_finished_mark(tmp_path: Path):
+    """Issue 29 (4): a NaN loss used to train on to "finished" metrics of 0.0."""
+    with pytest.raises(UserError, match=r"diverged in epoch 1 \(not finite: loss nan"):
+        _train(tmp_path / "nan", 2, lr=1e30)
+    # Nothing of the diverged epoch was saved: no checkpoint, no history.
+    assert not (tmp_path / "nan" / "checkpoints" / "last.pt").exists()
+    assert not (tmp_path / "nan" / "history.json").exists()
+
+
+def test_weights_gone_non_finite_keep_the_last_finite_epoch(tmp_path: Path, monkeypatch):
+    """Non-finite weights stop the loop in the epoch they appear; the checkpoint of the
+    epoch before stays, and a resume continues from it."""
+    original = SupervisedStage.on_epoch_start
+
+    def poison(self, epoch):
+        if epoch == 1:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("inf"))
+        return original(self, epoch)
+
+    monkeypatch.setattr(SupervisedStage, "on_epoch_start", poison)
+    with pytest.raises(UserError, match=r"diverged in epoch 2 \(not finite: .*weights"):
+        _train(tmp_path / "inf", 3, patience=0)
+    last = torch.load(tmp_path / "inf" / "checkpoints" / "last.pt", weights_only=False)
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+    monkeypatch.setattr(SupervisedStage, "on_epoch_start", original)
+    _, result = _train(tmp_path / "inf", 3, resume=True, patience=0)
+    assert result.epochs == 3

@@ -175,6 +175,9 @@ def run_training(
             bar.update(1)
         bar.close()
         record.update(_mean_over_ranks({k: v / max(steps, 1) for k, v in totals.items()}))
+        # Before this epoch is evaluated or saved: the last checkpoint stays the last
+        # finite epoch, and no metrics.json marks a diverged stage finished.
+        check_finite(desc, epoch, record, stage.model)
         record.update(stage.on_epoch_end(epoch))
 
         evaluate_now = (epoch + 1) % loop.eval_every == 0 or epoch + 1 == loop.epochs
@@ -234,6 +237,30 @@ def run_training(
     if best_state is not None:
         stage.model.load_state_dict(best_state)
     return TrainResult(best_epoch + 1, best_valid, len(history), seconds, history)
+
+
+def check_finite(desc: str, epoch: int, record: dict[str, Any], model: nn.Module) -> None:
+    """UserError if an epoch's mean losses (the same on every rank) or the model's weights
+    are not finite: training diverged, and its metrics would read 0 as if it had finished."""
+    bad = {
+        key: value
+        for key, value in record.items()
+        if isinstance(value, float) and not math.isfinite(value)
+    }
+    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if not bad and not broken:
+        return
+    parts = [f"{key} {value}" for key, value in bad.items()]
+    if broken:
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        parts.append(f"weights {broken[0]}{more}")
+    what = ", ".join(parts)
+    raise UserError(
+        f"{desc}: training diverged in epoch {epoch + 1} (not finite: {what}); the stage "
+        "stopped before saving that epoch and is not marked finished. Train it again with a "
+        "lower learning rate or gradient clipping (remove the run's checkpoints folder, or "
+        "choose another --out); --resume continues from the last finite epoch"
+    )
 
 
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
