@@ -200,6 +200,22 @@ def test_serve_without_state_for_a_model_that_cannot_stream(runs, served_app, ca
     assert "/events off (Popularity has no per-event inference" in capsys.readouterr().out
     with pytest.raises(UserError, match="Popularity has no per-event inference"):
         run_cli(["serve", str(runs["pop"]), "--port", "0", "--state", "memory"])
+    # --index is for /events alone: refused, not ignored, where /events is off.
+    with pytest.raises(UserError, match="--index needs /events.*Popularity"):
+        run_cli(["serve", str(runs["pop"]), "--port", "0", "--index", "faiss"])
+    with running(served_app[0]) as http:
+        refused = http.post("/events", json={"user": "u", "item": 1})
+    assert refused.status_code == 404
+    assert "Popularity has no per-event inference" in refused.json()["detail"]
+
+
+def test_events_of_an_onnx_service_do_not_suggest_state(runs, served_app):
+    assert run_cli(["serve", str(runs["student-causal"]), "--port", "0", "--backend", "onnx"]) == 0
+    with running(served_app[0]) as http:
+        refused = http.post("/events", json={"user": "u", "item": 1})
+    assert refused.status_code == 404
+    detail = refused.json()["detail"]
+    assert "needs the eager or compiled backend" in detail and "--state" not in detail
 
 
 @pytest.mark.parametrize(
@@ -209,6 +225,13 @@ def test_serve_without_state_for_a_model_that_cannot_stream(runs, served_app, ca
         (["--state", "memory", "--backend", "onnx"], "--state needs the eager or compiled backend"),
         (["--max-body-mb", "0"], "--max-body-mb must be positive"),
         (["--max-users", "0"], "--max-users and --max-state-mb must be positive"),
+        (["--max-state-mb", "nan"], "--max-users and --max-state-mb must be positive"),
+        (["--max-state-mb", "inf"], "--max-users and --max-state-mb must be positive"),
+        (["--max-body-mb", "nan"], "--max-body-mb must be positive"),
+        (["--max-body-mb", "inf"], "--max-body-mb must be positive"),
+        (["--state", "redis://127.0.0.1/one"], "the database must be a number; got 'one'"),
+        (["--state", "redis://127.0.0.1:63a79/0"], "malformed Redis URL"),
+        (["--backend", "onnx", "--index", "faiss"], "--index needs the eager or compiled"),
     ],
 )
 def test_serve_refuses_bad_options(runs, served_app, extra, message):

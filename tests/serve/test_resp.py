@@ -6,7 +6,9 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from adarec.errors import UserError
 from adarec.serve.resp import RespClient, _Incomplete, encode_command, parse_reply
+from tests.serve.conftest import free_port, start_redis
 
 
 def test_commands_and_replies():
@@ -63,3 +65,51 @@ def test_urls():
     assert RespClient.from_url("rediss://h/0").ssl is not None
     unix = RespClient.from_url("unix:///run/redis.sock?db=2")
     assert (unix.path, unix.db) == ("/run/redis.sock", 2)
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("redis://h/abc", "the database must be a number; got 'abc'"),
+        ("redis://h/-1", "the database must be a number"),
+        ("unix:///run/redis.sock?db=x", "the database must be a number; got 'x'"),
+        ("redis://h:port/0", "Port could not be cast"),
+        ("redis://h:99999/0", "Port out of range"),
+        ("redis://[::1/0", "Invalid IPv6 URL"),
+        ("redis://h/0?db=3", "options after '\\?' are not supported"),
+        ("unix://", "no socket path"),
+        ("redis://:secret@/0", "no host name"),
+        ("http://h/0", "not redis://, rediss:// or unix://"),
+    ],
+)
+def test_a_malformed_url_is_one_user_error(url, message):
+    with pytest.raises(UserError, match=message) as caught:
+        RespClient.from_url(url)
+    assert "malformed Redis URL" in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+def test_the_first_command_after_a_redis_restart_succeeds(tmp_path):
+    port = free_port()
+    server = start_redis(port, tmp_path)
+
+    async def session():
+        nonlocal server
+        client = RespClient.from_url(f"redis://127.0.0.1:{port}/0", timeout=5)
+        try:
+            assert await client.execute("SET", "k", "v") == "OK"
+            server.terminate()
+            server.wait(timeout=10)
+            # Restarted while the client's connection sat idle (the loop has not seen the
+            # old connection close): the next command is served by the new Redis.
+            server = start_redis(port, tmp_path)
+            assert await client.execute("GET", "k") is None
+            assert await client.execute("SET", "k", "w") == "OK"
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(session())
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

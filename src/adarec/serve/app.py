@@ -252,9 +252,19 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def create_app(
-    predictor: Predictor, events: EventService | None = None, max_body: int = MAX_BODY
+    predictor: Predictor,
+    events: EventService | None = None,
+    max_body: int = MAX_BODY,
+    events_note: str | None = None,
 ) -> FastAPI:
-    """The service answering with ``predictor``; ``/events`` only with an ``events`` service."""
+    """The service answering with ``predictor``; ``/events`` only with an ``events`` service
+    (``events_note``: why not, for the 404 of ``/events``)."""
+    if events_note is None:
+        events_note = (
+            "it needs the eager or compiled backend"
+            if predictor.model is None
+            else "start it with --state memory or redis://host:port/db"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -329,9 +339,7 @@ def create_app(
 
     def need_events() -> EventService:
         if events is None:
-            raise RequestError(
-                404, "this server keeps no per-user state (start it with --state memory or redis)"
-            )
+            raise RequestError(404, f"this server keeps no per-user state: {events_note}")
         return events
 
     async def event_answer(data: bytes) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -79,12 +80,24 @@ def event_service(predictor: Any, args: argparse.Namespace) -> tuple[Any, str]:
     from adarec.serve.state_store import model_tag, open_store
     from adarec.serve.streaming import CompiledStudentStreamer, streamer_for
 
-    if args.max_users < 1 or args.max_state_mb <= 0:
-        raise UserError("--max-users and --max-state-mb must be positive")
+    if args.max_users < 1 or not _positive(args.max_state_mb):
+        raise UserError(
+            f"--max-users and --max-state-mb must be positive; got {args.max_users} and "
+            f"{args.max_state_mb}"
+        )
+    # Options that only /events uses are refused where /events is off, never ignored.
+    asked = [
+        option
+        for option, given in (
+            ("--state", args.state is not None),
+            ("--index", args.index != "auto"),
+        )
+        if given
+    ]
     if predictor.model is None:
-        if args.state is not None:
+        if asked:
             raise UserError(
-                "--state needs the eager or compiled backend (a run directory, not an export)"
+                f"{asked[0]} needs the eager or compiled backend (a run directory, not an export)"
             )
         return None, "/events off (it needs the eager or compiled backend)"
     try:
@@ -93,8 +106,8 @@ def event_service(predictor: Any, args: argparse.Namespace) -> tuple[Any, str]:
         else:
             streamer = streamer_for(predictor.model)
     except UserError as exc:
-        if args.state is not None:
-            raise
+        if asked:
+            raise UserError(f"{asked[0]} needs /events, which is off: {exc}") from None
         return None, f"/events off ({exc})"
     tag = model_tag(predictor.model, streamer.layout)
     device = predictor.model.output_layer.weight.device
@@ -108,6 +121,11 @@ def event_service(predictor: Any, args: argparse.Namespace) -> tuple[Any, str]:
     return service, f"/events with the {store.kind} store and {catalogue.kind} top-k"
 
 
+def _positive(value: float) -> bool:
+    """A positive finite number (argparse's float() also accepts nan and inf)."""
+    return math.isfinite(value) and value > 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from adarec.serve.app import bind_socket, create_app, serve
     from adarec.serve.predictor import Predictor
@@ -116,7 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be between 0 and 65535; got {args.port}")
     if args.threads < 0:
         raise UserError(f"--threads must be 0 (the default) or more; got {args.threads}")
-    if args.max_body_mb <= 0:
+    if not _positive(args.max_body_mb):
         raise UserError(f"--max-body-mb must be positive; got {args.max_body_mb}")
     from adarec.serve.workers import check_workers
 
@@ -134,7 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{predictor.info['backend']}) on {url}; {events_note}; Ctrl-C stops",
             flush=True,
         )
-        app = create_app(predictor, events, max_body=int(args.max_body_mb * 1024 * 1024))
+        app = create_app(predictor, events, int(args.max_body_mb * 1024 * 1024), events_note)
         serve(app, sock, access_log=not args.no_access_log)
     except KeyboardInterrupt:
         pass  # stopped before the server was up: nothing to shut down
@@ -172,7 +190,7 @@ def serve_workers(args: argparse.Namespace) -> int:
         predictor = Predictor.from_run(Path(args.run_dir), args.backend, args.device, args.threads)
         events, events_note = event_service(predictor, args)
         print(f"worker {os.getpid()}: {events_note}", flush=True)
-        app = create_app(predictor, events, max_body=int(args.max_body_mb * 1024 * 1024))
+        app = create_app(predictor, events, int(args.max_body_mb * 1024 * 1024), events_note)
         serve(app, sock, access_log=not args.no_access_log)
 
     print(f"serving {args.run_dir} on {url}; {args.workers} workers; Ctrl-C stops", flush=True)

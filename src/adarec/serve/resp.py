@@ -21,6 +21,23 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from adarec.errors import UserError
+
+
+def _shown(url: str) -> str:
+    """``url`` for an error message: quoted, without a password."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        url = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return repr(url)
+
+
+def _db_number(shown: str, text: str) -> int:
+    """The database of a Redis URL: a number 0 or more (never silently database 0)."""
+    if not text.isascii() or not text.isdigit():
+        raise UserError(f"malformed Redis URL {shown}: the database must be a number; got {text!r}")
+    return int(text)
+
 
 class _Incomplete(Exception):
     """More bytes are needed to finish the reply."""
@@ -136,20 +153,38 @@ class RespClient:
     @classmethod
     def from_url(cls, url: str, timeout: float = 5.0) -> RespClient:
         """``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
-        ``unix://path[?db=N]``."""
-        parts = urlsplit(url)
+        ``unix://path[?db=N]``; UserError naming what is wrong in any other URL."""
+        shown = _shown(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port  # ValueError for a port that is not a number in range
+        except ValueError as exc:
+            raise UserError(f"malformed Redis URL {shown}: {exc}") from None
+        query = parse_qs(parts.query, keep_blank_values=True)
+        # The two clients of RedisStore must agree: only what both read alike is accepted.
+        allowed = {"db"} if parts.scheme == "unix" else set()
+        if set(query) - allowed or any(len(v) > 1 for v in query.values()):
+            raise UserError(
+                f"malformed Redis URL {shown}: options after '?' are not supported "
+                "(the database goes in the path: redis://host:port/db, unix:///path?db=N)"
+            )
         password = unquote(parts.password) if parts.password else None
         username = unquote(parts.username) if parts.username else None
         if parts.scheme == "unix":
-            db = int(parse_qs(parts.query).get("db", ["0"])[0])
+            if not parts.path:
+                raise UserError(f"malformed Redis URL {shown}: no socket path (unix:///path)")
+            db = _db_number(shown, query.get("db", ["0"])[0])
             return cls(
                 db=db, password=password, username=username, path=parts.path, timeout=timeout
             )
-        db = int(parts.path.strip("/") or 0)
+        if parts.scheme not in ("redis", "rediss"):
+            raise UserError(f"malformed Redis URL {shown}: not redis://, rediss:// or unix://")
+        if parts.netloc and not parts.hostname:
+            raise UserError(f"malformed Redis URL {shown}: no host name")
         return cls(
             parts.hostname or "127.0.0.1",
-            parts.port or 6379,
-            db,
+            port or 6379,
+            _db_number(shown, parts.path.strip("/") or "0"),
             password,
             username,
             use_ssl=parts.scheme == "rediss",
@@ -171,25 +206,51 @@ class RespClient:
         except (TimeoutError, OSError) as exc:
             where = self.path or f"{self.host}:{self.port}"
             raise RedisConnectionError(f"cannot connect to Redis at {where}: {exc}") from None
+        try:
+            if self.password is not None:
+                auth = (self.username, self.password) if self.username else (self.password,)
+                await self._send(protocol, ("AUTH", *auth))
+            if self.db:
+                await self._send(protocol, ("SELECT", self.db))
+        except BaseException:
+            protocol.connection_lost(None)  # closes it: a half-set-up connection is not kept
+            raise
         self.protocol = protocol
-        if self.password is not None:
-            auth = (self.username, self.password) if self.username else (self.password,)
-            await self.execute("AUTH", *auth)
-        if self.db:
-            await self.execute("SELECT", self.db)
         return protocol
 
     async def execute(self, *args: Any) -> Any:
-        """The reply to one command; redis exceptions on errors, loss or timeout."""
+        """The reply to one command; redis exceptions on errors, loss or timeout.
+
+        A command written on a connection that had already served others and then finds it
+        lost is sent once more on a new connection: after Redis restarted, the first
+        command is written before the event loop has seen the old connection close (it
+        never reached the new Redis), and would otherwise fail for nothing.
+        """
+        protocol, fresh = await self._connection()
+        try:
+            return await self._send(protocol, args)
+        except RedisConnectionError:
+            if fresh:
+                raise
+        protocol, _ = await self._connection()
+        return await self._send(protocol, args)
+
+    async def _connection(self) -> tuple[_Protocol, bool]:
+        """The open connection, and whether this call opened it."""
         protocol = self.protocol
-        if protocol is None or protocol.lost is not None:
-            if self.connecting is None:
-                self.connecting = asyncio.Lock()
-            async with self.connecting:  # one connection, however many callers wait
-                protocol = self.protocol
-                if protocol is None or protocol.lost is not None:
-                    self.protocol = None
-                    protocol = await self._connect()
+        if protocol is not None and protocol.lost is None:
+            return protocol, False
+        if self.connecting is None:
+            self.connecting = asyncio.Lock()
+        async with self.connecting:  # one connection, however many callers wait
+            protocol = self.protocol
+            if protocol is not None and protocol.lost is None:
+                return protocol, False
+            self.protocol = None
+            return await self._connect(), True
+
+    async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
+        """Write one command on ``protocol`` and wait for its reply."""
         assert protocol.transport is not None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         protocol.waiting.append(future)

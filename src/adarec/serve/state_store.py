@@ -217,9 +217,11 @@ class RedisStore(StateStore):
         self.device = device  # where loaded states go: the model's device
         self.refused = 0
         self.conflicts = 0  # check-and-set retries (another process wrote first)
-        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=5)
         # GET and the check-and-set of every event: a leaner client (see adarec.serve.resp).
+        # First: it refuses a malformed URL (redis-py reads a database that is not a
+        # number as database 0).
         self.fast = RespClient.from_url(url, timeout=5)
+        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=5)
         self.cache_users, self.cache_bytes = cache_users, cache_bytes
         self.cache: OrderedDict[str, tuple[StreamState, bytes]] = OrderedDict()
         self.cached_bytes = 0
