@@ -71,6 +71,27 @@ def _budget_override(args: argparse.Namespace) -> None:
         args.overrides = [*args.overrides, f"search.budget={args.budget}"]
 
 
+def _selection_overrides(args: argparse.Namespace) -> None:
+    """``--keep`` and ``--budget`` of the front's selection as config keys (run.keep,
+    run.select_budget), layered last, so a bad value is one UserError naming the key.
+    ``--budget`` alone asks for the most accurate student within it: keep is dropped."""
+    if args.keep is not None:
+        args.overrides = [*args.overrides, f"run.keep={args.keep}"]
+    if args.budget is not None:
+        args.overrides = [*args.overrides, f"run.select_budget={args.budget}"]
+        if args.keep is None:
+            args.overrides.append("run.keep=null")
+
+
+def _add_selection_options(parser: argparse.ArgumentParser, budget_help: str) -> None:
+    parser.add_argument(
+        "--keep",
+        help="select the fastest student whose validation NDCG@10 is at least KEEP x the "
+        "teacher's (config run.keep, default 0.99)",
+    )
+    parser.add_argument("--budget", help=budget_help)
+
+
 def _add_budget_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--budget",
@@ -109,7 +130,9 @@ def cmd_run(args: argparse.Namespace, ablate: bool = False) -> int:
             "--teacher fixes the dataset and teacher model; drop --dataset and "
             "--teacher-model, or drop --teacher"
         )
+    # --budget both centres the search and bounds the front's selection (run.front).
     _budget_override(args)
+    _selection_overrides(args)
     if args.teacher:
         cfg = _config_from_run(args, args.teacher)
     else:
@@ -136,15 +159,7 @@ def cmd_run(args: argparse.Namespace, ablate: bool = False) -> int:
 def cmd_front(args: argparse.Namespace) -> int:
     from adarec.pipeline.front import FRONT_FILE, build_front, format_front, front_dir_of
 
-    # --keep and --budget are config keys (run.keep, run.select_budget): a bad value is
-    # one UserError naming the key. --budget alone asks for the most accurate student
-    # within it, so the configured keep is then dropped.
-    if args.keep is not None:
-        args.overrides = [*args.overrides, f"run.keep={args.keep}"]
-    if args.budget is not None:
-        args.overrides = [*args.overrides, f"run.select_budget={args.budget}"]
-        if args.keep is None:
-            args.overrides.append("run.keep=null")
+    _selection_overrides(args)
     cfg = _config_from_run(args, args.search)
     out = Path(args.out) if args.out else front_dir_of(Path(args.search))
     front = build_front(cfg, Path(args.search), out, quiet=args.quiet)
@@ -235,7 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument("--teacher-model", choices=["nextitnet", "sasrec", "bert4rec"])
         run.add_argument("--teacher", help="reuse a finished teacher run directory")
         run.add_argument("--out", help="run directory (default runs/DATASET/adarec-MODEL)")
-        _add_budget_option(run)
+        _add_selection_options(
+            run,
+            "the search's budget and the selection's bound: a speed-up over the teacher "
+            "('5x'), MACs ('2.5M') or ms at batch 1 ('1.5ms'); alone: the most accurate "
+            "student of the front within it, with --keep: the fastest within it that keeps",
+        )
         _add_config_options(run)
         run.set_defaults(func=(lambda a, ab=(name == "ablate"): cmd_run(a, ablate=ab)))
 
@@ -245,14 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     front.add_argument("search", help="a finished search run directory")
     front.add_argument("--out", help="front directory (default: beside the search, front/)")
-    front.add_argument(
-        "--keep",
-        help="select the fastest student whose validation NDCG@10 is at least KEEP x the "
-        "teacher's (config run.keep, default 0.99)",
-    )
-    front.add_argument(
-        "--budget",
-        help="select within this budget: a speed-up ('10x'), MACs ('2.5M') or ms at batch 1 "
+    _add_selection_options(
+        front,
+        "select within this budget: a speed-up ('10x'), MACs ('2.5M') or ms at batch 1 "
         "('1.5ms'); alone: the most accurate within it, with --keep: the fastest that keeps",
     )
     _add_config_options(front)

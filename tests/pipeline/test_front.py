@@ -1,5 +1,6 @@
 """``adarec front``: one search's students at every budget, on tiny synthetic data:
-front.json and front.png, the bookkeeping, resume, CLI errors and the opt-in pipeline stage."""
+front.json and front.png, the bookkeeping, resume, CLI errors, and the selection of
+adarec run's student (its default)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from adarec.cli import main
+from adarec.errors import UserError
 from adarec.nas.front import Candidate, select_student
 from adarec.pipeline import front as front_module
 from adarec.pipeline import stage as stage_module
@@ -234,10 +236,14 @@ def test_cli_budget_alone_selects_the_most_accurate_within_it(fronted, tmp_path,
     assert selected["met"] and "most accurate" in selected["reason"]
 
 
-def test_pipeline_front_is_opt_in_and_reported(tmp_path):
+def _pipeline(out: Path, *extra: str) -> dict:
+    cfg = tiny_config(*FAST, "run.front=true", "run.baselines=[no_kd]", "front.budgets=6", *extra)
+    return run_pipeline(cfg, out, quiet=True)
+
+
+def test_pipeline_selects_its_student_from_the_front(tmp_path):
     out = tmp_path / "run"
-    cfg = tiny_config(*FAST, "run.front=true", "run.baselines=[]", "front.budgets=6")
-    report = run_pipeline(cfg, out, quiet=True)
+    report = _pipeline(out)
     assert (out / "front" / "front.json").exists() and (out / "front" / "front.png").exists()
     saved = json.loads((out / "report.json").read_text())
     assert {"teacher", "student", "speedup", "front", "selected"} <= set(saved)
@@ -246,11 +252,62 @@ def test_pipeline_front_is_opt_in_and_reported(tmp_path):
         assert {"budget", "speedup", "valid_ndcg10", "test_ndcg10"} <= set(row)
     assert {"budget", "keep"} <= set(saved["selected"])
     assert "The front of the search" in (out / "report.md").read_text()
-    # The student stage's cell, when on the front, is reused rather than retrained.
-    student = json.loads((out / "student" / "metrics.json").read_text())["architecture"]
+    # student/ is a copy of the selected (or, when nothing met, the closest) front student,
+    # not another retraining: same cell, same test metrics, no checkpoints.
     front = json.loads((out / "front" / "front.json").read_text())
-    same = [s for s in front["students"] if s["cell"] == student and s["retrained"]]
-    assert all(s["run_dir"] == "../student" for s in same)
+    chosen = front["selected"]["name"] or front["selected"]["closest"]
+    row = next(s for s in front["students"] if s["budget"] == chosen)
+    student = json.loads((out / "student" / "metrics.json").read_text())
+    source = json.loads((out / "front" / row["run_dir"] / "metrics.json").read_text())
+    assert student == source and student["architecture"] == row["cell"]
+    assert not (out / "student" / "checkpoints").exists()
+    assert saved["student"]["test"] == source["test"]
+    # The derived-cell baseline takes the selected student's cell.
+    no_kd = json.loads((out / "baselines" / "no_kd" / "metrics.json").read_text())
+    assert no_kd["architecture"] == row["cell"]
+
+
+def test_pipeline_reselects_when_asked_again(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _pipeline(out, "run.baselines=[]")
+    first = json.loads((out / "front" / "front.json").read_text())
+    retrained = [s for s in first["students"] if s["retrained"]]
+    # Ask for the most accurate student within the cheapest retrained cell's speed-up:
+    # nothing trains again, and student/ becomes that cell.
+    _forbid_training(monkeypatch)
+    cheapest = retrained[-1]
+    _pipeline(out, "run.baselines=[]", "run.keep=null", f"run.select_budget={cheapest['budget']}")
+    again = json.loads((out / "front" / "front.json").read_text())
+    assert again["selected"]["name"] == cheapest["budget"]
+    student = json.loads((out / "student" / "metrics.json").read_text())
+    assert student["architecture"] == cheapest["cell"]
+    assert not list(out.glob(".student.*"))  # the replacement left no staging directory
+
+
+def test_pipeline_refuses_student_budget_with_the_front(tmp_path):
+    cfg = tiny_config(*FAST, "run.front=true", "student.budget=3x")
+    with pytest.raises(UserError, match="student.budget.*run.front=false"):
+        run_pipeline(cfg, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_cli_run_keep_and_budget_are_the_selection(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake(cfg, out, teacher_dir=None, baselines=None, quiet=False):
+        seen["cfg"] = cfg
+        raise UserError("stop here")
+
+    monkeypatch.setattr("adarec.pipeline.run.run_pipeline", fake)
+    assert main(["run", "--dataset", "synthetic", "--keep", "0.97", "--out", str(tmp_path)]) == 2
+    assert seen["cfg"].run.keep == 0.97 and seen["cfg"].run.select_budget == ""
+    assert main(["run", "--dataset", "synthetic", "--budget", "8x", "--out", str(tmp_path)]) == 2
+    cfg = seen["cfg"]
+    assert (cfg.run.keep, cfg.run.select_budget, cfg.search.budget) == (None, "8x", "8x")
+    argv = ["run", "--dataset", "synthetic", "--budget", "8x", "--keep", "0.9"]
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert (seen["cfg"].run.keep, seen["cfg"].run.select_budget) == (0.9, "8x")
+    assert main(["run", "--dataset", "synthetic", "--keep", "2", "--out", str(tmp_path)]) == 2
 
 
 def test_dominated_candidates_are_not_retrained(fronted, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import copy
 import datetime as dt
 import logging
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -192,6 +193,35 @@ def build_front(
     atomic_write_json(out / FRONT_FILE, front)
     log.info("front written to %s", out / FRONT_FILE)
     return front
+
+
+def install_selected(front: dict[str, Any], front_dir: Path, student_dir: Path) -> str:
+    """Make ``student_dir`` (the pipeline's student/, what serve, export and evaluate take)
+    a copy of the front's selected student, or of the closest one when nothing met the
+    request; returns its budget label. A student/ holding another cell (a run asked again
+    with another keep or budget) is replaced whole, never half-written."""
+    chosen = front["selected"]["name"] or front["selected"]["closest"]
+    row = next(r for r in front["students"] if r["budget"] == chosen and r["retrained"])
+    student_dir = Path(student_dir)
+    if (student_dir / "metrics.json").exists():
+        if read_metrics(student_dir).get("architecture") == row["cell"]:
+            return chosen
+        log.info("student/ held another cell than the front's selection: replaced")
+    source = resolve_from_run(row["run_dir"], front_dir)
+    staging = student_dir.with_name(f".{student_dir.name}.installing")
+    shutil.rmtree(staging, ignore_errors=True)
+    # Checkpoints only resume a retraining; the copy is a finished run.
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("checkpoints"))
+    if student_dir.exists():
+        retired = student_dir.with_name(f".{student_dir.name}.replaced")
+        shutil.rmtree(retired, ignore_errors=True)
+        student_dir.rename(retired)
+        staging.rename(student_dir)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(student_dir)
+    log.info("student/ is the front's %s (%s)", chosen, front["selected"]["reason"])
+    return chosen
 
 
 def _teacher_run(search_dir: Path) -> Path:

@@ -15,8 +15,7 @@ from typing import Any
 
 from adarec.config import Config
 from adarec.errors import UserError
-from adarec.io import read_json
-from adarec.nas.budget import CostModel, random_genotype_within_budget
+from adarec.nas.budget import random_genotype_within_budget
 from adarec.nas.genotype import random_genotype
 from adarec.pipeline.search import run_search
 from adarec.pipeline.student import run_student
@@ -62,6 +61,12 @@ def run_pipeline(
     from adarec.pipeline.report import write_report
 
     out = Path(out)
+    if cfg.run.front and cfg.student.budget:
+        raise UserError(
+            f"student.budget {cfg.student.budget!r} derives one student, but adarec run "
+            "selects its student from the front (run.front): give the budget as --budget "
+            "(run.select_budget), or set run.front=false"
+        )
     baselines = list(cfg.run.baselines if baselines is None else baselines)
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
@@ -74,31 +79,45 @@ def run_pipeline(
     teacher_dir = Path(teacher_dir)
     search_dir, student_dir = out / "search", out / "student"
     _stage(search_dir, lambda: run_search(cfg, search_dir, teacher_dir, quiet, resume=True))
-    _stage(student_dir, lambda: run_student(cfg, student_dir, search_dir, quiet, resume=True))
+    front = None
+    selected_budget = ""
+    if cfg.run.front:
+        from adarec.pipeline.front import build_front, install_selected
+
+        # The front's students are retrained once; the selected one becomes student/.
+        front = build_front(cfg, search_dir, out / "front", quiet)
+        selected_budget = install_selected(front, out / "front", student_dir)
+    else:
+        _stage(student_dir, lambda: run_student(cfg, student_dir, search_dir, quiet, resume=True))
     baseline_dirs: dict[str, Path] = {}
     for name in baselines:
         baseline_dirs.update(
-            run_baseline(name, cfg, out / "baselines", teacher_dir, search_dir, quiet)
+            run_baseline(
+                name, cfg, out / "baselines", teacher_dir, search_dir, quiet, selected_budget
+            )
         )
-    front = None
-    if cfg.run.front:
-        from adarec.pipeline.front import build_front
-
-        # The student stage's cell is one of the front's when a swept budget derives it.
-        front = build_front(cfg, search_dir, out / "front", quiet, finished=[student_dir])
     setup_logging(out, quiet)
     return write_report(cfg, out, teacher_dir, search_dir, student_dir, baseline_dirs, front=front)
 
 
 def run_baseline(
-    name: str, cfg: Config, root: Path, teacher_dir: Path, search_dir: Path, quiet: bool
+    name: str,
+    cfg: Config,
+    root: Path,
+    teacher_dir: Path,
+    search_dir: Path,
+    quiet: bool,
+    selected_budget: str = "",
 ) -> dict[str, Path]:
     """Train a comparison on the same data and teacher; returns {row name: run directory}
-    (one row, or one per random cell for random_arch_budget)."""
+    (one row, or one per random cell for random_arch_budget). ``selected_budget``: the
+    front's selected student's budget, which the derived-cell comparisons then take."""
     run_dir = root / name
-    if name == "random_arch_budget":
-        return _random_within_budget(cfg, root, search_dir, quiet)
     variant = copy.deepcopy(cfg)
+    if selected_budget:
+        variant.student.budget = selected_budget
+    if name == "random_arch_budget":
+        return _random_within_budget(variant, root, search_dir, quiet)
     if name == "pop":
         variant.model.name = "pop"
         _stage(run_dir, lambda: train_teacher(variant, run_dir, quiet, resume=True))
@@ -142,14 +161,14 @@ def run_baseline(
 def _random_within_budget(
     cfg: Config, root: Path, search_dir: Path, quiet: bool
 ) -> dict[str, Path]:
-    """``run.random_cells`` random cells under the search's budget, retrained like the student."""
-    budget = read_json(search_dir / "cost_table.json").get("budget")
-    if not budget:
-        raise UserError(
-            "random_arch_budget needs a search with a budget (search.cost_form budget or "
-            "absolute, search.use_cost true)"
-        )
-    model = CostModel(**budget)
+    """``run.random_cells`` random cells under the student's budget (``student.budget``, or
+    the search's), retrained like the student."""
+    from adarec.pipeline.student import cost_model_of_search, rederived_cost_model
+
+    if cfg.student.budget:
+        model = rederived_cost_model(search_dir, cfg.student.budget)
+    else:
+        model = cost_model_of_search(search_dir)
     s = cfg.search
     dirs = {}
     for k in range(cfg.run.random_cells):
