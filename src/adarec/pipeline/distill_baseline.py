@@ -22,6 +22,8 @@ def train_small_kd(cfg: Config, run_dir: Path, teacher_dir: Path, quiet: bool) -
         student.causal = True
     kd = copy.deepcopy(cfg.search)
     kd.use_emb, kd.use_hid, kd.use_cost, kd.gamma_decay = False, False, False, 1.0
-    stage = DistillStage(student, teacher, kd, cfg.train, run.device, cfg.seed, amp=cfg.amp)
+    stage = DistillStage(
+        student, teacher, kd, cfg.train, run.device, cfg.seed, amp=cfg.amp, sampler=run.sampler()
+    )
     run.train(stage, cfg.train, "small_kd")
     return run.finish(student, f"small_{cfg.model.name}_kd", "small student with KD")

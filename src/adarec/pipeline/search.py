@@ -8,20 +8,16 @@ from typing import Any
 
 import torch
 
-from adarec.config import Config, parse_budget
-from adarec.distill.cost import cost_table, format_cost_table
+from adarec.config import Config
 from adarec.errors import UserError
-from adarec.io import atomic_write_json, atomic_write_text, read_json
+from adarec.io import atomic_write_json, atomic_write_text
 from adarec.models.teacher_protocol import check_teacher
 from adarec.nas.architect import Architect
-from adarec.nas.budget import (
-    CostModel,
-    build_cost_model,
-    cost_unit,
-    derive_within_budget,
-    format_cost,
-    serving_runtime,
-)
+from adarec.nas.budget import CostModel, derive_within_budget
+from adarec.nas.costs import SearchCosts
+
+from adarec.nas.costs import saved_runtime as saved_runtime  # importable from here too
+from adarec.nas.costs import search_cost_model as search_cost_model
 from adarec.nas.genotype import (
     Genotype,
     draw_genotype,
@@ -29,9 +25,6 @@ from adarec.nas.genotype import (
     genotype_to_text,
     save_genotype,
 )
-from adarec.nas.operations import OP_SETS
-from adarec.nas.profile import latency_cost_stats, op_cost_stats
-from adarec.nas.student import Student
 from adarec.nas.supernet import Supernet
 from adarec.pipeline.common import StageData
 from adarec.pipeline.stage import StageRun
@@ -43,10 +36,6 @@ from adarec.train.distill_stage import DistillStage
 log = logging.getLogger("adarec")
 
 SUPERNET_FILE = "supernet.pt"
-# The student stage's re-derivation under a tighter speed-up (``run_student``); the search
-# checks it can be met before it runs.
-STUDENT_BUDGET = "student.budget"
-STUDENT_BUDGET_ADVICE = "lower student.budget, or remove it to retrain the search's own derivation"
 HELD_OUT_FRACTION = 0.2  # bi-level search: share of training windows kept for alpha
 
 
@@ -62,72 +51,6 @@ def build_supernet(cfg: Config, num_items: int) -> Supernet:
         dropout=s.dropout,
         mode=s.mode,
         alpha_init_std=s.alpha_init_std,
-    )
-
-
-def search_costs(
-    cfg: Config, device: torch.device | str = "cpu"
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """The paper's mean-1 cost table at this run's width and length, and its raw stats
-    (latency: on ``device``, on the runtime that serves there, ``serving_runtime``)."""
-    ops = OP_SETS[cfg.search.ops]
-    if cfg.search.cost == "latency":
-        stats = _latency_stats(cfg, device)
-    else:
-        stats = op_cost_stats(ops, cfg.search.width, cfg.data.max_len, cfg.search.ops)
-    return cost_table(stats), stats
-
-
-def _latency_stats(cfg: Config, device: torch.device | str) -> dict[str, Any]:
-    """Each op's ms over a window, measured where and as the student will be served."""
-    runtime = serving_runtime(cfg.search.ops, device)
-    return latency_cost_stats(
-        list(OP_SETS[cfg.search.ops]),
-        cfg.search.width,
-        cfg.data.max_len,
-        device=device,
-        runtime=runtime,
-    )
-
-
-def empty_genotype(cfg: Config) -> Genotype:
-    """The cell of the space with every edge "none" (the cost floor of a student)."""
-    s = cfg.search
-    nodes = tuple(tuple((i, "none") for i in range(j + 1)) for j in range(s.nodes))
-    return Genotype(s.ops, nodes, s.cells, s.width)
-
-
-def search_cost_model(
-    cfg: Config, num_items: int, teacher: torch.nn.Module, stats: dict[str, Any]
-) -> CostModel:
-    """The budget's cost model in real units (MACs, or ms at batch 1 on this machine, on the
-    runtime that serves the student on the teacher's device: ``serving_runtime``)."""
-    budget = parse_budget(cfg.search.budget)
-    unit = cost_unit(budget, cfg.search.cost)
-    device = next(teacher.parameters()).device
-    if unit == "ms" and "latency_ms" not in next(iter(stats.values())):
-        stats = _latency_stats(cfg, device)
-    elif unit == "macs" and "macs" not in next(iter(stats.values())):
-        stats = op_cost_stats(OP_SETS[cfg.search.ops], cfg.search.width, cfg.data.max_len)
-    # Built as the student stage builds it: positions cost time per served position.
-    empty = Student(
-        num_items,
-        cfg.data.max_len,
-        empty_genotype(cfg),
-        cfg.search.dropout,
-        positions=cfg.student.positions,
-    )
-    return build_cost_model(
-        budget,
-        cfg.search.cost,
-        stats,
-        empty.to(device),
-        cfg.search.cells,
-        cfg.search.nodes,
-        num_items,
-        cfg.data.max_len,
-        teacher,
-        runtime=serving_runtime(cfg.search.ops, device),
     )
 
 
@@ -187,14 +110,14 @@ def run_search(
             else {"run_dir": relative_to_run(teacher_dir, run.run_dir)}
         )
         atomic_write_json(run.run_dir / "teacher.json", record)
-    costs, cost_model = _costs_and_budget(cfg, run, teacher)
+    costs = _measured_costs(cfg, run, teacher)
 
     run.start_clock()  # measuring the ops and the budget above is not training time
     supernet = build_supernet(cfg, run.data.data.num_items).to(run.device)
     train_set, held_out = run.data.train, None
     if cfg.search.optimization == "bilevel":
         train_set, held_out = _split_held_out(run.data.train, cfg.seed)
-    architect = Architect(supernet, cfg.search, cfg.seed, cost_model, costs)
+    architect = Architect(supernet, cfg.search, cfg.seed, costs.budget, costs.table)
     stage = DistillStage(
         supernet,
         teacher,
@@ -205,88 +128,29 @@ def run_search(
         architect=architect,
         held_out=held_out,
         amp=cfg.amp,
+        sampler=run.sampler(),
     )
     # The architecture is derived from the final alpha (no early stopping in the search);
     # validation is still computed every epoch to watch the derived cell.
     run.train(stage, cfg.search, "search", train_set=train_set, select_on_valid=False)
-    genotype = _derive(supernet, cost_model, run)
-    cost = architecture_cost(genotype, read_json(run.run_dir / "cost_table.json"))
-    extra = {"architecture": genotype_to_dict(genotype), "cost": cost}
+    genotype = _derive(supernet, costs.budget, run)
+    extra = {"architecture": genotype_to_dict(genotype), "cost": costs.architecture_cost(genotype)}
     return run.finish(supernet, "supernet", "architecture search", extra, SUPERNET_FILE)
 
 
-def _costs_and_budget(
-    cfg: Config, run: StageRun, teacher: torch.nn.Module
-) -> tuple[dict[str, float], CostModel | None]:
-    """The op cost table and, for a budgeted search, its cost model; both in cost_table.json."""
-    costs, stats = search_costs(cfg, run.device)
-    cost_model = None
-    if cfg.search.use_cost and cfg.search.cost_form != "paper":
-        # Measured latencies differ per process: every rank uses rank 0's model.
-        cost_model = dist.broadcast_object(
-            search_cost_model(cfg, run.data.data.num_items, teacher, stats)
-        )
-        log.info(
-            "budget %s: target %s per history (teacher %s, student floor %s)",
-            cost_model.budget,
-            format_cost(cost_model.target, cost_model.unit),
-            "-" if cost_model.teacher is None else format_cost(cost_model.teacher, cost_model.unit),
-            format_cost(cost_model.cheapest(cfg.search.nodes), cost_model.unit),
-        )
-        if cfg.student.budget:
-            # Found now, not after the search: the student stage derives under it.
-            cost_model.with_speedup(cfg.student.budget, STUDENT_BUDGET).require_reachable(
-                cfg.search.nodes, STUDENT_BUDGET, STUDENT_BUDGET_ADVICE
-            )
-    elif cfg.student.budget:
-        raise UserError(
-            f"{STUDENT_BUDGET} re-derives the student under the search's cost model, and "
-            "this search has none (search.use_cost false or search.cost_form paper); "
-            f"{STUDENT_BUDGET_ADVICE}"
-        )
-    else:
-        costs = dist.broadcast_object(costs)
-        log.info(
-            "cost table (%s, width %d, length %d):\n%s",
-            cfg.search.cost,
-            cfg.search.width,
-            cfg.data.max_len,
-            format_cost_table(costs),
-        )
+def _measured_costs(cfg: Config, run: StageRun, teacher: torch.nn.Module) -> SearchCosts:
+    """The search's costs (op table and, for a budgeted search, its cost model), checked
+    against ``student.budget`` and written as cost_table.json."""
+    # Measured latencies differ per process: every rank uses rank 0's.
+    costs = dist.broadcast_object(
+        SearchCosts.measure(cfg, run.data.data.num_items, teacher, run.device)
+    )
+    log.info("%s", costs.describe(cfg))
+    # Found now, not after the search: the student stage derives under it.
+    costs.require_student_budget(cfg.student.budget, cfg.search.nodes)
     if dist.is_main():
-        atomic_write_json(
-            run.run_dir / "cost_table.json",
-            {
-                "method": cfg.search.cost,
-                # What measured latencies ran on ("torch" or "compiled"; none measured:
-                # null). Files written before this key: "torch" (``saved_runtime``).
-                "runtime": _measured_runtime(cfg, run.device, cost_model),
-                "stats": stats,
-                "cost": costs,
-                "budget": None if cost_model is None else cost_model.to_dict(),
-            },
-        )
-    return costs, cost_model
-
-
-def _measured_runtime(
-    cfg: Config, device: torch.device, cost_model: CostModel | None
-) -> str | None:
-    if cost_model is not None and cost_model.unit == "ms":
-        return cost_model.runtime
-    if cfg.search.cost == "latency":
-        return serving_runtime(cfg.search.ops, device)
-    return None
-
-
-def saved_runtime(cost_file: dict[str, Any]) -> str | None:
-    """The runtime a saved cost_table.json's latencies were measured on: "torch" for files
-    written before it was recorded (PyTorch measured them all); None when it holds MACs."""
-    if "runtime" in cost_file:
-        return cost_file["runtime"]
-    budget = cost_file.get("budget") or {}
-    measured = cost_file.get("method") == "latency" or budget.get("unit") == "ms"
-    return "torch" if measured else None
+        costs.write(run.run_dir)
+    return costs
 
 
 def _derive(supernet: Supernet, cost_model: CostModel | None, run: StageRun) -> Genotype:
@@ -309,21 +173,6 @@ def _derive(supernet: Supernet, cost_model: CostModel | None, run: StageRun) -> 
 
 
 def architecture_cost(genotype: Genotype, cost_file: dict[str, Any]) -> dict[str, Any]:
-    """The derived cell's cost: the paper table's cell cost and, with a budget, the
-    modelled cost per history beside the target (``cost_file``: cost_table.json)."""
-    costs = cost_file["cost"]
-    total = sum(costs[op] for node in genotype.nodes for _, op in node)
-    result: dict[str, Any] = {"cell_cost": round(total, 4), "table": costs}
-    if cost_file.get("budget"):
-        model = CostModel(**cost_file["budget"])
-        modelled = model.of_genotype(genotype)
-        result["budget"] = {
-            "budget": model.budget,
-            "unit": model.unit,
-            "runtime": saved_runtime(cost_file),
-            "target": model.target,
-            "teacher": model.teacher,
-            "modelled": modelled,
-            "within": model.within(modelled),
-        }
-    return result
+    """The derived cell's cost under a cost_table.json's content (``cost_file``):
+    ``SearchCosts.architecture_cost``."""
+    return SearchCosts.from_dict(cost_file).architecture_cost(genotype)

@@ -20,6 +20,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from adarec.config import Config, LoopConfig
+from adarec.data.splits import item_counts
 from adarec.models.base import SequentialRecommender
 from adarec.pipeline.common import (
     check_same_data,
@@ -32,6 +33,7 @@ from adarec.pipeline.common import (
 from adarec.plots import plot_training_curves
 from adarec.runs import MODEL_FILE, save_model
 from adarec.train.loop import Stage, TrainResult, run_training
+from adarec.train.sampled import NegativeSampler, make_sampler
 
 
 class StageRun:
@@ -58,6 +60,11 @@ class StageRun:
         self.epochs = 0  # of every loop this stage ran (BERT4Rec: pretraining + fine-tuning)
         self.history: list[dict[str, Any]] = []  # of the last loop, the one plotted
         self.start_clock()
+
+    def sampler(self) -> NegativeSampler | None:
+        """The sampled softmax's negatives for this run's catalogue (``sampled_softmax``),
+        or None: every training loss over the whole catalogue."""
+        return make_sampler(self.cfg.sampled_softmax, item_counts(self.data.data))
 
     def start_clock(self) -> None:
         """Count ``train_seconds`` from now (by default from the end of the set-up)."""

@@ -13,19 +13,15 @@ from adarec.config import Config
 from adarec.errors import UserError
 from adarec.io import read_json
 from adarec.nas.budget import CostModel, derive_within_budget
+from adarec.nas.costs import STUDENT_BUDGET, STUDENT_BUDGET_ADVICE, SearchCosts
 from adarec.nas.genotype import Genotype, genotype_to_dict, load_genotype
 from adarec.nas.student import Student, inherit_weights
-from adarec.pipeline.search import (
-    STUDENT_BUDGET,
-    STUDENT_BUDGET_ADVICE,
-    SUPERNET_FILE,
-    architecture_cost,
-    distilled_teacher,
-)
+from adarec.pipeline.search import SUPERNET_FILE, distilled_teacher
 from adarec.pipeline.stage import StageRun
 from adarec.runs import load_run_model, resolve_from_run
 from adarec.train.distill_stage import DistillStage
 from adarec.train.loop import Stage
+from adarec.train.sampled import NegativeSampler
 from adarec.train.supervised import SupervisedStage
 
 log = logging.getLogger("adarec")
@@ -41,20 +37,15 @@ def _search_file(search_dir: Path, name: str, key: str) -> dict[str, Any]:
     return content
 
 
-def cost_model_of_search(search_dir: Path, cost_file: dict[str, Any] | None = None) -> CostModel:
-    """The cost model a finished search ran under; ``cost_file``: its cost_table.json when
-    already read."""
-    cost_file = cost_file or _search_file(search_dir, "cost_table.json", "cost")
-    if not cost_file.get("budget"):
-        raise UserError(f"the search in {search_dir} had no budget (search.use_cost false?)")
-    return CostModel(**cost_file["budget"])
+def cost_model_of_search(search_dir: Path) -> CostModel:
+    """The cost model a finished search ran under (``SearchCosts.budget_model``)."""
+    return SearchCosts.read(search_dir).budget_model()
 
 
-def rederived_cost_model(
-    search_dir: Path, budget: str, cost_file: dict[str, Any] | None = None
-) -> CostModel:
-    """The search's cost model with its target moved to ``budget`` (a speed-up)."""
-    return cost_model_of_search(search_dir, cost_file).with_speedup(budget, STUDENT_BUDGET)
+def rederived_cost_model(search_dir: Path, budget: str) -> CostModel:
+    """The search's cost model with its target moved to ``budget``, a speed-up
+    (``SearchCosts.rederived``)."""
+    return SearchCosts.read(search_dir).rederived(budget)
 
 
 def rederived_genotype(search_dir: Path, model: CostModel) -> Genotype:
@@ -112,15 +103,26 @@ def new_student(
 
 
 def retraining_stage(
-    cfg: Config, student: Student, teacher: nn.Module | None, device: torch.device
+    cfg: Config,
+    student: Student,
+    teacher: nn.Module | None,
+    device: torch.device,
+    sampler: NegativeSampler | None = None,
 ) -> Stage:
     """The training stage of a student: distillation from ``teacher`` (``student.loss``
-    kd) or cross-entropy."""
+    kd) or cross-entropy; with ``sampler``, over sampled candidates (``StageRun.sampler``)."""
     if cfg.student.loss == "kd":
         return DistillStage(
-            student, teacher, cfg.search, cfg.student, device, cfg.seed, amp=cfg.amp
+            student,
+            teacher,
+            cfg.search,
+            cfg.student,
+            device,
+            cfg.seed,
+            amp=cfg.amp,
+            sampler=sampler,
         )
-    return SupervisedStage(student, cfg.student, device, cfg.amp)
+    return SupervisedStage(student, cfg.student, device, cfg.amp, sampler=sampler)
 
 
 def run_student(
@@ -147,22 +149,22 @@ def run_student(
     if not (search_dir / "genotype.json").exists():
         raise UserError(f"{search_dir} holds no finished search (genotype.json missing)")
     # The search's files are read before anything is written or trained.
-    cost_file = _search_file(search_dir, "cost_table.json", "cost")
+    costs = SearchCosts.read(search_dir)
     if genotype is None and cfg.student.budget:
-        model = rederived_cost_model(search_dir, cfg.student.budget, cost_file)
+        model = costs.rederived(cfg.student.budget)
         genotype = rederived_genotype(search_dir, model)
         # The student's cost is reported against the budget it was derived under.
-        cost_file = {**cost_file, "budget": model.to_dict()}
+        costs = costs.with_budget(model)
     genotype = genotype or load_genotype(search_dir / "genotype.json")
     teacher_dir = kd_teacher_dir(cfg, search_dir, teacher)
     run = StageRun(cfg, run_dir, resume, quiet, data_of=search_dir)
     student = new_student(cfg, genotype, run.data.data.num_items, search_dir, run.device)
     if cfg.student.loss == "kd":
         teacher = distilled_teacher(teacher_dir, teacher, run.data, cfg.data.max_len, run.device)
-    stage = retraining_stage(cfg, student, teacher, run.device)
+    stage = retraining_stage(cfg, student, teacher, run.device, run.sampler())
     run.train(stage, cfg.student, name)
     extra = {
         "architecture": genotype_to_dict(genotype),
-        "cost": architecture_cost(genotype, cost_file),
+        "cost": costs.architecture_cost(genotype),
     }
     return run.finish(student, name, f"{name} retraining", extra)

@@ -38,7 +38,8 @@ def train_teacher(
             log.info("pretraining done; fine-tune with --phase finetune --resume")
             return {}
         model.causal = True
-    run.train(SupervisedStage(model, cfg.train, run.device, cfg.amp), cfg.train, cfg.model.name)
+    stage = SupervisedStage(model, cfg.train, run.device, cfg.amp, sampler=run.sampler())
+    run.train(stage, cfg.train, cfg.model.name)
     return run.finish(model, cfg.model.name, cfg.model.name)
 
 
@@ -71,7 +72,9 @@ def _pretrain_bert4rec(model: BERT4Rec, cfg: Config, run: StageRun, run_pretrain
         )
         return inputs.to(window.device), labels.to(window.device)
 
-    stage = SupervisedStage(model, cfg.train, run.device, cfg.amp, make_batch=masked_batch)
+    stage = SupervisedStage(
+        model, cfg.train, run.device, cfg.amp, make_batch=masked_batch, sampler=run.sampler()
+    )
     loop = type(cfg.train)(
         **{**cfg.train.__dict__, "epochs": cfg.model.pretrain_epochs, "patience": 0}
     )

@@ -96,8 +96,10 @@ def corrected_logits(
     """[P, 1 + S]: target first, then the negatives, each divided by ``temperature`` and
     less its log expected count; accidental hits are -inf."""
     log_expected = sampler.log_expected
-    target = scores.target.float() / temperature - log_expected[targets]
-    negative = scores.negatives.float() / temperature - log_expected[negatives][None, :]
+    # In the correction's precision (float32): bfloat16 scores under autocast are lifted.
+    dtype = log_expected.dtype
+    target = scores.target.to(dtype) / temperature - log_expected[targets]
+    negative = scores.negatives.to(dtype) / temperature - log_expected[negatives][None, :]
     negative = negative.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
     return torch.cat([target[:, None], negative], dim=1)
 
