@@ -42,7 +42,9 @@ def save_model(run_dir: Path, model: SequentialRecommender, filename: str = MODE
     """The weights with the model's spec (``to_spec``), which says how to rebuild it."""
     if dist.is_main():
         state = {"spec": model.to_spec(), "state_dict": model.state_dict()}
-        save_checkpoint(Path(run_dir) / filename, state)
+        # The stage's training checkpoints are kept: --resume writes the model again.
+        hint = "rerun the stage with --resume to write it from its checkpoints"
+        save_checkpoint(Path(run_dir) / filename, state, hint)
 
 
 def load_run_model(
@@ -127,8 +129,9 @@ def has_weights(run_dir: Path) -> bool:
 def check_run_data(run_dir: Path, data: PreparedData) -> None:
     """Refuse ``data`` unless it is exactly what the run was trained on.
 
-    ``data.json`` pins the fingerprint of the processed sequences (runs from before
-    fingerprints are checked on their item mapping alone).
+    ``data.json`` pins the fingerprint of the processed sequences. A run from before
+    fingerprints were kept is checked on its item mapping, and only when its configuration
+    regenerates the data (``regenerable``); any other such run is refused.
     """
     run_dir = Path(run_dir)
     hint = "it pins the data this run was trained on; re-run the stage to restore it"
@@ -137,6 +140,16 @@ def check_run_data(run_dir: Path, data: PreparedData) -> None:
         same = saved["fingerprint"] == data.fingerprint()
     else:
         same = read_json(run_dir / ITEMS_FILE, list, hint) == data.item_ids
+        if same and not regenerable(data):
+            # The same items say nothing of the rows: an edited file would be scored as
+            # if it were the run's own data.
+            raise UserError(
+                f"{run_dir} has no fingerprint of the data it was trained on ({DATA_FILE} "
+                "is missing or has none), so this data cannot be checked against it: rows "
+                "edited, added or removed under the same items would give other metrics "
+                "unnoticed. Only a synthetic dataset, generated from the run's own "
+                "configuration, is checked without it; train a new run on this data"
+            )
     if not same:
         raise UserError(
             f"the data differs from what {run_dir} was trained on: dataset "
@@ -144,6 +157,12 @@ def check_run_data(run_dir: Path, data: PreparedData) -> None:
             "negatives (rows edited, added, removed or re-ordered, or other preprocessing); "
             "use the original data file, or train a new run on this data"
         )
+
+
+def regenerable(data: PreparedData) -> bool:
+    """Whether the run's recorded configuration alone determines ``data`` (the synthetic
+    generator, seeded), so that its fingerprint can be rebuilt from the run."""
+    return data.options.get("dataset") == "synthetic"
 
 
 def relative_to_run(path: Path, run_dir: Path) -> str:

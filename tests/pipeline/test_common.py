@@ -29,6 +29,20 @@ def write_log(path: Path, reverse: bool = False) -> Path:
     return path
 
 
+def drop_latest_row(path: Path) -> None:
+    """Remove the latest interaction of a frequent item: the item catalogue stays the same,
+    one user's sequence changes."""
+    header, *rows = path.read_text().splitlines()
+    counts: dict[str, int] = {}
+    for row in rows:
+        item = row.split(",")[1]
+        counts[item] = counts.get(item, 0) + 1
+    frequent = [r for r in rows if counts[r.split(",")[1]] > 6]
+    latest = max(frequent, key=lambda r: int(r.split(",")[2]))
+    rows.remove(latest)
+    path.write_text("\n".join([header, *rows]) + "\n")
+
+
 def interrupt(run: Path) -> None:
     """Make a finished run look as if it was killed before its end."""
     (run / "metrics.json").unlink()
@@ -110,3 +124,30 @@ def test_damaged_last_checkpoint_names_the_file_on_resume(tmp_path: Path, conten
         train_teacher(
             tiny_config("model.name=sasrec", "train.epochs=2"), run, quiet=True, resume=True
         )
+
+
+def test_evaluate_refuses_a_run_whose_data_cannot_be_checked(tmp_path: Path):
+    """Issue 29 (5): without data.json, evaluate compared the item ids only and scored an
+    edited file (same items, other rows) as if it were the run's data."""
+    data = write_log(tmp_path / "log.csv")
+    run = tmp_path / "run"
+    train_teacher(tiny_config(f"data.dataset={data}", "model.name=sasrec"), run, quiet=True)
+    (run / "data.json").unlink()  # a run from before fingerprints were kept
+    drop_latest_row(data)  # the same items, other sequences
+    with pytest.raises(UserError, match="no fingerprint of the data it was trained on"):
+        evaluate_run(run)
+    assert not (run / "evaluation.json").exists()
+    write_log(data)  # even the original file cannot be told from an edited one
+    with pytest.raises(UserError, match="no fingerprint"):
+        evaluate_run(run)
+
+
+def test_evaluate_rebuilds_the_fingerprint_of_regenerated_data(tmp_path: Path):
+    """A synthetic dataset is generated from the run's configuration: its fingerprint is
+    rebuilt, equal to the one the run wrote."""
+    run = tmp_path / "run"
+    saved = train_teacher(tiny_config("model.name=sasrec", "train.epochs=1"), run, quiet=True)
+    record = json.loads((run / "data.json").read_text())
+    (run / "data.json").unlink()
+    assert evaluate_run(run)["test"]["full"] == saved["test"]["full"]
+    assert json.loads((run / "data.json").read_text()) == record

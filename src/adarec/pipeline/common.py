@@ -164,9 +164,14 @@ def write_data_files(run_dir: Path, data: PreparedData) -> None:
     if dist.is_main():
         atomic_write_json(run_dir / ITEMS_FILE, data.item_ids)
         write_serving_files(run_dir, data)
-        atomic_write_json(
-            run_dir / DATA_FILE, {**describe(data), "fingerprint": data.fingerprint()}
-        )
+        write_data_record(run_dir, data)
+
+
+def write_data_record(run_dir: Path, data: PreparedData) -> None:
+    """``DATA_FILE``: the dataset statistics and the fingerprint that pins the run's data."""
+    atomic_write_json(
+        Path(run_dir) / DATA_FILE, {**describe(data), "fingerprint": data.fingerprint()}
+    )
 
 
 def write_serving_files(run_dir: Path, data: PreparedData, only_missing: bool = False) -> list[str]:

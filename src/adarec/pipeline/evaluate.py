@@ -11,10 +11,11 @@ from adarec.pipeline.common import (
     StageData,
     final_metrics,
     load_stage_data,
+    write_data_record,
     write_serving_files,
     write_test_ranks,
 )
-from adarec.runs import check_run_data, load_run_config, load_run_model, read_metrics
+from adarec.runs import DATA_FILE, check_run_data, load_run_config, load_run_model, read_metrics
 from adarec.runtime import distributed as dist
 
 log = logging.getLogger("adarec")
@@ -44,10 +45,20 @@ def evaluate_run(run_dir: Path, exclude_seen: bool = False) -> dict[str, Any]:
     if dist.is_main():
         for name in write_serving_files(run_dir, stage_data.data, only_missing=True):
             log.info("wrote %s, which %s did not have yet", name, run_dir)
+        if _lacks_fingerprint(run_dir):
+            # Accepted by check_run_data only as regenerated from the run's configuration:
+            # the fingerprint is rebuilt, and later checks no longer need the regeneration.
+            write_data_record(run_dir, stage_data.data)
+            log.info("wrote %s, which %s did not have yet", DATA_FILE, run_dir)
         if exclude_seen == saved.get("exclude_seen", False):
             write_test_ranks(run_dir, ranks)
         atomic_write_json(run_dir / "evaluation.json", metrics)
     return metrics
+
+
+def _lacks_fingerprint(run_dir: Path) -> bool:
+    path = Path(run_dir) / DATA_FILE
+    return not path.exists() or "fingerprint" not in read_json(path, dict)
 
 
 def excluded_seen_test(run_dir: Path) -> dict[str, Any]:
