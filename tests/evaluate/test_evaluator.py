@@ -114,6 +114,28 @@ def test_batch_size_invariance(exclude_seen):
         assert np.array_equal(sampled, reference[1])
 
 
+def test_large_catalogues_score_fewer_users_per_forward_with_the_same_ranks(monkeypatch):
+    """Scores of a forward stay within _SCORE_ELEMENTS: users per forward shrink with the
+    catalogue, and the ranks (ties against the target) do not change."""
+    model, split = _random_case()
+    reference = compute_ranks(model, split, 100, "cpu", True)
+    model.num_items = model.table.shape[1] - 1
+    rows = []
+    original = model.full_sort_predict
+
+    def recorded(items):
+        rows.append(len(items))
+        return original(items)
+
+    model.full_sort_predict = recorded
+    monkeypatch.setattr(evaluator, "_SCORE_ELEMENTS", 3 * model.table.shape[1])
+    assert evaluator.users_per_forward(model, 100) == 3
+    full, sampled = compute_ranks(model, split, 100, "cpu", True)
+    assert max(rows) == 3 and sum(rows) == len(split.targets)
+    assert np.array_equal(full, reference[0]) and np.array_equal(sampled, reference[1])
+    assert evaluator.users_per_forward(model, 2) == 2  # never more than asked
+
+
 def test_sharded_ranks_gathered_in_rank_order_match_single_process(monkeypatch):
     model, split = _random_case()
     expected = compute_ranks(model, split, 5, "cpu", True)
