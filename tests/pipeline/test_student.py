@@ -94,3 +94,25 @@ def test_search_refuses_a_student_budget_it_cannot_serve_before_searching(
         run_search(tiny_config(*FAST, *overrides), tmp_path / "search", teacher, quiet=True)
     assert not (tmp_path / "search" / "supernet.pt").exists()
     assert not (tmp_path / "search" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("max_len", [12, 8])
+def test_stages_refuse_a_window_other_than_the_teachers_before_starting(
+    searched, tmp_path, max_len
+):
+    """Issue 29 (9): a longer data.max_len than the teacher's ended in an IndexError in the
+    search, a shorter one was distilled unchecked; the search, the retraining with KD and
+    the front now refuse it at their start."""
+    from adarec.pipeline.front import build_front
+
+    teacher = searched.parent / "teacher"
+    cfg = tiny_config(*FAST, f"data.max_len={max_len}")
+    message = rf"data.max_len {max_len} differs from the teacher's \(10, in .*data.max_len=10"
+    with pytest.raises(UserError, match=message):
+        run_search(cfg, tmp_path / "search", teacher, quiet=True)
+    kd = tiny_config(*FAST, f"data.max_len={max_len}", "student.loss=kd")
+    with pytest.raises(UserError, match=message):
+        run_student(kd, tmp_path / "student", searched, quiet=True)
+    with pytest.raises(UserError, match=message):
+        build_front(cfg, searched, tmp_path / "front", quiet=True)
+    assert not any(tmp_path.iterdir())  # nothing written

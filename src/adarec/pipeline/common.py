@@ -153,6 +153,20 @@ def check_same_data(source_dir: Path, stage_data: StageData) -> None:
         )
 
 
+def check_teacher_window(teacher_dir: Path, max_len: int) -> None:
+    """A stage that distils the teacher of ``teacher_dir`` must use its window length
+    (checked at the stage's start, before anything is written or trained)."""
+    teacher_len = load_run_config(teacher_dir).data.max_len
+    if teacher_len != max_len:
+        # Longer: positions the teacher has no embedding for (an IndexError mid-search);
+        # shorter: windows cut otherwise than those it was trained and evaluated on.
+        raise UserError(
+            f"data.max_len {max_len} differs from the teacher's ({teacher_len}, in "
+            f"{teacher_dir}): a stage distils the teacher on the windows it was trained on; "
+            f"set data.max_len={teacher_len}"
+        )
+
+
 def write_data_files(run_dir: Path, data: PreparedData) -> None:
     """The id mapping, training popularity and real test histories (so the run can be
     served, exported and timed alone), the dataset statistics and the data's fingerprint.

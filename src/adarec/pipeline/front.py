@@ -43,6 +43,7 @@ from adarec.nas.front import (
     sweep_speedups,
 )
 from adarec.nas.genotype import genotype_to_dict, genotype_to_text
+from adarec.pipeline.common import check_teacher_window
 from adarec.pipeline.search import SUPERNET_FILE, distilled_teacher
 from adarec.pipeline.stage import StageRun
 from adarec.pipeline.student import (
@@ -92,6 +93,7 @@ def build_front(
     search = read_metrics(search_dir)  # a finished search, or one clear error
     model = cost_model_of_search(search_dir)
     teacher_dir = _teacher_run(search_dir)
+    check_teacher_window(teacher_dir, cfg.data.max_len)  # before any estimate or retraining
     teacher = read_metrics(teacher_dir)
     keep = cfg.run.keep
     budget = parse_budget(cfg.run.select_budget) if cfg.run.select_budget else None

@@ -26,7 +26,7 @@ from adarec.nas.genotype import (
     save_genotype,
 )
 from adarec.nas.supernet import Supernet
-from adarec.pipeline.common import StageData
+from adarec.pipeline.common import StageData, check_teacher_window
 from adarec.pipeline.stage import StageRun
 from adarec.plots import plot_alpha_history
 from adarec.runs import load_run_model, relative_to_run
@@ -99,6 +99,8 @@ def run_search(
     The teacher is the trained one in ``teacher_dir``, or ``teacher`` (then ``teacher_dir``
     is None): any module that follows ``adarec.models.teacher_protocol.TeacherProtocol``.
     """
+    if teacher_dir is not None:
+        check_teacher_window(teacher_dir, cfg.data.max_len)
     run = StageRun(cfg, run_dir, resume, quiet, data_of=teacher_dir)
     teacher = distilled_teacher(teacher_dir, teacher, run.data, cfg.data.max_len, run.device)
     if dist.is_main():

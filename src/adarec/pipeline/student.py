@@ -16,6 +16,7 @@ from adarec.nas.budget import CostModel, derive_within_budget
 from adarec.nas.costs import STUDENT_BUDGET, STUDENT_BUDGET_ADVICE, SearchCosts
 from adarec.nas.genotype import Genotype, genotype_to_dict, load_genotype
 from adarec.nas.student import Student, inherit_weights
+from adarec.pipeline.common import check_teacher_window
 from adarec.pipeline.search import SUPERNET_FILE, distilled_teacher
 from adarec.pipeline.stage import StageRun
 from adarec.runs import load_run_model, resolve_from_run
@@ -157,6 +158,8 @@ def run_student(
         costs = costs.with_budget(model)
     genotype = genotype or load_genotype(search_dir / "genotype.json")
     teacher_dir = kd_teacher_dir(cfg, search_dir, teacher)
+    if teacher_dir is not None:
+        check_teacher_window(teacher_dir, cfg.data.max_len)
     run = StageRun(cfg, run_dir, resume, quiet, data_of=search_dir)
     student = new_student(cfg, genotype, run.data.data.num_items, search_dir, run.device)
     if cfg.student.loss == "kd":
