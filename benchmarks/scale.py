@@ -1,0 +1,219 @@
+"""How adarec scales with the catalogue (issue 28): data preparation and training steps.
+
+Usage: python benchmarks/scale.py --part train [--sizes 3416,50000,250000,1000000]
+       [--stages teacher,student,kd] [--steps 3] [--negatives 1024] [--max-logits-gb 8]
+       python benchmarks/scale.py --part prep   (data preparation: another part of issue 28)
+
+``--part train`` times training steps of ml-1m's settings (configs/ml-1m.yaml: the SASRec
+teacher, hidden 128; a student of two cells of width 96; batch 256 windows of 50
+positions) on catalogues of each size, with the full softmax and with the sampled one
+(``sampled_softmax.negatives`` shared negatives, popularity proposal, log-Q correction).
+Each (stage, softmax, size) runs in its own process, so that its peak resident memory
+(ru_maxrss, which includes the ~0.3 GB of Python and torch) is its own; one warm-up step,
+then the median of ``--steps`` timed steps on random windows. A full-softmax arm whose
+[positions, N] tensors (logits, log-softmax, gradient; twice for kd, whose teacher scores
+the catalogue too) would exceed ``--max-logits-gb`` is not run and says so. One thread
+(OMP_NUM_THREADS=1). Writes the "train" key of benchmarks/results/scale.json (read, then
+replaced atomically under a lock, so ``--part prep`` keeps its key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adarec.config import SampledSoftmaxConfig, load_config
+from adarec.evaluate.latency import machine_description
+from adarec.io import atomic_write_json
+from adarec.models.sasrec import SASRec
+from adarec.nas.genotype import random_genotype
+from adarec.nas.student import Student
+from adarec.train.distill_stage import DistillStage
+from adarec.train.sampled import make_sampler
+from adarec.train.supervised import SupervisedStage
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
+CONFIG = ROOT / "configs" / "ml-1m.yaml"
+STAGES = ("teacher", "student", "kd")
+ARMS = ("full", "sampled")
+
+
+def prep(args: argparse.Namespace) -> int:
+    raise NotImplementedError(
+        "--part prep (data preparation at scale) is written by the data-preparation work "
+        "of issue 28; run --part train for the training steps"
+    )
+
+
+def _logits_gb(stage: str, positions: int, num_items: int) -> float:
+    """The full softmax's [positions, N] float32 tensors of one step, in GB."""
+    tensors = 3 + (2 if stage == "kd" else 0)  # kd: the teacher's logits and softmax too
+    return tensors * positions * num_items * 4 / 1e9
+
+
+def _build(stage: str, num_items: int, sampled: bool, negatives: int, seed: int):
+    """The stage of ml-1m's settings on a catalogue of ``num_items``."""
+    cfg = load_config(CONFIG)
+    torch.manual_seed(seed)
+    counts = np.random.default_rng(seed).zipf(1.5, num_items + 1).clip(max=10**6)
+    ss = SampledSoftmaxConfig(min_items=0 if sampled else 10**12, negatives=negatives)
+    sampler = make_sampler(ss, counts)
+    max_len, m = cfg.data.max_len, cfg.model
+    device = torch.device("cpu")
+
+    def teacher() -> SASRec:
+        return SASRec(
+            num_items, max_len, m.hidden_size, m.num_blocks, m.num_heads, m.inner_size, m.dropout
+        )
+
+    def student() -> Student:
+        s = cfg.search
+        genotype = random_genotype(s.ops, s.nodes, s.cells, s.width, seed)
+        return Student(num_items, max_len, genotype, s.dropout, positions=cfg.student.positions)
+
+    if stage == "teacher":
+        return SupervisedStage(teacher(), cfg.train, device, sampler=sampler), cfg.train
+    if stage == "student":
+        return SupervisedStage(student(), cfg.student, device, sampler=sampler), cfg.student
+    kd = DistillStage(student(), teacher(), cfg.search, cfg.student, device, seed, sampler=sampler)
+    return kd, cfg.student
+
+
+def _one(stage: str, arm: str, num_items: int, steps: int, negatives: int) -> dict[str, Any]:
+    """Time one (stage, arm, size) in this process: seconds per step and peak memory."""
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    train_stage, loop = _build(stage, num_items, arm == "sampled", negatives, seed=0)
+    build_seconds = time.perf_counter() - started
+    generator = torch.Generator().manual_seed(0)
+    max_len = train_stage.model.max_len
+    train_stage.on_epoch_start(0)
+    seconds, losses = [], []
+    for step in range(steps + 1):
+        window = torch.randint(
+            1, num_items + 1, (loop.batch_size, max_len + 1), generator=generator
+        )
+        start = time.perf_counter()
+        values = train_stage.train_step(window, 0, step)
+        if step > 0:  # the first step warms up
+            seconds.append(time.perf_counter() - start)
+        losses.append(values["loss"])
+    return {
+        "seconds_per_step": round(statistics.median(seconds), 4),
+        "steps": len(seconds),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3),
+        "build_seconds": round(build_seconds, 2),
+        "last_loss": round(losses[-1], 4),
+    }
+
+
+def _write_train(record: dict[str, Any]) -> None:
+    """Replace the "train" key of scale.json, keeping the others (read-modify-write under
+    an exclusive lock; the write itself is atomic)."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS.with_suffix(".json.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        content = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        content["train"] = record
+        atomic_write_json(RESULTS, content)
+
+
+def train(args: argparse.Namespace) -> int:
+    if args.one:
+        stage, arm, size = args.one.split(":")
+        print(json.dumps(_one(stage, arm, int(size), args.steps, args.negatives)))
+        return 0
+    cfg = load_config(CONFIG)
+    positions = cfg.train.batch_size * cfg.data.max_len
+    sizes = [int(s) for s in args.sizes.split(",")]
+    stages = args.stages.split(",")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs: list[dict[str, Any]] = []
+    for stage in stages:
+        for arm in ARMS:
+            for size in sizes:
+                row: dict[str, Any] = {"stage": stage, "softmax": arm, "num_items": size}
+                gb = _logits_gb(stage, positions, size)
+                if arm == "full" and gb > args.max_logits_gb:
+                    row["skipped"] = (
+                        f"the full softmax's [{positions}, {size}] tensors need ~{gb:.0f} GB "
+                        f"(> --max-logits-gb {args.max_logits_gb:g})"
+                    )
+                else:
+                    command = [
+                        sys.executable,
+                        __file__,
+                        "--part",
+                        "train",
+                        "--one",
+                        f"{stage}:{arm}:{size}",
+                        "--steps",
+                        str(args.steps),
+                        "--negatives",
+                        str(args.negatives),
+                    ]
+                    done = subprocess.run(command, env=env, capture_output=True, text=True)
+                    if done.returncode != 0:
+                        row["failed"] = done.stderr.strip().splitlines()[-1:]
+                    else:
+                        row.update(json.loads(done.stdout.strip().splitlines()[-1]))
+                print(json.dumps(row), flush=True)
+                runs.append(row)
+    # The target of issue 28: a step at the largest catalogue within 3x the smallest's.
+    ratios = {}
+    for stage in stages:
+        timed = {
+            r["num_items"]: r["seconds_per_step"]
+            for r in runs
+            if r["stage"] == stage and r["softmax"] == "sampled" and "seconds_per_step" in r
+        }
+        if min(sizes) in timed and max(sizes) in timed:
+            ratios[stage] = round(timed[max(sizes)] / timed[min(sizes)], 2)
+    _write_train(
+        {
+            "runs": runs,
+            "sampled_largest_over_smallest": ratios,
+            "positions_per_step": positions,
+            "negatives": args.negatives,
+            "settings": "configs/ml-1m.yaml (teacher SASRec 128 x 2 blocks; student: a "
+            "random cell of the search space, 2 cells x 96; batch 256 x 50 positions)",
+            "command": " ".join(["python benchmarks/scale.py", *sys.argv[1:]]),
+            "machine": machine_description(),
+            "threads": 1,
+            "note": "2-core machine shared with other engineers' work while measured: "
+            "seconds are upper bounds of a quiet machine's",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+    )
+    print(f"wrote the 'train' key of {RESULTS}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--part", choices=("prep", "train"), required=True)
+    parser.add_argument("--sizes", default="3416,50000,250000,1000000")
+    parser.add_argument("--stages", default="teacher,student,kd")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--negatives", type=int, default=SampledSoftmaxConfig.negatives)
+    parser.add_argument("--max-logits-gb", type=float, default=8.0)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: STAGE:ARM:SIZE
+    args = parser.parse_args()
+    return prep(args) if args.part == "prep" else train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
