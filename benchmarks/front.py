@@ -41,6 +41,7 @@ from adarec.evaluate.latency import machine_description
 from adarec.evaluate.metrics import per_example_gains
 from adarec.io import atomic_write_json, read_json
 from adarec.nas.budget import random_genotype_within_budget
+from adarec.nas.front import Candidate, select_student
 from adarec.nas.genotype import genotype_to_dict
 from adarec.pipeline.front import FRONT_FILE
 from adarec.pipeline.run import run_pipeline
@@ -192,6 +193,62 @@ def separate_searches(
     return rows
 
 
+KEEPS = (0.9, 0.95, 0.97, 0.98, 0.99, 1.0, 1.02)
+
+
+def keep_sweep(front: dict[str, Any]) -> list[dict[str, Any]]:
+    """What each keep would select from this front (validation only, as adarec does), and
+    what the selected student then scores on test: the measurement behind run.keep."""
+    retrained = [r for r in front["students"] if r["retrained"]]
+    candidates = [
+        Candidate(r["budget"], r["valid_ndcg10"], r["cost"], r["macs"], r["latency_ms"]["1"])
+        for r in retrained
+    ]
+    teacher = front["teacher"]
+    rows = []
+    for keep in KEEPS:
+        chosen = select_student(candidates, teacher["valid_ndcg10"], keep).name
+        row = next((r for r in retrained if r["budget"] == chosen), None)
+        rows.append(
+            {
+                "keep": keep,
+                "selected": chosen,
+                "test_ratio": None
+                if row is None
+                else round(row["test_ndcg10"] / teacher["test_ndcg10"], 4),
+                "test_within_one_se": None
+                if row is None
+                else teacher["test_ndcg10"] - row["test_ndcg10"]
+                <= math.hypot(row["test_se"], teacher["test_se"]),
+                "speedup": None if row is None else row["speedup"],
+            }
+        )
+    return rows
+
+
+def estimator_agreement(front: dict[str, Any]) -> dict[str, Any]:
+    """How well the cheap estimate orders the retrained students (Kendall's tau over their
+    validation NDCG@10): the estimate only decides which students are retrained."""
+    pairs = [
+        (r["estimate"]["valid_ndcg10"], r["valid_ndcg10"])
+        for r in front["students"]
+        if r["retrained"]
+    ]
+    concordant = discordant = 0
+    for i in range(len(pairs)):
+        for j in range(i + 1, len(pairs)):
+            sign = (pairs[i][0] - pairs[j][0]) * (pairs[i][1] - pairs[j][1])
+            concordant += sign > 0
+            discordant += sign < 0
+    total = concordant + discordant
+    return {
+        "pairs": [{"estimate": e, "retrained": v} for e, v in pairs],
+        "kendall_tau": None if total == 0 else round((concordant - discordant) / total, 3),
+        "retrained": len(pairs),
+        "not_retrained": sum(not r["retrained"] for r in front["students"]),
+    }
+
+
 def front_cost(front: dict[str, Any], run: Path) -> dict[str, Any]:
     """What the front added to its search, against one search plus one retraining."""
     seconds = front["seconds"]
@@ -308,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in front["students"]
         ],
         "selected": front["selected"],
+        "keep_sweep": keep_sweep(front),
+        "estimator": estimator_agreement(front),
         "searched_vs_random": versus,
         "separate_searches": separate,
         "cost": front_cost(front, run),
