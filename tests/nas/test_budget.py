@@ -253,3 +253,17 @@ def test_compiled_latency_model_predicts_the_measured_rank():
     for m, p in zip(measured, modelled, strict=True):
         assert 0.5 < p / m < 2.0, (measured, modelled)
     assert measured[1] > 2 * measured[0] and modelled[1] > 2 * modelled[0]
+
+
+def test_absolute_budgets_are_compared_with_the_teacher():
+    """Issue 29 (14): a budget in MACs (or ms) was never compared with the teacher, so a
+    "budget" above the teacher's own cost searched a student no smaller than it."""
+    teacher_macs = model_cost(_teacher(), NUM_ITEMS, MAX_LEN, "macs")
+    above = f"{teacher_macs * 32:.0f}macs"
+    teacher_text = rf"teacher's cost \({teacher_macs / 1e6:.3f} MMACs\)"
+    with pytest.raises(UserError, match=rf"search.budget .* is not below the {teacher_text}"):
+        _model(above)
+    with pytest.raises(UserError, match="not below the teacher"):
+        _model(f"{teacher_macs:.0f}macs")  # the teacher's own cost: no compression
+    below = _model(f"{teacher_macs / 2:.0f}macs")
+    assert below.teacher == teacher_macs and below.target == pytest.approx(teacher_macs / 2)

@@ -252,8 +252,9 @@ def build_cost_model(
     (``latency_cost_stats``, measured on ``runtime``) on a [1, max_len, width] window.
     ``empty_student``: a student whose every edge is "none" (its cost is the fixed part).
     ``runtime`` (ms only): what serves the student (``serving_runtime``); the teacher is
-    timed in PyTorch, which serves it. UserError if the budget is below the cheapest
-    student of the space.
+    timed in PyTorch, which serves it (``teacher`` is needed by a speed-up; with a budget
+    in MACs or ms it is optional, and the budget must then be below its cost). UserError
+    if the budget is below the cheapest student of the space or not below the teacher.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown latency runtime {runtime!r}; choose one of {RUNTIMES}")
@@ -270,13 +271,22 @@ def build_cost_model(
     else:
         fixed = model_cost(empty_student, num_items, max_len, unit)
     teacher_cost = None
-    if budget.kind == "speedup":
-        if teacher is None:
-            raise ValueError("a speed-up budget needs the teacher")
+    if teacher is not None:
         teacher_cost = model_cost(teacher, num_items, max_len, unit)
+    if budget.kind == "speedup":
+        if teacher_cost is None:
+            raise ValueError("a speed-up budget needs the teacher")
         target = teacher_cost / budget.value
     else:
         target = budget.value
+        if teacher_cost is not None and target >= teacher_cost:
+            # A student allowed the teacher's cost is no compression (issue 29: "5m" was
+            # 32 times the teacher of a small scene); a speed-up is relative by design.
+            raise UserError(
+                f"search.budget {budget} ({format_cost(target, unit)} per history) is not "
+                f"below the teacher's cost ({format_cost(teacher_cost, unit)}); give a "
+                "budget below it, or a speed-up over the teacher ('5x')"
+            )
     model = CostModel(
         unit,
         fixed,
