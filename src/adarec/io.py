@@ -3,14 +3,21 @@ that turn an unusable user path into one UserError naming it."""
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from adarec.errors import UserError
+
+# A write that failed for want of room: the disk is full, the quota or the file size limit
+# reached. Freeing space and running again is what helps.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def _reason(exc: OSError) -> str:
@@ -67,11 +74,13 @@ def writable_dir(path: Path, what: str) -> Path:
     return path
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None], hint: str = "") -> None:
     """Call ``write(tmp_path)`` and move the result to ``path`` only if it succeeded.
 
     A file system error (no space, no permission, a file where a folder should be) is a
-    UserError naming ``path``; the earlier content of ``path`` is kept.
+    UserError naming ``path`` and the cause (then ``hint``, e.g. how to resume); the earlier
+    content of ``path`` is kept. ``write`` must raise OSError when a write fails: serialise
+    with a library that raises something else (torch's writers) through ``atomic_write_bytes``.
     """
     path = Path(path)
     tmp: Path | None = None
@@ -82,12 +91,49 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp = Path(name)
         write(tmp)
         os.replace(tmp, path)
+        remove_stale_temporaries(path)
     except BaseException as exc:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise UserError(f"cannot write {path}: {_reason(exc)}") from None
+            raise UserError(write_error(path, exc, hint)) from None
         raise
+
+
+# A temporary file of ``atomic_write`` this old belongs to a process that was killed
+# (writes take milliseconds to seconds; the slow serialising happens before it exists).
+STALE_SECONDS = 3600
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove ``atomic_write``'s temporary files of ``path`` (``.NAME.*.tmp``) that a killed
+    process left more than STALE_SECONDS ago."""
+    now = time.time()
+    for tmp in Path(path).parent.glob(f"{glob.escape('.' + Path(path).name)}.*.tmp"):
+        try:
+            if tmp.is_file() and now - tmp.stat().st_mtime > STALE_SECONDS:
+                tmp.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove: harmless either way
+
+
+def write_error(path: Path, exc: OSError, hint: str = "") -> str:
+    """The message of a failed write of ``path``: the file, the cause, what to do."""
+    message = f"cannot write {path}: {_reason(exc)}"
+    if exc.errno in NO_SPACE:
+        message += "; free some space and run again"
+    return f"{message}; {hint}" if hint else message
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview, hint: str = "") -> None:
+    """``atomic_write`` of bytes serialised beforehand (in memory): a full disk is then an
+    OSError of this write, where torch's own file writers raise RuntimeError or abort."""
+    atomic_write(path, lambda tmp: _write_file(tmp, data), hint)
+
+
+def _write_file(path: Path, data: bytes | memoryview) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +11,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from adarec.io import atomic_write  # noqa: E402
+from adarec.io import atomic_write_bytes  # noqa: E402
 from adarec.runtime import distributed as dist  # noqa: E402
 
 
 def save_figure(fig: Any, path: Path) -> None:
-    """Write a figure atomically (rank 0 only) and release it."""
-    if dist.is_main():
-        atomic_write(
-            Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        )
-    plt.close(fig)
+    """Write a figure atomically (rank 0 only) and release it.
+
+    Drawn in memory first: a process killed while drawing (the slow part) leaves no
+    temporary file beside ``path``."""
+    try:
+        if dist.is_main():
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+            atomic_write_bytes(Path(path), buffer.getbuffer())
+    finally:
+        plt.close(fig)
 
 
 def plot_training_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:

@@ -259,3 +259,19 @@ def test_damaged_default_export_is_exported_again(runs, tmp_path):
     (first / "metadata.json").write_text("{")
     assert Predictor.from_run(run, backend="onnx").recommend([], k=2)["items"]
     assert read_json(first / "metadata.json")["format"] == "onnx"
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_an_export_that_does_not_fit_on_disk_is_one_error(runs, tmp_path, fmt):
+    """Issue 29 (8): a full disk aborted a TorchScript export (exit 134) and gave an ONNX
+    export a traceback; the child process here cannot write files past 2,000 bytes."""
+    from tests.test_io import run_with_file_size_limit
+
+    out = tmp_path / "artefact"
+    setup = "from adarec.serve.export import export_run"
+    call = f"export_run({str(runs['student-causal'])!r}, {fmt!r}, {str(out)!r})"
+    output = run_with_file_size_limit(setup, call, limit=2000)
+    model_file = "model.ts" if fmt == "torchscript" else "model.onnx"
+    assert output.startswith("UserError: cannot write ") and model_file in output, output
+    assert "File too large; free some space and run again" in output
+    assert list(tmp_path.iterdir()) == []  # nothing half-written

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from adarec.errors import UserError
-from adarec.io import atomic_write
+from adarec.io import atomic_write_bytes
+
+RESUME_HINT = "the previous checkpoint is kept: rerun with --resume to continue from it"
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` ``state`` to ``path``; the old file stays whole until the new one is."""
-    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+def save_checkpoint(path: Path, state: dict[str, Any], hint: str = RESUME_HINT) -> None:
+    """``torch.save`` ``state`` to ``path``; the old file stays whole until the new one is.
+
+    Serialised in memory first: torch's file writer reports a full disk as a RuntimeError
+    (``unexpected pos``); the file write then fails as an OSError, a UserError naming
+    ``path``, the cause and ``hint``.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(Path(path), buffer.getbuffer(), hint)
 
 
 def load_checkpoint(

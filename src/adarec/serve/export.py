@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import glob
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from adarec.errors import UserError
-from adarec.io import atomic_write_json, read_json, writable_dir
+from adarec.io import atomic_write_bytes, atomic_write_json, read_json, writable_dir
 from adarec.models.base import count_parameters
 from adarec.runs import (
     ITEMS_FILE,
@@ -184,20 +185,26 @@ def frozen_torchscript(predict: ScorePredict, example: torch.Tensor) -> torch.ji
 
 
 def _write_model(predict: ScorePredict, example: torch.Tensor, fmt: str, path: Path) -> None:
+    """The model file, serialised in memory and then written: torch.jit.save to a file
+    aborts the process when the disk fills (a C++ exception in a destructor); a failed
+    write here is a UserError naming the file."""
+    buffer = io.BytesIO()
     if fmt == "torchscript":
-        torch.jit.save(frozen_torchscript(predict, example), str(path))
+        torch.jit.save(frozen_torchscript(predict, example), buffer)
+        atomic_write_bytes(path, buffer.getbuffer())
         return
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's warnings, as above
         torch.onnx.export(
             predict,
             (example,),
-            str(path),
+            buffer,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             dynamo=False,
         )
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def _process_running(pid: int) -> bool:
