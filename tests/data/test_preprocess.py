@@ -137,11 +137,11 @@ def test_failed_cache_write_leaves_no_file(tmp_path, monkeypatch):
     rows = [("a", "x", 1, 1), ("a", "y", 1, 2), ("a", "z", 1, 3)]
     path = write_inter(tmp_path / "w.inter", rows)
 
-    def broken_savez(fh, **arrays):
-        fh.write(b"PK partial")
+    def broken_save(file, array):
+        Path(file).write_bytes(b"\x93NUMPY partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(preprocess.np, "savez", broken_savez)
+    monkeypatch.setattr(preprocess.np, "save", broken_save)
     cache = tmp_path / "cache"
     with pytest.raises(UserError, match="cannot write .*disk full"):
         prepare(config(path), 0, cache)
@@ -154,12 +154,12 @@ def test_second_call_loads_the_cache(tmp_path, monkeypatch):
     path = write_inter(tmp_path / "c.inter", rows)
     cache = tmp_path / "cache"
     first = prepare(config(path), 7, cache)
-    assert len(list(cache.glob("*.npz"))) == 1
+    assert len(list(cache.glob("c-*"))) == 1
 
     def no_read(*args, **kwargs):
         raise AssertionError("read instead of using the cache")
 
-    monkeypatch.setattr(preprocess, "read_any", no_read)
+    monkeypatch.setattr(preprocess, "_build", no_read)
     second = prepare(config(path), 7, cache)
     assert second.item_ids == first.item_ids
     assert second.user_ids == first.user_ids
@@ -183,17 +183,17 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
     path = write_inter(tmp_path / "c.inter", rows)
     cache = tmp_path / "cache"
     prepare(config(path), 0, cache)
-    (cache_file,) = cache.glob("*.npz")
-    cache_file.write_bytes(b"garbage")
+    (folder,) = cache.glob("c-*")
+    (folder / "items.npy").write_bytes(b"garbage")
     data = prepare(config(path), 0, cache)
     assert raw_sequences(data) == [["x", "y", "z"]]
-    assert cache_file.stat().st_size > 100
+    assert (folder / "items.npy").stat().st_size > 100
 
 
 def test_cache_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAREC_CACHE_DIR", str(tmp_path / "env-cache"))
     prepare(DataConfig(dataset="synthetic", synthetic_users=4, synthetic_items=6), 0)
-    assert len(list((tmp_path / "env-cache").glob("synthetic-*.npz"))) == 1
+    assert len(list((tmp_path / "env-cache").glob("synthetic-*/meta.json"))) == 1
 
 
 def test_synthetic_prepare_is_deterministic(tmp_path):

@@ -33,6 +33,7 @@ BUILTIN: dict[str, BuiltinDataset] = {
 }
 
 SYNTHETIC = "synthetic"
+PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def known_datasets() -> list[str]:
@@ -69,7 +70,8 @@ def builtin_path(name: str) -> Path:
 
 
 def dataset_path(name: str) -> Path | None:
-    """The file behind ``data.dataset``: a built-in name or a path; None for synthetic data."""
+    """The file behind ``data.dataset``: a built-in name or a path (a file, or a folder of
+    Parquet files); None for synthetic data."""
     if name == SYNTHETIC:
         return None
     if name in BUILTIN:
@@ -77,5 +79,20 @@ def dataset_path(name: str) -> Path | None:
     path = Path(name).expanduser()
     if not path.exists():
         raise unknown_dataset(name)
+    if path.is_dir():
+        parquet_files(path)  # a folder must hold Parquet files
+        return path
     # Before anything hashes or parses it: a folder, an empty or unreadable file is named.
     return check_file(path, "data file", allow_empty=False)
+
+
+def parquet_files(path: Path) -> list[Path]:
+    """A Parquet file, or every ``*.parquet`` / ``*.pq`` file under a folder in path order."""
+    if not path.is_dir():
+        return [path]
+    files = sorted(
+        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PARQUET_SUFFIXES
+    )
+    if not files:
+        raise UserError(f"data file {path} is a directory with no Parquet files (*.parquet, *.pq)")
+    return files

@@ -3,6 +3,15 @@
 Steps: dropping rows without a user or item id, optional implicit threshold on ratings,
 dropping exact duplicate rows, k-core filter, dropping sequences too short for leave-one-out,
 a stable chronological sort, item ids 1..N, and sampled negatives.
+
+A data file (CSV/TSV, RecBole ``.inter``, the paper's formats, Parquet files or folders) is
+prepared out of core by ``adarec.data.columnar`` (DuckDB). ``build_in_memory`` is the
+reference it is tested against: it prepares synthetic data, and a file whose records or
+values the engine refuses (its reader then names the line at fault).
+
+The cache is a folder of columns (``items.npy``: every sequence concatenated; ``offsets.npy``;
+``negatives.npy``; ``meta.json`` with the ids) that every process memory-maps: ranks share
+one copy of the log in the page cache, and each reads its own shard (``PreparedData.shard``).
 """
 
 from __future__ import annotations
@@ -11,26 +20,57 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
-import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
 from adarec.config import DataConfig
-from adarec.data.builtin import BUILTIN, dataset_path
+from adarec.data import columnar
+from adarec.data.builtin import BUILTIN, dataset_path, parquet_files
+from adarec.data.interactions import Interactions
 from adarec.data.readers import read_any
 from adarec.data.synthetic import SYNTHETIC_VERSION
 from adarec.errors import UserError
-from adarec.io import atomic_write, writable_dir
+from adarec.io import writable_dir
 
 PAD = "<pad>"
-MIN_SEQUENCE_LENGTH = 3  # leave-one-out needs a training item, a validation and a test target
-CACHE_VERSION = 2  # bump when the preprocessing or the cache layout changes
+MIN_SEQUENCE_LENGTH = columnar.MIN_SEQUENCE_LENGTH
+CACHE_VERSION = 3  # bump when the preprocessing or the cache layout changes
+
+
+class Sequences(Sequence[np.ndarray]):
+    """Per-user item sequences as views into one flat int64 array (memory-mapped from the
+    cache): user ``u`` is ``items[offsets[u]:offsets[u + 1]]``; nothing is copied."""
+
+    def __init__(self, items: np.ndarray, offsets: np.ndarray) -> None:
+        self.items = items
+        self.offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self[k] for k in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sequence {index} out of range ({len(self)} users)")
+        index %= len(self)
+        return self.items[self.offsets[index] : self.offsets[index + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for start, end in zip(self.offsets[:-1], self.offsets[1:], strict=True):
+            yield self.items[start:end]
 
 
 @dataclass
@@ -40,7 +80,9 @@ class PreparedData:
     name: str
     item_ids: list[str]  # raw id of internal item i at index i; index 0 is "<pad>"
     user_ids: list[str]  # raw user (or session) id of each sequence
-    sequences: list[np.ndarray]  # int64 internal ids per user, oldest first, full length
+    # int64 internal ids per user, oldest first, full length: a list, or (from the cache)
+    # ``Sequences``, views of the memory-mapped columns.
+    sequences: Sequence[np.ndarray]
     negatives: np.ndarray  # [num_users, num_negatives] int64, items each user never touched
     filter_log: list[dict[str, Any]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +97,23 @@ class PreparedData:
 
     @property
     def num_interactions(self) -> int:
-        return sum(len(seq) for seq in self.sequences)
+        return int(self.lengths().sum())
+
+    def lengths(self) -> np.ndarray:
+        """[num_users] int64 sequence lengths."""
+        if isinstance(self.sequences, Sequences):
+            return np.diff(self.sequences.offsets)
+        return np.array([len(seq) for seq in self.sequences], dtype=np.int64)
+
+    def columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every sequence concatenated (int64) and the [num_users + 1] offsets into it."""
+        if isinstance(self.sequences, Sequences):
+            offsets = self.sequences.offsets
+            return self.sequences.items[offsets[0] : offsets[-1]], offsets - offsets[0]
+        offsets = np.zeros(self.num_users + 1, dtype=np.int64)
+        np.cumsum(self.lengths(), out=offsets[1:])
+        items = [np.asarray(seq, dtype=np.int64) for seq in self.sequences]
+        return (np.concatenate(items) if items else np.zeros(0, np.int64)), offsets
 
     def fingerprint(self) -> str:
         """A hash of everything a model trains and is evaluated on: ids, sequences, negatives.
@@ -65,12 +123,34 @@ class PreparedData:
         """
         digest = hashlib.sha256()
         digest.update(json.dumps([self.item_ids, self.user_ids]).encode())
-        lengths = np.array([len(seq) for seq in self.sequences], dtype=np.int64)
-        digest.update(lengths.tobytes())
-        for seq in self.sequences:
-            digest.update(np.ascontiguousarray(seq, dtype=np.int64).tobytes())
+        digest.update(self.lengths().astype(np.int64).tobytes())
+        items, _ = self.columns()
+        step = 1 << 22  # the concatenated sequences hash as the sequences one by one
+        for start in range(0, len(items), step):
+            digest.update(np.ascontiguousarray(items[start : start + step], np.int64).tobytes())
         digest.update(np.ascontiguousarray(self.negatives, dtype=np.int64).tobytes())
         return digest.hexdigest()
+
+    def shard(self, rank: int, world: int) -> PreparedData:
+        """Rank ``rank``'s part of ``world``: a contiguous run of users holding about
+        1/world of the interactions, as views of the same columns (ranks' shards are
+        disjoint and cover every user; no rank copies the log)."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in a world of {world}")
+        items, offsets = self.columns()
+        targets = offsets[-1] * np.arange(world + 1) // world
+        bounds = np.searchsorted(offsets, targets, side="left")
+        bounds[0], bounds[-1] = 0, self.num_users
+        first, last = int(bounds[rank]), int(bounds[rank + 1])
+        return PreparedData(
+            name=self.name,
+            item_ids=self.item_ids,
+            user_ids=self.user_ids[first:last],
+            sequences=Sequences(items, offsets[first : last + 1]),
+            negatives=self.negatives[first:last],
+            filter_log=self.filter_log,
+            options=self.options,
+        )
 
     def item_index(self) -> dict[str, int]:
         """Raw item id -> internal id."""
@@ -174,8 +254,10 @@ def sample_negatives(
     return negatives
 
 
-def _build(cfg: DataConfig, seed: int, name: str, say: Callable[[str], None]) -> PreparedData:
-    raw = read_any(cfg, seed)
+def build_in_memory(
+    raw: Interactions, cfg: DataConfig, seed: int, name: str, say: Callable[[str], None]
+) -> PreparedData:
+    """The reference preparation of interactions held in memory (row by row, NumPy)."""
     say(f"read {len(raw):,} interactions")
     users, user_names = _encode(raw.users)
     items, item_names = _encode(raw.items)
@@ -265,45 +347,112 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _source_sha256(path: Path) -> str:
+    """A file's content hash; a folder's covers each Parquet file's name and content."""
+    if not path.is_dir():
+        return _file_sha256(path)
+    files = parquet_files(path)
+    listing = [[str(f.relative_to(path)), _file_sha256(f)] for f in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
 def cache_key(cfg: DataConfig, seed: int, path: Path | None) -> str:
     """Hash of the source (file content, or the synthetic parameters), every option and seed."""
     # The generator's version stands for the content of synthetic data.
-    source = f"synthetic-{SYNTHETIC_VERSION}" if path is None else _file_sha256(path)
+    source = f"synthetic-{SYNTHETIC_VERSION}" if path is None else _source_sha256(path)
     payload = {"version": CACHE_VERSION, "source": source, "options": asdict(cfg), "seed": seed}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _save(data: PreparedData, path: Path) -> None:
-    meta = {"name": data.name, "filter_log": data.filter_log, "options": data.options}
-
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as fh:
-            np.savez(
-                fh,
-                item_ids=np.array(data.item_ids, dtype=str),
-                user_ids=np.array(data.user_ids, dtype=str),
-                lengths=np.array([len(seq) for seq in data.sequences], dtype=np.int64),
-                items=np.concatenate(data.sequences),
-                negatives=data.negatives,
-                meta=np.array(json.dumps(meta)),
-            )
-
-    atomic_write(path, write)
+META_FILE = "meta.json"  # written last: a folder without it is not a cache entry
 
 
-def _load(path: Path) -> PreparedData:
-    with np.load(path, allow_pickle=False) as archive:
-        meta = json.loads(str(archive["meta"]))
-        sequences = np.split(archive["items"], np.cumsum(archive["lengths"])[:-1])
-        return PreparedData(
-            name=meta["name"],
-            item_ids=archive["item_ids"].tolist(),
-            user_ids=archive["user_ids"].tolist(),
-            sequences=sequences,
-            negatives=archive["negatives"],
-            filter_log=meta["filter_log"],
-            options=meta["options"],
-        )
+def _write_meta(folder: Path, columns: columnar.Columns, name: str, options: dict) -> None:
+    np.save(folder / "offsets.npy", columns.offsets)
+    meta = {
+        "name": name,
+        "filter_log": columns.filter_log,
+        "options": options,
+        "item_ids": columns.item_ids,
+        "user_ids": columns.user_ids,
+    }
+    (folder / META_FILE).write_text(json.dumps(meta))
+
+
+def _write_in_memory(folder: Path, data: PreparedData) -> None:
+    """The cache columns of data prepared in memory."""
+    items, offsets = data.columns()
+    np.save(folder / "items.npy", items)
+    np.save(folder / "negatives.npy", np.ascontiguousarray(data.negatives, dtype=np.int64))
+    columns = columnar.Columns(data.item_ids[1:], data.user_ids, offsets, data.filter_log)
+    _write_meta(folder, columns, data.name, data.options)
+
+
+def _load(folder: Path) -> PreparedData:
+    """Prepared data from a cache folder, its columns memory-mapped (read-only)."""
+    meta = json.loads((folder / META_FILE).read_text())
+    offsets = np.load(folder / "offsets.npy")
+    items = np.load(folder / "items.npy", mmap_mode="r")
+    negatives = np.load(folder / "negatives.npy", mmap_mode="r")
+    users = len(offsets) - 1
+    if len(items) != offsets[-1] or len(negatives) != users or len(meta["user_ids"]) != users:
+        raise ValueError(f"{folder}: columns of different lengths")
+    return PreparedData(
+        name=meta["name"],
+        item_ids=[PAD, *meta["item_ids"]],
+        user_ids=meta["user_ids"],
+        sequences=Sequences(np.asarray(items), offsets),
+        negatives=np.asarray(negatives),
+        filter_log=meta["filter_log"],
+        options=meta["options"],
+    )
+
+
+def _build(
+    cfg: DataConfig,
+    seed: int,
+    name: str,
+    path: Path | None,
+    folder: Path,
+    say: Callable[[str], None],
+) -> None:
+    """Prepare ``cfg.dataset`` into the cache columns in ``folder``."""
+    options = {**asdict(cfg), "seed": seed}
+    if path is not None:
+        work = Path(tempfile.mkdtemp(prefix=".work-", dir=folder.parent))
+        try:
+            columns = columnar.build(path, cfg, seed, work, folder, say)
+        except columnar.RowReaderNeeded as exc:
+            say(f"{exc}; reading {path} row by row")
+        else:
+            _write_meta(folder, columns, name, options)
+            return
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        for stale in folder.iterdir():
+            stale.unlink()
+    # Synthetic data is made in memory; a file the engine refused is read by the row reader
+    # (which names the line at fault, or reads what the engine does not).
+    data = build_in_memory(read_any(cfg, seed), cfg, seed, name, say)
+    data.options = options
+    _write_in_memory(folder, data)
+
+
+def _build_atomically(
+    cfg: DataConfig, seed: int, name: str, path: Path | None, target: Path, say: Callable
+) -> None:
+    """Build into a temporary folder beside ``target`` and rename it: an interrupted or
+    failed run leaves no cache entry. Another process that finished first wins."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        _build(cfg, seed, name, path, tmp, say)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not (target / META_FILE).is_file():
+            raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
+        if not isinstance(exc, OSError):
+            raise
 
 
 def prepare(
@@ -311,7 +460,7 @@ def prepare(
 ) -> PreparedData:
     """Read, filter, order and index ``cfg.dataset``; load it from the cache when it is there.
 
-    The cache file is named by a hash of the source content, every data option and the
+    The cache folder is named by a hash of the source content, every data option and the
     seed, and is written atomically, so an interrupted or failed run leaves no cache.
     """
     started = time.perf_counter()
@@ -325,18 +474,20 @@ def prepare(
     key = cache_key(cfg, seed, path)
     safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
     cache_root = Path(cache_dir or default_cache_dir())
-    cache_file = cache_root / f"{safe_name}-{key[:24]}.npz"
-    if cache_file.is_file():
+    target = cache_root / f"{safe_name}-{key[:24]}"
+    if target.exists():
         try:
-            data = _load(cache_file)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            say(f"unreadable cache {cache_file}; rebuilding it")
+            data = _load(target)
+        except (OSError, ValueError, KeyError, TypeError):
+            say(f"unreadable cache {target}; rebuilding it")
+            shutil.rmtree(target, ignore_errors=True)
+            if target.exists():  # a file in the way
+                target.unlink()
         else:
-            say(f"loaded {cache_file}")
+            say(f"loaded {target}")
             return data
     # Found out now rather than after minutes of preprocessing.
     writable_dir(cache_root, "data cache folder ($ADAREC_CACHE_DIR)")
-    data = _build(cfg, seed, name, say)
-    _save(data, cache_file)
-    say(f"cached {cache_file}")
-    return data
+    _build_atomically(cfg, seed, name, path, target, say)
+    say(f"cached {target}")
+    return _load(target)

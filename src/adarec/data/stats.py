@@ -13,7 +13,7 @@ PERCENTILES = (10, 25, 75, 90, 99)
 
 def describe(data: PreparedData) -> dict[str, Any]:
     """Plain-number statistics of prepared data (JSON-serialisable)."""
-    lengths = np.array([len(seq) for seq in data.sequences], dtype=np.int64)
+    lengths = data.lengths()
     return {
         "name": data.name,
         "users": data.num_users,

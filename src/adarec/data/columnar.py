@@ -1,0 +1,511 @@
+"""Columnar, out-of-core preparation of a data file on DuckDB.
+
+The same steps, in the same order and with the same results, as the row-by-row reference
+(``preprocess.build_in_memory``): ids kept as text, users numbered by first appearance in
+the file, blank ids dropped, the implicit threshold, exact duplicates, the k-core, short
+sequences, the stable (user, timestamp, file row) order, items numbered by first appearance
+in that order and sampled negatives from the same seeded generator.
+
+The log is loaded into a DuckDB database file in a work folder; DuckDB keeps at most
+``memory_limit`` in memory and spills the rest of its sorts, joins and aggregates to disk,
+so the log may be larger than the memory. The result is streamed out in chunks of whole
+users into the cache's column files (``.npy``), which every process memory-maps.
+
+Why DuckDB (measured on a 2.0M-row synthetic CSV, 2 cores): the read, one k-core pass and
+the final sort took 0.9-1.8 s with DuckDB, 0.7 s with polars and 0.8 s with pyarrow against
+10 s for the row reader; of the three, only DuckDB spills every one of these operations to
+disk under a memory limit, and it reads CSV and Parquet (one file or many) on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from adarec.config import DataConfig
+from adarec.data.builtin import PARQUET_SUFFIXES, parquet_files
+from adarec.data.readers import MS_PER_SECOND, detect_format, read_header
+from adarec.errors import UserError
+
+# Python's str.strip() removes exactly these (str.isspace); a test checks the list.
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_BLANK = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]*"
+MIN_SEQUENCE_LENGTH = 3  # leave-one-out needs a training item, a validation and a test target
+CHUNK_ROWS = 4_000_000  # interactions streamed out of DuckDB at a time (whole users)
+DEFAULT_MEMORY_LIMIT = "3GB"
+
+
+class RowReaderNeeded(Exception):
+    """The engine refused a value or a record: the row reader cites the line (or reads it)."""
+
+
+@dataclass
+class Columns:
+    """Prepared data as flat columns (what the cache holds)."""
+
+    item_ids: list[str]  # raw id of internal item i at index i; index 0 is the padding
+    user_ids: list[str]
+    offsets: np.ndarray  # [users + 1] int64: user u's items are items[offsets[u]:offsets[u+1]]
+    filter_log: list[dict]
+
+
+def is_parquet(path: Path) -> bool:
+    """A Parquet file (by its suffix) or a folder (of Parquet files)."""
+    return path.is_dir() or path.suffix.lower() in PARQUET_SUFFIXES
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _column(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class _Scan:
+    """A SQL table expression over the source and the columns to take from it."""
+
+    table: str
+    user: str
+    item: str
+    time: str
+    rating: str | None = None
+    event: str | None = None
+    time_scale: float = 1.0
+
+
+def _delimited(path: Path, sep: str, strip_types: bool) -> tuple[list[str], str]:
+    """The header's names and a ``read_csv`` reading every column as text, positionally
+    named ``c0, c1, ...`` (a header may hold names SQL cannot take as they are)."""
+    header, sep = read_header(path, sep, strip_types)
+    columns = ", ".join(f"'c{k}': 'VARCHAR'" for k in range(len(header)))
+    table = (
+        f"read_csv({_literal(str(path))}, header = true, auto_detect = false, "
+        f"delim = {_literal(sep)}, quote = '\"', escape = '\"', columns = {{{columns}}}, "
+        "strict_mode = true, null_padding = false, encoding = 'utf-8')"
+    )
+    return header, table
+
+
+def _need(path: Path, header: list[str], names: list[str]) -> list[str]:
+    for name in names:
+        if name not in header:
+            raise UserError(
+                f"data file {path} has no column '{name}'; available columns: {', '.join(header)}"
+            )
+    return [f"c{header.index(name)}" for name in names]
+
+
+def _scan(path: Path, cfg: DataConfig, con: duckdb.DuckDBPyConnection) -> _Scan:
+    """What to read from ``path`` in ``cfg.format`` (detected when ``auto``)."""
+    if is_parquet(path) and cfg.format in ("auto", "parquet"):
+        return _parquet_scan(path, cfg, con)
+    fmt = detect_format(path, cfg) if cfg.format == "auto" else cfg.format
+    if fmt == "atomic":
+        header, table = _delimited(path, "\t", strip_types=True)
+        user, item, time = _need(path, header, ["user_id", "item_id", "timestamp"])
+        rating = f"c{header.index('rating')}" if "rating" in header else None
+        return _Scan(table, user, item, time, rating)
+    if fmt == "ml2k":
+        header, table = _delimited(path, "\t", strip_types=False)
+        user, item, rating, time = _need(path, header, ["userID", "movieID", "rating", "timestamp"])
+        return _Scan(table, user, item, time, rating, time_scale=MS_PER_SECOND)
+    if fmt == "retailrocket":
+        header, table = _delimited(path, ",", strip_types=False)
+        names = ["visitorid", "itemid", "timestamp", cfg.event_col]
+        user, item, time, event = _need(path, header, names)
+        return _Scan(table, user, item, time, event=event, time_scale=MS_PER_SECOND)
+    if fmt == "30music":
+        header, table = _delimited(path, cfg.sep, strip_types=False)
+        user, item, time = _need(path, header, [cfg.session_col, "ItemId", "Time"])
+        return _Scan(table, user, item, time)
+    if fmt == "csv":
+        header, table = _delimited(path, cfg.sep, strip_types=False)
+        names = [cfg.user_col, cfg.item_col, cfg.time_col]
+        user, item, time = _need(path, header, names)
+        rating = _need(path, header, [cfg.rating_col])[0] if cfg.rating_col else None
+        return _Scan(table, user, item, time, rating)
+    if fmt == "parquet":
+        raise UserError(f"data.format is parquet but {path} is not a .parquet file or a folder")
+    raise UserError(f"unknown data format '{fmt}'")
+
+
+def _parquet_scan(path: Path, cfg: DataConfig, con: duckdb.DuckDBPyConnection) -> _Scan:
+    """Parquet: the csv format's column names (user_col, item_col, time_col, rating_col)."""
+    files = parquet_files(path)
+    table = f"read_parquet([{', '.join(_literal(str(f)) for f in files)}])"
+    try:
+        described = con.execute(f"DESCRIBE SELECT * FROM {table}").fetchall()
+    except duckdb.Error as exc:
+        raise UserError(f"cannot read Parquet data {path}: {exc}") from None
+    types = {name: kind for name, kind, *_ in described}
+    for name in [cfg.user_col, cfg.item_col, cfg.time_col] + [cfg.rating_col] * bool(
+        cfg.rating_col
+    ):
+        if name not in types:
+            raise UserError(
+                f"Parquet data {path} has no column '{name}'; available columns: {', '.join(types)}"
+            )
+    time = _column(cfg.time_col)
+    if types[cfg.time_col].startswith(("TIMESTAMP", "DATE")):
+        time = f"epoch_us({time}) / 1e6"  # a time type: seconds since the epoch
+    rating = _column(cfg.rating_col) if cfg.rating_col else None
+    return _Scan(table, _column(cfg.user_col), _column(cfg.item_col), time, rating)
+
+
+def _load_raw(con: duckdb.DuckDBPyConnection, scan: _Scan, path: Path, cfg: DataConfig) -> None:
+    """View ``raw(row, u, i, t, r)``: the rows kept, ``row`` their position in the file.
+
+    Ids stay text (an empty field is an empty id, as in the row reader); a number that is
+    not finite, or missing, is for the row reader to cite.
+    """
+    rating = f"CAST({scan.rating} AS DOUBLE)" if scan.rating else "NULL::DOUBLE"
+    event = f", {scan.event} AS e" if scan.event else ""
+    con.execute(
+        f"CREATE TABLE raw0 AS SELECT coalesce(CAST({scan.user} AS VARCHAR), '') AS u, "
+        f"coalesce(CAST({scan.item} AS VARCHAR), '') AS i, CAST({scan.time} AS DOUBLE) AS t, "
+        f"{rating} AS r{event} FROM {scan.table}"
+    )
+    (bad,) = con.execute(
+        "SELECT count(*) FROM raw0 WHERE t IS NULL OR NOT isfinite(t)"
+        + (" OR r IS NULL OR NOT isfinite(r)" if scan.rating else "")
+    ).fetchone()
+    if bad:
+        raise RowReaderNeeded(f"{bad:,} rows hold a missing or non-finite number")
+    (rows,) = con.execute("SELECT count(*) FROM raw0").fetchone()
+    if rows == 0:
+        raise UserError(f"data file {path} is empty (a header but no data rows)")
+    keep = ""
+    if scan.event:
+        events = ", ".join(_literal(e) for e in cfg.events)
+        keep = f"WHERE coalesce(e, '') IN ({events})"
+        (kept,) = con.execute(f"SELECT count(*) FROM raw0 {keep}").fetchone()
+        if kept == 0:
+            found = con.execute(
+                "SELECT DISTINCT coalesce(e, '') AS e FROM raw0 ORDER BY e LIMIT 10"
+            ).fetchall()
+            raise UserError(
+                f"data file {path} has no rows with {cfg.event_col} in {list(cfg.events)}; "
+                f"found: {', '.join(e for (e,) in found)}"
+            )
+    # The rows kept, numbered by file position: only their order matters downstream.
+    scale = f" / {scan.time_scale!r}" if scan.time_scale != 1.0 else ""
+    con.execute(f"CREATE VIEW raw AS SELECT rowid AS row, u, i, t{scale} AS t, r FROM raw0 {keep}")
+
+
+def _sizes(con: duckdb.DuckDBPyConnection, table: str) -> tuple[int, int, int]:
+    rows, users, items = con.execute(
+        f"SELECT count(*), count(DISTINCT uc), count(DISTINCT ic) FROM {table}"
+    ).fetchone()
+    return int(rows), int(users), int(items)
+
+
+class _Steps:
+    """The filter chain: each step makes the next table ``t<k>`` and is logged like the
+    reference (rows, distinct users, distinct items before and after)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, say: Callable[[str], None]) -> None:
+        self.con, self.say = con, say
+        self.table, self.count = "t0", 0
+        self.current = _sizes(con, "t0")
+        self.log: list[dict] = []
+
+    def apply(self, label: str, select: str, always: bool = True, **extra: object) -> None:
+        """Keep what ``select`` (reading the current table as ``cur``) returns."""
+        new = f"t{self.count + 1}"
+        self.con.execute(f"CREATE TABLE {new} AS WITH cur AS (SELECT * FROM {self.table}) {select}")
+        self.adopt(label, new, always, **extra)
+
+    def adopt(self, label: str, new: str, always: bool = True, **extra: object) -> None:
+        """Make the table ``new`` the current one."""
+        self.count += 1
+        if new != f"t{self.count}":
+            self.con.execute(f"ALTER TABLE {new} RENAME TO t{self.count}")
+        after = _sizes(self.con, f"t{self.count}")
+        if always or after[0] < self.current[0]:
+            entry: dict = {"step": label}
+            for key, b, a in zip(("rows", "users", "items"), self.current, after, strict=True):
+                entry[f"{key}_before"], entry[f"{key}_after"] = b, a
+            self.log.append({**entry, **extra})
+            self.say(f"{label}: {self.current[0] - after[0]:,} rows removed")
+        self.con.execute(f"DROP TABLE {self.table}")
+        self.table, self.current = f"t{self.count}", after
+
+
+def _frequent(table: str, key: str, minimum: int) -> str:
+    """The rows of ``table`` whose ``key`` occurs at least ``minimum`` times in it."""
+    return (
+        f"SELECT * FROM {table} SEMI JOIN (SELECT {key} FROM {table} GROUP BY {key} "
+        f"HAVING count(*) >= {int(minimum)}) USING ({key})"
+    )
+
+
+def _kcore(steps: _Steps, cfg: DataConfig) -> None:
+    """As ``preprocess.kcore``: one pass (items, then users among the rows left), or passes
+    that each drop the users and items under their minimum until none is."""
+    label = f"{cfg.kcore} k-core (users >= {cfg.min_user_count}, items >= {cfg.min_item_count})"
+    con, source = steps.con, steps.table
+    if cfg.kcore == "single":
+        con.execute(f"CREATE TABLE k_items AS {_frequent(source, 'ic', cfg.min_item_count)}")
+        con.execute(f"CREATE TABLE k_done AS {_frequent('k_items', 'uc', cfg.min_user_count)}")
+        con.execute("DROP TABLE k_items")
+        steps.adopt(label, "k_done", passes=1)
+        return
+    passes, current, rows = 0, source, steps.current[0]
+    while True:
+        passes += 1
+        new = f"k{passes}"
+        con.execute(
+            f"CREATE TABLE {new} AS WITH cur AS (SELECT * FROM {current}) SELECT * FROM cur "
+            f"SEMI JOIN (SELECT uc FROM cur GROUP BY uc HAVING count(*) >= "
+            f"{int(cfg.min_user_count)}) USING (uc) "
+            f"SEMI JOIN (SELECT ic FROM cur GROUP BY ic HAVING count(*) >= "
+            f"{int(cfg.min_item_count)}) USING (ic)"
+        )
+        if current != source:
+            con.execute(f"DROP TABLE {current}")
+        current = new
+        (left,) = con.execute(f"SELECT count(*) FROM {new}").fetchone()
+        if left == rows:
+            break
+        rows = left
+    steps.adopt(label, current, passes=passes)
+
+
+def sample_negatives_flat(
+    items: np.ndarray, offsets: np.ndarray, num_items: int, num_negatives: int,
+    rng: np.random.Generator,
+) -> np.ndarray:  # fmt: skip
+    """``preprocess.sample_negatives`` on flat columns, with the same draws from ``rng``.
+
+    Drawing positions among a user's unseen items (``rng.choice(n, k)``) consumes the
+    generator exactly as drawing from the pool of those items does; the position is then
+    mapped to an item from the user's sorted seen items, without building the pool (a pass
+    over the whole catalogue per user).
+    """
+    users, width = len(offsets) - 1, num_items + 1
+    negatives = np.zeros((users, num_negatives), dtype=np.int64)
+    owner = np.repeat(np.arange(users, dtype=np.int64), np.diff(offsets))
+    seen = np.unique(owner * width + items)  # per user, its distinct items in order
+    seen_owner = seen // width
+    counts = np.bincount(seen_owner, minlength=users)
+    starts = np.zeros(users + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    # Unseen items (1..N) below each seen item: non-decreasing within a user.
+    below = seen % width - 1 - (np.arange(len(seen)) - starts[seen_owner])
+    below_keys = seen_owner * width + below
+    unseen = num_items - counts
+    drawn = np.zeros((users, num_negatives), dtype=np.int64)
+    full = unseen >= num_negatives
+    for user in range(users):
+        if full[user]:
+            drawn[user] = rng.choice(int(unseen[user]), num_negatives, replace=False)
+        elif unseen[user]:  # fewer than asked: all of them, repeated (rare)
+            mine = seen[starts[user] : starts[user + 1]] % width
+            pool = np.setdiff1d(np.arange(1, width, dtype=np.int64), mine)
+            negatives[user] = np.resize(rng.permutation(pool), num_negatives)
+    rows = np.flatnonzero(full)
+    query = rows[:, None] * width + drawn[rows]
+    below_count = np.searchsorted(below_keys, query, side="right") - starts[rows][:, None]
+    negatives[rows] = drawn[rows] + 1 + below_count
+    return negatives
+
+
+def _user_chunks(offsets: np.ndarray, rows: int) -> list[tuple[int, int]]:
+    """Runs of whole users of about ``rows`` interactions (at least one user each)."""
+    chunks, start, users = [], 0, len(offsets) - 1
+    while start < users:
+        end = int(np.searchsorted(offsets, offsets[start] + rows, side="right")) - 1
+        end = min(max(end, start + 1), users)
+        chunks.append((start, end))
+        start = end
+    return chunks
+
+
+def _export(
+    con: duckdb.DuckDBPyConnection, table: str, out_dir: Path, num_negatives: int, seed: int
+) -> tuple[list[str], list[str], np.ndarray]:
+    """Write ``items.npy`` (every user's items, in order, concatenated) and
+    ``negatives.npy`` into ``out_dir``; returns the item ids, user ids and offsets."""
+    lengths = con.execute(
+        f"SELECT any_value(users.u) AS u, count(*) AS n FROM {table} JOIN users USING (uc) "
+        "GROUP BY uc ORDER BY uc"
+    ).fetchnumpy()
+    offsets = np.zeros(len(lengths["n"]) + 1, dtype=np.int64)
+    np.cumsum(lengths["n"], out=offsets[1:])
+    # Stable order by (user, timestamp, file row); items numbered by first appearance in it.
+    con.execute(
+        f"CREATE TABLE seq AS SELECT ic, row_number() OVER (ORDER BY uc, t, row) - 1 AS pos "
+        f"FROM {table}"
+    )
+    con.execute(f"DROP TABLE {table}")
+    con.execute(
+        "CREATE TABLE itemmap AS SELECT ic, row_number() OVER (ORDER BY min(pos)) AS internal "
+        "FROM seq GROUP BY ic"
+    )
+    item_names = con.execute(
+        "SELECT i FROM itemmap JOIN items USING (ic) ORDER BY internal"
+    ).fetchnumpy()["i"]
+    con.execute(
+        "CREATE TABLE final AS SELECT pos, internal FROM seq JOIN itemmap USING (ic) ORDER BY pos"
+    )
+    con.execute("DROP TABLE seq")
+    users, num_items = len(offsets) - 1, len(item_names)
+    flat = np.lib.format.open_memmap(out_dir / "items.npy", "w+", np.int64, (int(offsets[-1]),))
+    negatives = np.zeros((users, num_negatives), dtype=np.int64)
+    if num_negatives:  # an empty array cannot be memory-mapped
+        negatives = np.lib.format.open_memmap(
+            out_dir / "negatives.npy", "w+", np.int64, (users, num_negatives)
+        )
+    rng = np.random.default_rng(seed)
+    for first, last in _user_chunks(offsets, CHUNK_ROWS):
+        lo, hi = int(offsets[first]), int(offsets[last])
+        chunk = (
+            con.execute(
+                "SELECT internal FROM final WHERE pos >= ? AND pos < ? ORDER BY pos", [lo, hi]
+            )
+            .fetchnumpy()["internal"]
+            .astype(np.int64)
+        )
+        flat[lo:hi] = chunk
+        negatives[first:last] = sample_negatives_flat(
+            chunk, offsets[first : last + 1] - lo, num_items, num_negatives, rng
+        )
+    flat.flush()
+    if num_negatives:
+        negatives.flush()
+    else:
+        np.save(out_dir / "negatives.npy", negatives)
+    return [str(name) for name in item_names], [str(u) for u in lengths["u"]], offsets
+
+
+def _connect(work_dir: Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB database file in ``work_dir`` that spills beyond the memory limit there.
+
+    ``ADAREC_DATA_THREADS`` (default: every core) and ``ADAREC_DATA_MEMORY`` (default
+    3GB) bound what preparation takes.
+    """
+    threads = os.environ.get("ADAREC_DATA_THREADS") or str(os.cpu_count() or 1)
+    memory = os.environ.get("ADAREC_DATA_MEMORY") or DEFAULT_MEMORY_LIMIT
+    con = duckdb.connect(str(work_dir / "prepare.duckdb"))
+    for setting, value, variable in (
+        ("threads", threads, "ADAREC_DATA_THREADS"),
+        ("memory_limit", memory, "ADAREC_DATA_MEMORY"),
+    ):
+        try:
+            con.execute(f"SET {setting} = {_literal(value)}")
+        except duckdb.Error as exc:
+            con.close()
+            raise UserError(f"{variable}={value!r} is not usable: {exc}") from None
+    con.execute(f"SET temp_directory = {_literal(str(work_dir / 'spill'))}")
+    con.execute("SET preserve_insertion_order = true")  # raw rows keep the file's order
+    return con
+
+
+def build(
+    path: Path,
+    cfg: DataConfig,
+    seed: int,
+    work_dir: Path,
+    out_dir: Path,
+    say: Callable[[str], None],
+) -> Columns:
+    """Prepare the data file (or Parquet folder) ``path``: ``items.npy`` and
+    ``negatives.npy`` in ``out_dir``, the rest returned. ``work_dir`` holds the database
+    and what DuckDB spills; the caller removes it.
+
+    Raises ``RowReaderNeeded`` when the engine refuses a record or a value (the row reader
+    then names the line), UserError for anything else the user can fix.
+    """
+    con = _connect(work_dir)
+    try:
+        return _build(con, path, cfg, seed, out_dir, say)
+    except (duckdb.ConversionException, duckdb.InvalidInputException) as exc:
+        raise RowReaderNeeded(str(exc).splitlines()[0]) from None
+    except duckdb.OutOfMemoryException as exc:
+        raise UserError(
+            f"preparing {path} ran out of memory ({exc}); raise ADAREC_DATA_MEMORY "
+            "or free disk space in the cache folder for DuckDB to spill to"
+        ) from None
+    except duckdb.IOException as exc:
+        raise UserError(f"preparing {path}: {exc}") from None
+    finally:
+        con.close()
+
+
+def _build(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    cfg: DataConfig,
+    seed: int,
+    out_dir: Path,
+    say: Callable[[str], None],
+) -> Columns:
+    scan = _scan(path, cfg, con)
+    _load_raw(con, scan, path, cfg)
+    # Users by first appearance in the file (it orders the sequences); items likewise.
+    for table, key, code in (("users", "u", "uc"), ("items", "i", "ic")):
+        con.execute(
+            f"CREATE TABLE {table} AS SELECT {key}, "
+            f"row_number() OVER (ORDER BY min(row)) - 1 AS {code}, "
+            f"regexp_full_match({key}, {_literal(_BLANK)}) AS blank FROM raw GROUP BY {key}"
+        )
+    con.execute(
+        "CREATE TABLE t0 AS SELECT row, uc, ic, t, r "
+        "FROM raw JOIN users USING (u) JOIN items USING (i)"
+    )
+    con.execute("DROP VIEW raw")
+    con.execute("DROP TABLE raw0")
+    steps = _Steps(con, say)
+    say(f"read {steps.current[0]:,} interactions")
+    (blanks,) = con.execute(
+        "SELECT (SELECT count(*) FROM users WHERE blank) + (SELECT count(*) FROM items WHERE blank)"
+    ).fetchone()
+    if blanks:  # an empty id would become a user (merging all such rows) or an item
+        steps.apply(
+            "rows without a user or item id dropped",
+            "SELECT * FROM cur WHERE uc NOT IN (SELECT uc FROM users WHERE blank) "
+            "AND ic NOT IN (SELECT ic FROM items WHERE blank)",
+            always=False,
+        )
+    if cfg.rating_threshold is not None:
+        if scan.rating is None:
+            raise UserError(
+                f"data.rating_threshold is {cfg.rating_threshold} but dataset "
+                f"'{cfg.dataset}' has no ratings; set data.rating_threshold to null"
+            )
+        steps.apply(
+            f"rating >= {cfg.rating_threshold:g}",
+            f"SELECT * FROM cur WHERE r >= {float(cfg.rating_threshold)!r}",
+        )
+    if cfg.duplicates == "drop":
+        steps.apply(
+            "exact duplicates (user, item, timestamp) dropped",
+            "SELECT min(row) AS row, uc, ic, t FROM cur GROUP BY uc, ic, t",
+            always=False,
+        )
+    _kcore(steps, cfg)
+    steps.apply(
+        f"sequences >= {MIN_SEQUENCE_LENGTH} items",
+        _frequent("cur", "uc", MIN_SEQUENCE_LENGTH),
+    )
+    if steps.current[0] == 0:
+        emptied = next(entry["step"] for entry in steps.log if entry["rows_after"] == 0)
+        filters = ", ".join(entry["step"] for entry in steps.log)
+        raise UserError(
+            f"dataset '{cfg.dataset}': no interactions left after filtering ({filters}); "
+            f"the step '{emptied}' removed the last ones: lower data.min_user_count, "
+            "data.min_item_count or data.rating_threshold"
+        )
+    item_ids, user_ids, offsets = _export(con, steps.table, out_dir, cfg.num_negatives, seed)
+    say(f"{len(user_ids):,} users, {len(item_ids):,} items, {int(offsets[-1]):,} interactions")
+    return Columns(item_ids=item_ids, user_ids=user_ids, offsets=offsets, filter_log=steps.log)
