@@ -28,10 +28,11 @@ from adarec.config import Config, load_config
 from adarec.evaluate.latency import machine_description
 from adarec.io import atomic_write_json
 from adarec.nas.architect import Architect
+from adarec.nas.costs import SearchCosts, empty_genotype
 from adarec.nas.genotype import load_genotype
 from adarec.nas.student import Student
 from adarec.pipeline.common import load_stage_data
-from adarec.pipeline.search import build_supernet, empty_genotype, search_cost_model, search_costs
+from adarec.pipeline.search import build_supernet
 from adarec.pipeline.student import retraining_stage
 from adarec.runs import load_run_model
 from adarec.train.distill_stage import DistillStage
@@ -63,11 +64,8 @@ def search_stage(
     epoch in which alpha moves; returns the stage and that epoch."""
     torch.manual_seed(cfg.seed)
     supernet = build_supernet(cfg, num_items)
-    costs, stats = search_costs(cfg)
-    cost_model = None
-    if cfg.search.use_cost and cfg.search.cost_form != "paper":
-        cost_model = search_cost_model(cfg, num_items, teacher, stats)
-    architect = Architect(supernet, cfg.search, cfg.seed, cost_model, costs)
+    costs = SearchCosts.measure(cfg, num_items, teacher, device)
+    architect = Architect(supernet, cfg.search, cfg.seed, costs.budget, costs.table)
     stage = DistillStage(supernet, teacher, cfg.search, cfg.search, device, cfg.seed, architect)
     stage.on_epoch_start(architect.warmup_epochs)
     return stage, architect.warmup_epochs

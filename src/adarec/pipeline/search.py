@@ -15,7 +15,6 @@ from adarec.models.teacher_protocol import check_teacher
 from adarec.nas.architect import Architect
 from adarec.nas.budget import CostModel, derive_within_budget
 from adarec.nas.costs import SearchCosts
-
 from adarec.nas.costs import saved_runtime as saved_runtime  # importable from here too
 from adarec.nas.costs import search_cost_model as search_cost_model
 from adarec.nas.genotype import (
