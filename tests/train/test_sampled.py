@@ -4,6 +4,7 @@ the sampled candidates, the stages and a pipeline run over sampled candidates.""
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from adarec.models.base import CandidateScores, head_scores
 from adarec.models.bert4rec import mask_items
 from adarec.models.sasrec import SASRec
 from adarec.models.teacher_protocol import check_teacher
+from adarec.pipeline.search import run_search
+from adarec.pipeline.student import run_student
 from adarec.pipeline.teacher import train_teacher
 from adarec.train.distill_stage import DistillStage
 from adarec.train.losses import next_item_loss
@@ -332,6 +335,20 @@ def test_a_sampled_step_touches_only_the_candidates_rows(name):
     assert touched and touched <= allowed
     untouched = sorted(set(range(NUM_ITEMS + 1)) - allowed)
     assert torch.equal(model.output_layer.weight[untouched].detach(), before[untouched])
+
+
+def test_search_and_kd_retraining_run_on_sampled_candidates(tmp_path: Path):
+    """The search (supernet, architect, every distillation term) and the student's KD
+    retraining, each drawing its negatives, run end to end and rank the whole catalogue."""
+    sampled = ["sampled_softmax.min_items=0", "sampled_softmax.negatives=8"]
+    fast = ["model.name=sasrec", "train.epochs=1", "search.epochs=1", "student.epochs=1"]
+    cfg = tiny_config(*fast, *sampled, "student.loss=kd")
+    train_teacher(cfg, tmp_path / "teacher", quiet=True)
+    run_search(cfg, tmp_path / "search", tmp_path / "teacher", quiet=True)
+    metrics = run_student(cfg, tmp_path / "student", tmp_path / "search", quiet=True)
+    assert metrics["test"]["full"]["HR@20"] > 0
+    history = json.loads((tmp_path / "search" / "history.json").read_text())
+    assert all(math.isfinite(history[0][term]) for term in ("ce", "emb", "hid", "logit"))
 
 
 def test_a_teacher_run_trains_on_sampled_candidates_and_evaluates_in_full(tmp_path: Path):
