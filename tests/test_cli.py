@@ -84,3 +84,38 @@ def test_unreadable_cache_folder_is_one_message(tmp_path: Path, monkeypatch, cap
     assert main(["data", "stats", "synthetic", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "data cache folder" in err and "Traceback" not in err
+
+
+def _tiny_teacher_argv(out: Path) -> list[str]:
+    from tests.serve.conftest import TINY
+
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    return ["teacher", "--model", "sasrec", "--out", str(out), "--quiet", *sets]
+
+
+def test_resume_with_an_unreadable_checkpoints_folder_is_one_message(
+    tmp_path: Path, monkeypatch, capsys
+):
+    import errno
+    import os
+
+    monkeypatch.setenv("ADAREC_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "teacher"
+    assert main(_tiny_teacher_argv(out)) == 0
+    (out / "metrics.json").unlink()  # interrupted before it finished
+    checkpoints = str(out / "checkpoints")
+    stat = os.stat
+
+    def unreadable(path, *args, **kwargs):
+        # chmod 000 does not stop root (these tests may run as root): refuse as the file
+        # system would for another user.
+        if os.fspath(path).startswith(checkpoints + os.sep):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", unreadable)
+    capsys.readouterr()
+    assert main([*_tiny_teacher_argv(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adarec: error:") and "Traceback" not in err
+    assert checkpoints in err and "Permission denied" in err

@@ -297,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"adarec: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.filename is None:
+            raise  # not about a path of the user's: a bug, with its traceback
+        # A folder or file of the user's that the stages did not check (an unreadable
+        # checkpoints/, a symlink loop): the path and the cause, as for a UserError.
+        print(f"adarec: error: cannot access {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("adarec: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130

@@ -54,10 +54,21 @@ def read_text(path: Path, what: str) -> str:
         raise UserError(f"cannot read {what} {path}: {_reason(exc)}") from None
 
 
+def refuse_broken_link(path: Path, what: str) -> None:
+    """UserError if ``path`` is a symbolic link that leads nowhere (dangling, or a loop):
+    ``exists()`` calls it missing, and creating or renaming onto it then fails."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UserError(
+            f"{what}: {path} is a symbolic link that leads nowhere (dangling, or a loop); "
+            "remove it or choose another path"
+        )
+
+
 def writable_dir(path: Path, what: str) -> Path:
     """Create the folder ``path`` if needed and check that files can be written in it."""
     path = Path(path)
     for existing in (path, *path.parents):
+        refuse_broken_link(existing, f"{what} {path}")
         if existing.exists():
             if not existing.is_dir():
                 where = "" if existing == path else f" ({existing})"

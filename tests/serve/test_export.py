@@ -275,3 +275,16 @@ def test_an_export_that_does_not_fit_on_disk_is_one_error(runs, tmp_path, fmt):
     assert output.startswith("UserError: cannot write ") and model_file in output, output
     assert "File too large; free some space and run again" in output
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_export_out_that_is_a_symlink_loop_is_one_message(runs, tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "back")
+    (tmp_path / "back").symlink_to(loop)
+    for out in (loop, loop / "export"):
+        argv = ["export", str(runs["sasrec"]), "--format", "onnx", "--out", str(out)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("adarec: error:") and "Traceback" not in err
+        assert f"{loop} is a symbolic link that leads nowhere" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "loop"]

@@ -24,7 +24,13 @@ import torch
 from torch import nn
 
 from adarec.errors import UserError
-from adarec.io import atomic_write_bytes, atomic_write_json, read_json, writable_dir
+from adarec.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    refuse_broken_link,
+    writable_dir,
+)
 from adarec.models.base import count_parameters
 from adarec.runs import (
     ITEMS_FILE,
@@ -267,6 +273,7 @@ def export_run(
     if is_artefact(run_dir):
         raise UserError(f"{run_dir} is already an exported artefact; export a run directory")
     out_dir = Path(out_dir) if out_dir is not None else default_export_dir(run_dir, fmt, device)
+    refuse_broken_link(out_dir, "export folder")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} is a file, not an export folder; choose another --out")
     writable_dir(out_dir.parent, "export folder")
