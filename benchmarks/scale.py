@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/scale.py --part train [--sizes 3416,50000,250000,1000000]
        [--stages teacher,student,kd] [--steps 3] [--negatives 1024] [--max-logits-gb 8]
-       python benchmarks/scale.py --part prep   (data preparation: another part of issue 28)
+       python benchmarks/scale.py --part prep [--rows 1M,10M,50M,retailrocket]
+       [--reference-rows 1M,10M] [--work DIR] [--threads 2]   (see benchmarks/scale_prep.py)
 
 ``--part train`` times training steps of ml-1m's settings (configs/ml-1m.yaml: the SASRec
 teacher, hidden 128; a student of two cells of width 96; batch 256 windows of 50
@@ -52,10 +53,11 @@ ARMS = ("full", "sampled")
 
 
 def prep(args: argparse.Namespace) -> int:
-    raise NotImplementedError(
-        "--part prep (data preparation at scale) is written by the data-preparation work "
-        "of issue 28; run --part train for the training steps"
-    )
+    """Data preparation at 1M to 50M interactions: benchmarks/scale_prep.py."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import scale_prep
+
+    return scale_prep.run(args, RESULTS)
 
 
 def _logits_gb(stage: str, positions: int, num_items: int) -> float:
@@ -211,6 +213,12 @@ def main() -> int:
     parser.add_argument("--negatives", type=int, default=SampledSoftmaxConfig.negatives)
     parser.add_argument("--max-logits-gb", type=float, default=8.0)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: STAGE:ARM:SIZE
+    # --part prep
+    parser.add_argument("--rows", default="1M,10M,retailrocket", help="prep: cases")
+    parser.add_argument("--reference-rows", default="1M,10M", help="prep: row reader's cases")
+    parser.add_argument("--work", default="/tmp/adarec-scale", help="prep: generated logs")
+    parser.add_argument("--threads", type=int, default=2, help="prep: DuckDB threads")
+    parser.add_argument("--one-prep", help=argparse.SUPPRESS)  # internal: ENGINE:CASE:PATH
     args = parser.parse_args()
     return prep(args) if args.part == "prep" else train(args)
 

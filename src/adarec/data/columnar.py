@@ -210,75 +210,100 @@ def _sizes(con: duckdb.DuckDBPyConnection, table: str) -> tuple[int, int, int]:
 
 
 class _Steps:
-    """The filter chain: each step makes the next table ``t<k>`` and is logged like the
-    reference (rows, distinct users, distinct items before and after)."""
+    """The filter chain, logged like the reference (rows, distinct users, distinct items
+    before and after each step). A step is a view over the previous one: only what must
+    be (the duplicates' aggregate) is written out as a table."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, say: Callable[[str], None]) -> None:
         self.con, self.say = con, say
-        self.table, self.count = "t0", 0
+        self.view, self.count = "t0", 0
         self.current = _sizes(con, "t0")
         self.log: list[dict] = []
 
-    def apply(self, label: str, select: str, always: bool = True, **extra: object) -> None:
-        """Keep what ``select`` (reading the current table as ``cur``) returns."""
-        new = f"t{self.count + 1}"
-        self.con.execute(f"CREATE TABLE {new} AS WITH cur AS (SELECT * FROM {self.table}) {select}")
-        self.adopt(label, new, always, **extra)
-
-    def adopt(self, label: str, new: str, always: bool = True, **extra: object) -> None:
-        """Make the table ``new`` the current one."""
+    def apply(
+        self,
+        label: str,
+        select: str,
+        always: bool = True,
+        table: bool = False,
+        sizes: tuple[int, int, int] | None = None,
+        **extra: object,
+    ) -> None:
+        """Keep what ``select`` (reading the previous step as ``cur``) returns; ``sizes``
+        when the caller knows them already."""
         self.count += 1
-        if new != f"t{self.count}":
-            self.con.execute(f"ALTER TABLE {new} RENAME TO t{self.count}")
-        after = _sizes(self.con, f"t{self.count}")
+        new = f"step{self.count}"
+        kind = "TABLE" if table else "VIEW"
+        self.con.execute(f"CREATE {kind} {new} AS WITH cur AS (SELECT * FROM {self.view}) {select}")
+        after = sizes or _sizes(self.con, new)
         if always or after[0] < self.current[0]:
             entry: dict = {"step": label}
             for key, b, a in zip(("rows", "users", "items"), self.current, after, strict=True):
                 entry[f"{key}_before"], entry[f"{key}_after"] = b, a
             self.log.append({**entry, **extra})
             self.say(f"{label}: {self.current[0] - after[0]:,} rows removed")
-        self.con.execute(f"DROP TABLE {self.table}")
-        self.table, self.current = f"t{self.count}", after
+        self.view, self.current = new, after
 
 
-def _frequent(table: str, key: str, minimum: int) -> str:
-    """The rows of ``table`` whose ``key`` occurs at least ``minimum`` times in it."""
-    return (
-        f"SELECT * FROM {table} SEMI JOIN (SELECT {key} FROM {table} GROUP BY {key} "
-        f"HAVING count(*) >= {int(minimum)}) USING ({key})"
+def _counts(con: duckdb.DuckDBPyConnection, name: str, rows: str) -> tuple[int, int, int]:
+    """Table ``name(uc, ic, n)``: rows per user (ic NULL) and per item (uc NULL) of the
+    query ``rows``, in one pass; returns its sizes (rows, users, items)."""
+    con.execute(
+        f"CREATE TABLE {name} AS SELECT uc, ic, count(*) AS n FROM ({rows}) "
+        "GROUP BY GROUPING SETS ((uc), (ic))"
     )
+    total, users, items = con.execute(
+        f"SELECT sum(n) FILTER (ic IS NULL), count(uc), count(ic) FROM {name}"
+    ).fetchone()
+    return int(total or 0), int(users), int(items)
 
 
-def _kcore(steps: _Steps, cfg: DataConfig) -> None:
+def _kcore(steps: _Steps, cfg: DataConfig) -> str:
     """As ``preprocess.kcore``: one pass (items, then users among the rows left), or passes
-    that each drop the users and items under their minimum until none is."""
+    that each keep the users and items with enough rows at its start until all have.
+    Passes count users and items only (small tables); the rows are filtered once, by
+    view. Returns the table of the rows kept per user (``uc``, ``n``)."""
     label = f"{cfg.kcore} k-core (users >= {cfg.min_user_count}, items >= {cfg.min_item_count})"
-    con, source = steps.con, steps.table
+    con, source = steps.con, steps.view
+    min_user, min_item = int(cfg.min_user_count), int(cfg.min_item_count)
     if cfg.kcore == "single":
-        con.execute(f"CREATE TABLE k_items AS {_frequent(source, 'ic', cfg.min_item_count)}")
-        con.execute(f"CREATE TABLE k_done AS {_frequent('k_items', 'uc', cfg.min_user_count)}")
-        con.execute("DROP TABLE k_items")
-        steps.adopt(label, "k_done", passes=1)
-        return
-    passes, current, rows = 0, source, steps.current[0]
+        con.execute(
+            f"CREATE TABLE alive_i AS SELECT ic FROM {source} GROUP BY ic "
+            f"HAVING count(*) >= {min_item}"
+        )
+        con.execute(
+            f"CREATE TABLE alive_u AS SELECT uc, count(*) AS n FROM {source} "
+            f"SEMI JOIN alive_i USING (ic) GROUP BY uc HAVING count(*) >= {min_user}"
+        )
+        select = "SELECT * FROM cur SEMI JOIN alive_i USING (ic) SEMI JOIN alive_u USING (uc)"
+        steps.apply(label, select, passes=1)
+        return "alive_u"
+    if cfg.kcore != "iterative":
+        raise UserError(f"data.kcore must be 'iterative' or 'single', got {cfg.kcore!r}")
+    passes, rows = 0, f"SELECT uc, ic FROM {source}"
     while True:
         passes += 1
-        new = f"k{passes}"
-        con.execute(
-            f"CREATE TABLE {new} AS WITH cur AS (SELECT * FROM {current}) SELECT * FROM cur "
-            f"SEMI JOIN (SELECT uc FROM cur GROUP BY uc HAVING count(*) >= "
-            f"{int(cfg.min_user_count)}) USING (uc) "
-            f"SEMI JOIN (SELECT ic FROM cur GROUP BY ic HAVING count(*) >= "
-            f"{int(cfg.min_item_count)}) USING (ic)"
-        )
-        if current != source:
-            con.execute(f"DROP TABLE {current}")
-        current = new
-        (left,) = con.execute(f"SELECT count(*) FROM {new}").fetchone()
-        if left == rows:
+        sizes = _counts(con, f"kc{passes}", rows)
+        (short,) = con.execute(
+            f"SELECT count(*) FROM kc{passes} WHERE (ic IS NULL AND n < {min_user}) "
+            f"OR (uc IS NULL AND n < {min_item})"
+        ).fetchone()
+        if short == 0:
             break
-        rows = left
-    steps.adopt(label, current, passes=passes)
+        con.execute(
+            f"CREATE TABLE au{passes} AS SELECT uc FROM kc{passes} "
+            f"WHERE ic IS NULL AND n >= {min_user}"
+        )
+        con.execute(
+            f"CREATE TABLE ai{passes} AS SELECT ic FROM kc{passes} "
+            f"WHERE uc IS NULL AND n >= {min_item}"
+        )
+        keep = f"SEMI JOIN au{passes} USING (uc) SEMI JOIN ai{passes} USING (ic)"
+        rows = f"SELECT uc, ic FROM {source} {keep}"
+    select = "SELECT * FROM cur" + (f" {keep}" if passes > 1 else "")
+    steps.apply(label, select, sizes=sizes, passes=passes)
+    con.execute(f"CREATE TABLE kept_u AS SELECT uc, n FROM kc{passes} WHERE ic IS NULL")
+    return "kept_u"
 
 
 def sample_negatives_flat(
@@ -295,7 +320,8 @@ def sample_negatives_flat(
     users, width = len(offsets) - 1, num_items + 1
     negatives = np.zeros((users, num_negatives), dtype=np.int64)
     owner = np.repeat(np.arange(users, dtype=np.int64), np.diff(offsets))
-    seen = np.unique(owner * width + items)  # per user, its distinct items in order
+    seen = np.sort(owner * width + items)  # per user, its distinct items in order
+    seen = seen[np.r_[True, seen[1:] != seen[:-1]]] if len(seen) else seen
     seen_owner = seen // width
     counts = np.bincount(seen_owner, minlength=users)
     starts = np.zeros(users + 1, dtype=np.int64)
@@ -332,34 +358,34 @@ def _user_chunks(offsets: np.ndarray, rows: int) -> list[tuple[int, int]]:
 
 
 def _export(
-    con: duckdb.DuckDBPyConnection, table: str, out_dir: Path, num_negatives: int, seed: int
-) -> tuple[list[str], list[str], np.ndarray]:
-    """Write ``items.npy`` (every user's items, in order, concatenated) and
-    ``negatives.npy`` into ``out_dir``; returns the item ids, user ids and offsets."""
-    lengths = con.execute(
-        f"SELECT any_value(users.u) AS u, count(*) AS n FROM {table} JOIN users USING (uc) "
-        "GROUP BY uc ORDER BY uc"
-    ).fetchnumpy()
+    con: duckdb.DuckDBPyConnection,
+    view: str,
+    lengths: dict[str, np.ndarray],
+    out_dir: Path,
+    num_negatives: int,
+    seed: int,
+) -> tuple[list[str], np.ndarray]:
+    """Write ``items.npy`` (every user's items in order, concatenated) and
+    ``negatives.npy`` into ``out_dir``; returns the item ids and the offsets.
+
+    ``lengths``: ``uc`` (the users kept, in order) and ``n`` (their rows).
+    """
     offsets = np.zeros(len(lengths["n"]) + 1, dtype=np.int64)
     np.cumsum(lengths["n"], out=offsets[1:])
-    # Stable order by (user, timestamp, file row); items numbered by first appearance in it.
+    # Stable order by (user, timestamp, file row), written in that order (so that a range
+    # of positions reads only its own blocks).
     con.execute(
         f"CREATE TABLE seq AS SELECT ic, row_number() OVER (ORDER BY uc, t, row) - 1 AS pos "
-        f"FROM {table}"
+        f"FROM {view} ORDER BY pos"
     )
-    con.execute(f"DROP TABLE {table}")
-    con.execute(
-        "CREATE TABLE itemmap AS SELECT ic, row_number() OVER (ORDER BY min(pos)) AS internal "
-        "FROM seq GROUP BY ic"
-    )
-    item_names = con.execute(
-        "SELECT i FROM itemmap JOIN items USING (ic) ORDER BY internal"
-    ).fetchnumpy()["i"]
-    con.execute(
-        "CREATE TABLE final AS SELECT pos, internal FROM seq JOIN itemmap USING (ic) ORDER BY pos"
-    )
-    con.execute("DROP TABLE seq")
-    users, num_items = len(offsets) - 1, len(item_names)
+    # Items numbered 1..N by first appearance in that order.
+    items = con.execute(
+        "SELECT ic, i FROM items JOIN (SELECT ic, min(pos) AS first FROM seq GROUP BY ic) "
+        "USING (ic) ORDER BY first"
+    ).fetchnumpy()
+    internal = np.zeros(int(items["ic"].max()) + 1, dtype=np.int64)
+    internal[items["ic"]] = np.arange(1, len(items["ic"]) + 1)
+    users, num_items = len(offsets) - 1, len(items["ic"])
     flat = np.lib.format.open_memmap(out_dir / "items.npy", "w+", np.int64, (int(offsets[-1]),))
     negatives = np.zeros((users, num_negatives), dtype=np.int64)
     if num_negatives:  # an empty array cannot be memory-mapped
@@ -369,13 +395,10 @@ def _export(
     rng = np.random.default_rng(seed)
     for first, last in _user_chunks(offsets, CHUNK_ROWS):
         lo, hi = int(offsets[first]), int(offsets[last])
-        chunk = (
-            con.execute(
-                "SELECT internal FROM final WHERE pos >= ? AND pos < ? ORDER BY pos", [lo, hi]
-            )
-            .fetchnumpy()["internal"]
-            .astype(np.int64)
-        )
+        codes = con.execute(
+            "SELECT ic FROM seq WHERE pos >= ? AND pos < ? ORDER BY pos", [lo, hi]
+        ).fetchnumpy()["ic"]
+        chunk = internal[codes]
         flat[lo:hi] = chunk
         negatives[first:last] = sample_negatives_flat(
             chunk, offsets[first : last + 1] - lo, num_items, num_negatives, rng
@@ -385,7 +408,7 @@ def _export(
         negatives.flush()
     else:
         np.save(out_dir / "negatives.npy", negatives)
-    return [str(name) for name in item_names], [str(u) for u in lengths["u"]], offsets
+    return [str(name) for name in items["i"]], offsets
 
 
 def _connect(work_dir: Path) -> duckdb.DuckDBPyConnection:
@@ -492,11 +515,15 @@ def _build(
             "exact duplicates (user, item, timestamp) dropped",
             "SELECT min(row) AS row, uc, ic, t FROM cur GROUP BY uc, ic, t",
             always=False,
+            table=True,
         )
-    _kcore(steps, cfg)
+    per_user = _kcore(steps, cfg)
+    con.execute(
+        f"CREATE TABLE long_u AS SELECT uc, n FROM {per_user} WHERE n >= {MIN_SEQUENCE_LENGTH}"
+    )
     steps.apply(
         f"sequences >= {MIN_SEQUENCE_LENGTH} items",
-        _frequent("cur", "uc", MIN_SEQUENCE_LENGTH),
+        "SELECT * FROM cur SEMI JOIN long_u USING (uc)",
     )
     if steps.current[0] == 0:
         emptied = next(entry["step"] for entry in steps.log if entry["rows_after"] == 0)
@@ -506,6 +533,10 @@ def _build(
             f"the step '{emptied}' removed the last ones: lower data.min_user_count, "
             "data.min_item_count or data.rating_threshold"
         )
-    item_ids, user_ids, offsets = _export(con, steps.table, out_dir, cfg.num_negatives, seed)
+    lengths = con.execute(
+        "SELECT uc, n, u FROM long_u JOIN users USING (uc) ORDER BY uc"
+    ).fetchnumpy()
+    user_ids = [str(u) for u in lengths["u"]]
+    item_ids, offsets = _export(con, steps.view, lengths, out_dir, cfg.num_negatives, seed)
     say(f"{len(user_ids):,} users, {len(item_ids):,} items, {int(offsets[-1]):,} interactions")
     return Columns(item_ids=item_ids, user_ids=user_ids, offsets=offsets, filter_log=steps.log)
