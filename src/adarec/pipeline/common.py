@@ -28,6 +28,7 @@ from adarec.runs import (
     check_run_data,
     has_weights,
     load_run_config,
+    resolve_from_run,
 )
 from adarec.runtime import distributed as dist
 from adarec.runtime.logs import setup_logging
@@ -75,6 +76,49 @@ def check_resume_config(cfg: Config, run_dir: Path) -> None:
             "(only epochs, patience, eval_every, max_steps_per_epoch, eval.*, bench.*, "
             "device and amp may change), or choose another --out"
         )
+
+
+# What a finished stage depends on, by kind (a key, or a section ending in "."): adarec run
+# reuses a finished stage only when these are unchanged and its data is the same. eval.*,
+# bench.*, run.* and front.* measure, report or select; device and amp say where it ran.
+TEACHER_KEYS = ("seed", "data.", "model.", "train.", "sampled_softmax.")
+# The search's cost model is built for the student's positions.
+SEARCH_KEYS = (*TEACHER_KEYS, "search.", "student.positions")
+STUDENT_KEYS = (*SEARCH_KEYS, "student.")
+
+
+def _depends(key: str, keys: tuple[str, ...]) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in keys)
+
+
+def check_reusable(
+    run_dir: Path, cfg: Config, keys: tuple[str, ...], teacher_dir: Path | None = None
+) -> None:
+    """Refuse to reuse the finished stage in ``run_dir`` for ``cfg`` unless it ran with the
+    same settings (``keys``: ``TEACHER_KEYS``, ``SEARCH_KEYS``, ``STUDENT_KEYS``), on the
+    same data (its fingerprint), and, for a search, distilled ``teacher_dir``."""
+    run_dir = Path(run_dir)
+    saved = load_run_config(run_dir)
+    changed = {k: v for k, v in differences(saved, cfg).items() if _depends(k, keys)}
+    if changed:
+        listed = ", ".join(f"{key} ({old!r} -> {new!r})" for key, (old, new) in changed.items())
+        raise UserError(
+            f"{run_dir} holds a finished stage that ran with other settings: {listed}; a "
+            "finished stage is reused only with its own (eval.*, bench.*, run.*, front.*, "
+            "device and amp may change). Give its settings, choose another --out, or remove "
+            f"{run_dir} to run it again"
+        )
+    if teacher_dir is not None:
+        record = read_json(run_dir / "teacher.json", dict, "run the search again")
+        recorded = record.get("run_dir")
+        distilled = None if recorded is None else resolve_from_run(recorded, run_dir)
+        if distilled is None or distilled.resolve() != Path(teacher_dir).resolve():
+            raise UserError(
+                f"{run_dir} holds a finished search of another teacher "
+                f"({distilled or record.get('module')}, not {teacher_dir}); choose another "
+                f"--out, or remove {run_dir} to search again"
+            )
+    check_run_data(run_dir, prepare(cfg.data, cfg.seed))
 
 
 def start_run(cfg: Config, run_dir: Path, resume: bool, quiet: bool) -> torch.device:

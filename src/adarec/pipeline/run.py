@@ -17,6 +17,8 @@ from adarec.config import Config
 from adarec.errors import UserError
 from adarec.nas.budget import random_genotype_within_budget
 from adarec.nas.genotype import random_genotype
+from adarec.pipeline.common import SEARCH_KEYS, STUDENT_KEYS, TEACHER_KEYS, check_reusable
+from adarec.pipeline.preflight import check_budget_before_teacher
 from adarec.pipeline.search import run_search
 from adarec.pipeline.student import run_student
 from adarec.pipeline.teacher import train_teacher
@@ -42,9 +44,18 @@ SMALL_STUDENTS = {
 }
 
 
-def _stage(run_dir: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Reuse a finished stage; otherwise run (or resume) it."""
+def _stage(
+    run_dir: Path,
+    cfg: Config,
+    make: Callable[[], dict[str, Any]],
+    keys: tuple[str, ...] = STUDENT_KEYS,
+    teacher_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Reuse a finished stage when it ran with ``cfg``'s settings (``keys``) on the same
+    data (``check_reusable``: else one error naming what differs); otherwise run (or
+    resume) it."""
     if (run_dir / "metrics.json").exists():
+        check_reusable(run_dir, cfg, keys, teacher_dir)
         log.info("reusing finished stage %s", run_dir)
         return read_metrics(run_dir)
     return make()
@@ -73,12 +84,21 @@ def run_pipeline(
         raise UserError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
     if teacher_dir is None:
         teacher_dir = out / "teacher"
-        _stage(teacher_dir, lambda: train_teacher(cfg, teacher_dir, quiet, resume=True))
+        if not (teacher_dir / "metrics.json").exists():
+            # A budget the search would refuse is refused before the teacher trains.
+            check_budget_before_teacher(cfg)
+        _stage(teacher_dir, cfg, lambda: train_teacher(cfg, teacher_dir, quiet, True), TEACHER_KEYS)
     elif not (Path(teacher_dir) / "metrics.json").exists():
         raise UserError(f"--teacher {teacher_dir} is not a finished teacher run")
     teacher_dir = Path(teacher_dir)
     search_dir, student_dir = out / "search", out / "student"
-    _stage(search_dir, lambda: run_search(cfg, search_dir, teacher_dir, quiet, resume=True))
+    _stage(
+        search_dir,
+        cfg,
+        lambda: run_search(cfg, search_dir, teacher_dir, quiet, resume=True),
+        SEARCH_KEYS,
+        teacher_dir,
+    )
     front = None
     selected_budget = ""
     if cfg.run.front:
@@ -88,7 +108,7 @@ def run_pipeline(
         front = build_front(cfg, search_dir, out / "front", quiet)
         selected_budget = install_selected(front, out / "front", student_dir)
     else:
-        _stage(student_dir, lambda: run_student(cfg, student_dir, search_dir, quiet, resume=True))
+        _stage(student_dir, cfg, lambda: run_student(cfg, student_dir, search_dir, quiet, True))
     baseline_dirs: dict[str, Path] = {}
     for name in baselines:
         baseline_dirs.update(
@@ -120,7 +140,7 @@ def run_baseline(
         return _random_within_budget(variant, root, search_dir, quiet)
     if name == "pop":
         variant.model.name = "pop"
-        _stage(run_dir, lambda: train_teacher(variant, run_dir, quiet, resume=True))
+        _stage(run_dir, variant, lambda: train_teacher(variant, run_dir, quiet, True), TEACHER_KEYS)
     elif name == "small_kd":
         _small_kd(variant, run_dir, teacher_dir, search_dir, quiet)
     elif name == "no_kd":
@@ -128,13 +148,16 @@ def run_baseline(
         scratch_loop(variant)
         variant.student.init, variant.student.loss = "scratch", "ce"
         _stage(
-            run_dir, lambda: run_student(variant, run_dir, search_dir, quiet, True, name="no_kd")
+            run_dir,
+            variant,
+            lambda: run_student(variant, run_dir, search_dir, quiet, True, name="no_kd"),
         )
     elif name == "random_arch":
         s = cfg.search
         genotype = random_genotype(s.ops, s.nodes, s.cells, s.width, seed=cfg.seed)
         _stage(
             run_dir,
+            variant,
             lambda: run_student(
                 variant, run_dir, search_dir, quiet, True, genotype=genotype, name="random_arch"
             ),
@@ -150,10 +173,15 @@ def run_baseline(
         variant_search = run_dir / "search"
         _stage(
             variant_search,
+            variant,
             lambda: run_search(variant, variant_search, teacher_dir, quiet, resume=True),
+            SEARCH_KEYS,
+            teacher_dir,
         )
         _stage(
-            run_dir, lambda: run_student(variant, run_dir, variant_search, quiet, True, name=name)
+            run_dir,
+            variant,
+            lambda: run_student(variant, run_dir, variant_search, quiet, True, name=name),
         )
     return {name: run_dir}
 
@@ -180,6 +208,7 @@ def _random_within_budget(
         variant = copy.deepcopy(cfg)
         _stage(
             run_dir,
+            variant,
             lambda v=variant, d=run_dir, g=genotype, n=name: run_student(
                 v, d, search_dir, quiet, True, genotype=g, name=n
             ),
@@ -198,7 +227,7 @@ def _small_kd(cfg: Config, run_dir: Path, teacher_dir: Path, search_dir: Path, q
     for key, value in SMALL_STUDENTS[family].items():
         setattr(cfg.model, key, value)
     cfg.model.name = family
-    _stage(run_dir, lambda: train_small_kd(cfg, run_dir, teacher_dir, quiet))
+    _stage(run_dir, cfg, lambda: train_small_kd(cfg, run_dir, teacher_dir, quiet))
 
 
 def scratch_loop(cfg: Config) -> None:

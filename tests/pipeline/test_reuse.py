@@ -1,0 +1,111 @@
+"""``adarec run`` on an existing --out: a finished stage is reused only when it ran with the
+settings and data asked for (issue 29, 1), and a budget the search would refuse is refused
+before the teacher trains (issue 29, 14)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from adarec.errors import UserError
+from adarec.nas.budget import model_cost
+from adarec.pipeline.run import run_pipeline
+from adarec.pipeline.teacher import train_teacher
+from adarec.registry import build_model
+from tests.conftest import tiny_config
+from tests.pipeline.test_common import drop_latest_row, write_log
+
+FAST = ["model.name=sasrec", "train.epochs=1", "search.epochs=1", "student.epochs=1"]
+PIPELINE = [*FAST, "run.front=false"]
+
+
+def _stamps(out: Path) -> dict[str, int]:
+    """metrics.json's modification time of every stage (a re-trained stage rewrites it)."""
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reuse") / "run"
+    run_pipeline(tiny_config(*PIPELINE), out, baselines=["pop"], quiet=True)
+    return out
+
+
+@pytest.fixture
+def out(finished: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    ("change", "stage", "named"),
+    [
+        ("train.epochs=2", "teacher", r"train.epochs \(1 -> 2\)"),
+        ("model.hidden_size=32", "teacher", r"model.hidden_size \(16 -> 32\)"),
+        ("data.synthetic_users=70", "teacher", r"data.synthetic_users \(60 -> 70\)"),
+        ("search.budget=3x", "search", r"search.budget \('5x' -> '3x'\)"),
+        ("student.lr=0.01", "student", r"student.lr \(0.0001 -> 0.01\)"),
+    ],
+)
+def test_a_rerun_with_other_settings_is_refused_naming_them(out, change, stage, named):
+    """Issue 29 (1): the old results were reported for the new settings, exit 0."""
+    before = _stamps(out), (out / "report.json").read_bytes()
+    with pytest.raises(UserError, match=rf"{out / stage} holds a finished stage .*{named}"):
+        run_pipeline(tiny_config(*PIPELINE, change), out, baselines=["pop"], quiet=True)
+    assert (_stamps(out), (out / "report.json").read_bytes()) == before
+
+
+def test_a_rerun_that_changes_only_measurement_reuses_every_stage(out):
+    before = _stamps(out)
+    measured = ["eval.ks=[5,10]", "bench.repeats=3", "run.random_cells=4"]
+    run_pipeline(tiny_config(*PIPELINE, *measured), out, baselines=["pop"], quiet=True)
+    assert _stamps(out) == before
+
+
+def test_a_rerun_on_edited_data_is_refused(tmp_path):
+    data = write_log(tmp_path / "log.csv")
+    cfg = tiny_config(*PIPELINE, f"data.dataset={data}")
+    run_pipeline(cfg, tmp_path / "run", baselines=[], quiet=True)
+    drop_latest_row(data)  # the same settings, other rows
+    with pytest.raises(UserError, match="data differs from what .*teacher was trained on"):
+        run_pipeline(cfg, tmp_path / "run", baselines=[], quiet=True)
+
+
+def test_a_finished_search_of_another_teacher_is_refused(tmp_path):
+    cfg = tiny_config(*PIPELINE)
+    for name in ("a", "b"):
+        train_teacher(cfg, tmp_path / name, quiet=True)
+    run_pipeline(cfg, tmp_path / "run", teacher_dir=tmp_path / "a", baselines=[], quiet=True)
+    before = _stamps(tmp_path / "run")
+    run_pipeline(cfg, tmp_path / "run", teacher_dir=tmp_path / "a", baselines=[], quiet=True)
+    assert _stamps(tmp_path / "run") == before  # the same teacher: every stage reused
+    with pytest.raises(UserError, match=r"finished search of another teacher \(.*a, not .*b\)"):
+        run_pipeline(cfg, tmp_path / "run", teacher_dir=tmp_path / "b", baselines=[], quiet=True)
+
+
+def _teacher_macs(cfg) -> float:
+    from adarec.data.preprocess import prepare
+
+    num_items = prepare(cfg.data, cfg.seed).num_items
+    model = build_model(cfg.model, num_items, cfg.data.max_len)
+    return model_cost(model, num_items, cfg.data.max_len, "macs")
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        ("1e6x", r"search.budget 1e\+06x .* below the cheapest student"),
+        ("teacher_x32", "not below the teacher's cost"),
+    ],
+)
+def test_a_budget_the_search_would_refuse_is_refused_before_the_teacher_trains(
+    tmp_path, budget, message
+):
+    """Issue 29 (14): the teacher trained first, then the search refused the budget."""
+    if budget == "teacher_x32":
+        budget = f"{_teacher_macs(tiny_config(*PIPELINE)) * 32:.0f}macs"
+    cfg = tiny_config(*PIPELINE, f"search.budget={budget}")
+    with pytest.raises(UserError, match=message):
+        run_pipeline(cfg, tmp_path / "run", baselines=[], quiet=True)
+    assert not (tmp_path / "run" / "teacher").exists()
