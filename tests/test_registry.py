@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adarec.config import ModelConfig
+from adarec.config import ModelConfig, load_config
 from adarec.errors import UserError
 from adarec.models.bert4rec import BERT4Rec
 from adarec.models.nextitnet import NextItNet
@@ -133,3 +133,21 @@ def test_a_saved_model_loads_with_its_weights(tmp_path: Path):
     assert spec == model.to_spec()
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "nextitnet", "bert4rec"])
+def test_an_absurd_model_size_is_refused_before_allocating(name):
+    cfg = load_config(None, [f"model.name={name}", "model.hidden_size=1000000000"])
+    with pytest.raises(UserError, match="too large to exist; choose a smaller model"):
+        build_model(cfg.model, 60, 10)
+
+
+def test_a_model_that_cannot_train_in_memory_is_refused(monkeypatch):
+    from adarec import registry
+
+    cfg = load_config(None, ["model.name=sasrec", "model.hidden_size=16", "model.num_heads=1"])
+    build_model(cfg.model, 60, 10)
+    # As if the machine had a millionth of its memory (the weights are ~10 KB here).
+    monkeypatch.setattr(registry, "TRAINING_COPIES", 4 * 10**6)
+    with pytest.raises(UserError, match="GiB of memory; choose a smaller model"):
+        build_model(cfg.model, 60, 10)

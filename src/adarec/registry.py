@@ -8,7 +8,13 @@ its own spec (``to_spec`` / ``from_spec``).
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections.abc import Callable
 from typing import Any
+
+import torch
+from torch import nn
 
 from adarec.config import ModelConfig
 from adarec.errors import UserError
@@ -40,7 +46,39 @@ def build_model(cfg: ModelConfig, num_items: int, max_len: int) -> Teacher:
             f"config key 'model.distill_every' must be between 1 and model.num_blocks "
             f"({cfg.num_blocks}); got {cfg.distill_every}"
         )
-    return MODELS[cfg.name].from_config(cfg, num_items, max_len)
+    cls = MODELS[cfg.name]
+    require_memory(lambda: cls.from_config(cfg, num_items, max_len), f"model {cfg.name!r}")
+    return cls.from_config(cfg, num_items, max_len)
+
+
+# Training holds each weight about four times: itself, its gradient, Adam's two moments.
+TRAINING_COPIES = 4
+
+
+def require_memory(build: Callable[[], nn.Module], what: str) -> None:
+    """UserError if the model ``build`` makes cannot be trained in this machine's memory.
+
+    ``build`` runs on the meta device first (shapes without memory): an absurd size
+    (``model.hidden_size=1000000000``) is refused before any allocation, where it was an
+    allocation failure or a process killed for memory.
+    """
+    advice = "choose a smaller model (model.hidden_size, inner_size, num_blocks)"
+    try:
+        with torch.device("meta"):
+            model = build()
+    except RuntimeError as exc:
+        if "overflow" not in str(exc):
+            raise
+        raise UserError(f"the {what} of this config is too large to exist; {advice}") from None
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if TRAINING_COPIES * nbytes > memory:
+        raise UserError(
+            f"the {what} of this config holds {nbytes / 2**30:,.1f} GiB of weights; training "
+            f"needs about {TRAINING_COPIES}x that, more than this machine's "
+            f"{memory / 2**30:,.1f} GiB of memory; {advice}"
+        )
 
 
 def model_from_spec(spec: dict[str, Any]) -> SequentialRecommender:
