@@ -86,3 +86,34 @@ def test_padding_column_may_be_minus_inf():
     with torch.no_grad():
         teacher.head.bias[0] = float("-inf")
     check_teacher(teacher, NUM_ITEMS, MAX_LEN)
+
+
+class PeeksButNotAtTheEnd(Plain):
+    """Position t also sees item t + 1, except at the last two positions: changing the
+    last item alone never shows it."""
+
+    def forward(self, items):
+        x = self.embed(items)
+        ahead = torch.roll(x, -1, dims=1)
+        ahead[:, -2:] = 0
+        x = x + ahead
+        return SeqOutput(x, [layer(x) for layer in self.layers], x)
+
+
+def test_a_teacher_that_peeks_ahead_except_at_the_end_is_refused():
+    with pytest.raises(UserError, match=r"not causal: its embedding at position 0 changes"):
+        check_teacher(PeeksButNotAtTheEnd(), NUM_ITEMS, MAX_LEN)
+
+
+def test_nan_outputs_on_another_probe_are_reported_as_nan_not_as_a_leak():
+    from adarec.models.teacher_protocol import _probe
+
+    probe = _probe(NUM_ITEMS, MAX_LEN, torch.device("cpu"))
+    seen = set(probe.flatten().tolist())
+    # An item the first probe does not hold but a changed copy does: NaN only there.
+    item = next(i % NUM_ITEMS + 1 for i in sorted(seen) if i % NUM_ITEMS + 1 not in seen)
+    teacher = Plain()
+    with torch.no_grad():
+        teacher.embed.weight[item] = float("nan")
+    with pytest.raises(UserError, match="teacher is not finite: its embedding holds NaN"):
+        check_teacher(teacher, NUM_ITEMS, MAX_LEN)
