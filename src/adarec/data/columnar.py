@@ -456,7 +456,8 @@ def build(
         raise RowReaderNeeded(str(exc).splitlines()[0]) from None
     except duckdb.OutOfMemoryException as exc:
         raise UserError(
-            f"preparing {path} ran out of memory ({exc}); raise ADAREC_DATA_MEMORY "
+            f"preparing {path} ran out of memory ({str(exc).splitlines()[0]}); "
+            "raise ADAREC_DATA_MEMORY "
             "or free disk space in the cache folder for DuckDB to spill to"
         ) from None
     except duckdb.IOException as exc:
