@@ -1,0 +1,76 @@
+"""Two ranks share one prepared dataset: rank 0 prepares it, both memory-map the same cache
+columns, and each reads its own disjoint shard of the users."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from adarec.config import DataConfig
+from tests.distributed.helpers import WORLD, free_port
+
+
+def _config(root: Path) -> DataConfig:
+    return DataConfig(dataset=str(root / "log.csv"), min_user_count=2, min_item_count=2)
+
+
+def _rank(rank: int, port: int, root: str) -> None:
+    from adarec.data import preprocess
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update({"OMP_NUM_THREADS": "1", "ADAREC_DATA_THREADS": "1"})
+    torch_dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    builds = []
+    original = preprocess._build
+    preprocess._build = lambda *args: builds.append(1) or original(*args)
+    try:
+        # As the pipeline does: rank 0 prepares (or loads) first, the others reuse its cache.
+        if rank != 0:
+            torch_dist.barrier()
+        data = preprocess.prepare(_config(Path(root)), 0, Path(root) / "cache")
+        if rank == 0:
+            torch_dist.barrier()
+        mine = data.shard(rank, WORLD)
+        cache = next((Path(root) / "cache").glob("log-*"))
+        maps = Path("/proc/self/maps").read_text()
+        record = {
+            "builds": len(builds),
+            "user_ids": mine.user_ids,
+            "sequences": [seq.tolist() for seq in mine.sequences],
+            "negatives": np.asarray(mine.negatives).tolist(),
+            "items_mapped": str(cache / "items.npy") in maps,
+            "negatives_mapped": str(cache / "negatives.npy") in maps,
+            "views": np.shares_memory(mine.sequences.items, data.sequences.items),
+        }
+        Path(root, f"rank{rank}.json").write_text(json.dumps(record))
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_ranks_read_disjoint_shards_of_one_memory_mapped_cache(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = ["user_id,item_id,timestamp"]
+    lines += [f"u{rng.integers(40)},i{rng.zipf(1.3) % 30},{t}" for t in range(800)]
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    torch.multiprocessing.spawn(_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD)
+
+    from adarec.data.preprocess import prepare
+
+    full = prepare(_config(tmp_path), 0, tmp_path / "cache")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert [r["builds"] for r in ranks] == [1, 0]  # rank 1 loaded what rank 0 built
+    assert len(list((tmp_path / "cache").glob("log-*"))) == 1
+    for r in ranks:
+        assert r["items_mapped"] and r["negatives_mapped"] and r["views"]
+    # Disjoint, in order, and together everything: users, sequences, negatives.
+    assert ranks[0]["user_ids"] and ranks[1]["user_ids"]
+    assert ranks[0]["user_ids"] + ranks[1]["user_ids"] == full.user_ids
+    assert ranks[0]["sequences"] + ranks[1]["sequences"] == [s.tolist() for s in full.sequences]
+    negatives = ranks[0]["negatives"] + ranks[1]["negatives"]
+    assert negatives == np.asarray(full.negatives).tolist()
+    # Balanced by interactions: each about half.
+    sizes = [sum(len(s) for s in r["sequences"]) for r in ranks]
+    assert abs(sizes[0] - sizes[1]) <= max(len(s) for s in full.sequences)
