@@ -227,7 +227,7 @@ class RunConfig:
     # The front's selection (adarec run/front --keep/--budget): the fastest student whose
     # validation NDCG@10 >= keep x the teacher's (null: no accuracy target), within
     # select_budget when given (a speed-up "10x", MACs "2.5M" or ms at batch 1 "1.5ms";
-    # "" none; with keep null: the most accurate within it). Why 0.99: README, "One
+    # "" none; with keep null: the most accurate within it). Why 0.99: docs/results.md, "One
     # search, every budget".
     keep: float | None = 0.99
     select_budget: str = ""

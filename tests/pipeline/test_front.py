@@ -291,6 +291,20 @@ def test_pipeline_refuses_student_budget_with_the_front(tmp_path):
     assert not (tmp_path / "run").exists()  # refused before any work
 
 
+@pytest.mark.parametrize("setting", ["search.use_cost=false", "search.cost_form=paper"])
+def test_pipeline_without_a_budgeted_search_has_no_front_and_says_why(tmp_path, setting):
+    out = tmp_path / "run"
+    report = _pipeline(out, setting, "run.baselines=[]")
+    assert "front" not in report and "budget" in report["front_skipped"]
+    assert not (out / "front").exists() and (out / "student" / "metrics.json").exists()
+    assert "No front: search." in (out / "report.md").read_text()
+    # Asking to select within a budget from a search without one is refused up front.
+    cfg = tiny_config(*FAST, "run.front=true", setting, "run.select_budget=3x")
+    with pytest.raises(UserError, match="selects from the front"):
+        run_pipeline(cfg, tmp_path / "other", quiet=True)
+    assert not (tmp_path / "other").exists()
+
+
 def test_cli_run_keep_and_budget_are_the_selection(monkeypatch, tmp_path):
     seen = {}
 

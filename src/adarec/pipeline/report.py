@@ -60,11 +60,13 @@ def write_report(
     student_dir: Path,
     baseline_dirs: dict[str, Path],
     front: dict[str, Any] | None = None,
+    front_skipped: str | None = None,
 ) -> dict[str, Any]:
     """Measure, then write ``report.json`` (the contract) and ``report.md`` with plots.
 
     ``front``: the front's front.json content when it ran (``run.front``): report.json then
-    adds "front" (the retrained students) and "selected"."""
+    adds "front" (the retrained students) and "selected". ``front_skipped``: why a run
+    that asked for the front (``run.front``) has none (report.json "front_skipped")."""
     dirs = {"teacher": teacher_dir, "student": student_dir, **baseline_dirs}
     metrics = {name: read_metrics(d) for name, d in dirs.items()}
     log.info(
@@ -124,6 +126,8 @@ def write_report(
         report["front"] = front_summary(front)
         report["selected"] = front["selected"]
         report["front_figure"] = _rel(out / "front" / FRONT_FIGURE, out)
+    if front_skipped:
+        report["front_skipped"] = front_skipped
     if dist.is_main():
         largest = str(max(int(b) for b in speedup))
         points = {
@@ -421,6 +425,8 @@ def _budget_lines(report: dict[str, Any]) -> list[str]:
 
 def _front_lines(report: dict[str, Any]) -> list[str]:
     """The front's table and figure (``run.front``), with the selection and its reason."""
+    if "front_skipped" in report:
+        return ["## The front of the search", "", f"No front: {report['front_skipped']}.", ""]
     if "front" not in report:
         return []
     rows = report["front"]

@@ -72,6 +72,11 @@ def run_pipeline(
     from adarec.pipeline.report import write_report
 
     out = Path(out)
+    no_front = front_unavailable(cfg)
+    if cfg.run.front and no_front and cfg.run.select_budget:
+        raise UserError(
+            f"run.select_budget {cfg.run.select_budget!r} selects from the front, but {no_front}"
+        )
     if cfg.run.front and cfg.student.budget:
         raise UserError(
             f"student.budget {cfg.student.budget!r} derives one student, but adarec run "
@@ -101,7 +106,9 @@ def run_pipeline(
     )
     front = None
     selected_budget = ""
-    if cfg.run.front:
+    if cfg.run.front and no_front:
+        log.info("no front: %s; the student is the search's own derivation", no_front)
+    if cfg.run.front and not no_front:
         from adarec.pipeline.front import build_front, install_selected
 
         # The front's students are retrained once; the selected one becomes student/.
@@ -117,7 +124,32 @@ def run_pipeline(
             )
         )
     setup_logging(out, quiet)
-    return write_report(cfg, out, teacher_dir, search_dir, student_dir, baseline_dirs, front=front)
+    return write_report(
+        cfg,
+        out,
+        teacher_dir,
+        search_dir,
+        student_dir,
+        baseline_dirs,
+        front=front,
+        front_skipped=no_front if cfg.run.front else None,
+    )
+
+
+def front_unavailable(cfg: Config) -> str | None:
+    """Why the search of ``cfg`` can have no front (None when it can): the front derives
+    students under budgets from the search's cost model, which only a budgeted search has."""
+    if not cfg.search.use_cost:
+        return (
+            "search.use_cost is false: the search has no budget (no cost model) to derive "
+            "students under"
+        )
+    if cfg.search.cost_form == "paper":
+        return (
+            "search.cost_form is paper (beta x the cost table, no budget): the search has no "
+            "budget to derive students under"
+        )
+    return None
 
 
 def run_baseline(
