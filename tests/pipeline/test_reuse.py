@@ -109,3 +109,16 @@ def test_a_budget_the_search_would_refuse_is_refused_before_the_teacher_trains(
     with pytest.raises(UserError, match=message):
         run_pipeline(cfg, tmp_path / "run", baselines=[], quiet=True)
     assert not (tmp_path / "run" / "teacher").exists()
+
+
+def test_a_rerun_of_the_front_with_other_student_settings_is_refused(tmp_path):
+    """The front (adarec run's default) reuses its estimates and students by cell: only
+    those trained with the settings asked for."""
+    out = tmp_path / "run"
+    front = [*FAST, "run.front=true", "front.budgets=2"]
+    run_pipeline(tiny_config(*front), out, baselines=[], quiet=True)
+    before = _stamps(out / "front")
+    run_pipeline(tiny_config(*front, "run.keep=0.5"), out, baselines=[], quiet=True)
+    assert _stamps(out / "front") == before  # another selection: every student reused
+    with pytest.raises(UserError, match=r"front.* holds a finished stage .*student.lr"):
+        run_pipeline(tiny_config(*front, "student.lr=0.01"), out, baselines=[], quiet=True)

@@ -111,3 +111,16 @@ def test_weights_gone_non_finite_keep_the_last_finite_epoch(tmp_path: Path, monk
     monkeypatch.setattr(SupervisedStage, "on_epoch_start", original)
     _, result = _train(tmp_path / "inf", 3, resume=True, patience=0)
     assert result.epochs == 3
+
+
+def test_a_diverged_stage_is_not_finished_and_can_be_trained_again(tmp_path: Path):
+    """The stage's run directory stays open: no metrics.json (a finished run would be
+    read-only), and the same command with a sane learning rate then trains it."""
+    from adarec.pipeline.teacher import train_teacher
+
+    run = tmp_path / "teacher"
+    with pytest.raises(UserError, match="training diverged"):
+        train_teacher(tiny_config("model.name=sasrec", "train.lr=1e30"), run, quiet=True)
+    assert not (run / "metrics.json").exists()
+    metrics = train_teacher(tiny_config("model.name=sasrec"), run, quiet=True, resume=True)
+    assert metrics["test"]["full"]["NDCG@10"] > 0

@@ -92,14 +92,23 @@ def _depends(key: str, keys: tuple[str, ...]) -> bool:
 
 
 def check_reusable(
-    run_dir: Path, cfg: Config, keys: tuple[str, ...], teacher_dir: Path | None = None
+    run_dir: Path,
+    cfg: Config,
+    keys: tuple[str, ...],
+    teacher_dir: Path | None = None,
+    ignore: tuple[str, ...] = (),
 ) -> None:
     """Refuse to reuse the finished stage in ``run_dir`` for ``cfg`` unless it ran with the
-    same settings (``keys``: ``TEACHER_KEYS``, ``SEARCH_KEYS``, ``STUDENT_KEYS``), on the
-    same data (its fingerprint), and, for a search, distilled ``teacher_dir``."""
+    same settings (``keys``: ``TEACHER_KEYS``, ``SEARCH_KEYS``, ``STUDENT_KEYS``; less
+    ``ignore``), on the same data (its fingerprint), and, for a search, distilled
+    ``teacher_dir``."""
     run_dir = Path(run_dir)
     saved = load_run_config(run_dir)
-    changed = {k: v for k, v in differences(saved, cfg).items() if _depends(k, keys)}
+    changed = {
+        k: v
+        for k, v in differences(saved, cfg).items()
+        if _depends(k, keys) and not _depends(k, ignore)
+    }
     if changed:
         listed = ", ".join(f"{key} ({old!r} -> {new!r})" for key, (old, new) in changed.items())
         raise UserError(

@@ -43,7 +43,7 @@ from adarec.nas.front import (
     sweep_speedups,
 )
 from adarec.nas.genotype import genotype_to_dict, genotype_to_text
-from adarec.pipeline.common import check_teacher_window
+from adarec.pipeline.common import STUDENT_KEYS, check_reusable, check_teacher_window
 from adarec.pipeline.search import SUPERNET_FILE, distilled_teacher
 from adarec.pipeline.stage import StageRun
 from adarec.pipeline.student import (
@@ -285,6 +285,8 @@ def _estimates(
     variant = estimate_config(cfg)
     root = out / "estimates" / f"e{variant.student.epochs}"
     found = _finished(root, ESTIMATE_FILE) if root.is_dir() else {}
+    if found:  # estimates are reused by cell: only those of these settings
+        check_reusable(root, variant, STUDENT_KEYS, ignore=("student.budget",))
     records: list[dict[str, Any] | None] = []
     for point in points:
         hit = found.get(_key(point))
@@ -389,6 +391,9 @@ def _retrain(
     for candidate in [*map(Path, finished), *sorted(root.glob("*"))]:
         finished_run = (candidate / "metrics.json").exists()
         if finished_run and read_metrics(candidate).get("architecture") == architecture:
+            # A cell's student is its cell's under any budget's name, but only if it
+            # trained with these settings (issue 29: old results for new settings).
+            check_reusable(candidate, cfg, STUDENT_KEYS, ignore=("student.budget",))
             log.info("front: %s reuses the finished student %s", point.budget, candidate)
             return candidate
     run_dir = root / point.budget
