@@ -267,3 +267,12 @@ def test_absolute_budgets_are_compared_with_the_teacher():
         _model(f"{teacher_macs:.0f}macs")  # the teacher's own cost: no compression
     below = _model(f"{teacher_macs / 2:.0f}macs")
     assert below.teacher == teacher_macs and below.target == pytest.approx(teacher_macs / 2)
+
+
+def test_a_budget_in_ms_is_compared_with_the_timed_teacher():
+    # The op timings do not matter here: the teacher is timed, and no budget of a second
+    # per history is below it.
+    stats = {op: {"latency_ms": 0.01} for op in OPS}
+    common = (_empty_student(), CELLS, NODES, NUM_ITEMS, MAX_LEN)
+    with pytest.raises(UserError, match=r"1000ms .* not below the teacher's cost \(\d"):
+        build_cost_model(parse_budget("1000ms"), "latency", stats, *common, teacher=_teacher())
