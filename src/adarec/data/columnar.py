@@ -372,15 +372,12 @@ def _export(
     """
     offsets = np.zeros(len(lengths["n"]) + 1, dtype=np.int64)
     np.cumsum(lengths["n"], out=offsets[1:])
-    # Stable order by (user, timestamp, file row), written in that order (so that a range
-    # of positions reads only its own blocks).
-    con.execute(
-        f"CREATE TABLE seq AS SELECT ic, row_number() OVER (ORDER BY uc, t, row) - 1 AS pos "
-        f"FROM {view} ORDER BY pos"
-    )
+    # Stable order by (user, timestamp, file row), written in that order: a row's position
+    # is its rowid (insertion order is kept), and a range of rowids reads only its blocks.
+    con.execute(f"CREATE TABLE seq AS SELECT ic FROM {view} ORDER BY uc, t, row")
     # Items numbered 1..N by first appearance in that order.
     items = con.execute(
-        "SELECT ic, i FROM items JOIN (SELECT ic, min(pos) AS first FROM seq GROUP BY ic) "
+        "SELECT ic, i FROM items JOIN (SELECT ic, min(rowid) AS first FROM seq GROUP BY ic) "
         "USING (ic) ORDER BY first"
     ).fetchnumpy()
     internal = np.zeros(int(items["ic"].max()) + 1, dtype=np.int64)
@@ -396,7 +393,7 @@ def _export(
     for first, last in _user_chunks(offsets, CHUNK_ROWS):
         lo, hi = int(offsets[first]), int(offsets[last])
         codes = con.execute(
-            "SELECT ic FROM seq WHERE pos >= ? AND pos < ? ORDER BY pos", [lo, hi]
+            "SELECT ic FROM seq WHERE rowid >= ? AND rowid < ?", [lo, hi]
         ).fetchnumpy()["ic"]
         chunk = internal[codes]
         flat[lo:hi] = chunk
@@ -431,6 +428,7 @@ def _connect(work_dir: Path) -> duckdb.DuckDBPyConnection:
             raise UserError(f"{variable}={value!r} is not usable: {exc}") from None
     con.execute(f"SET temp_directory = {_literal(str(work_dir / 'spill'))}")
     con.execute("SET preserve_insertion_order = true")  # raw rows keep the file's order
+    con.execute("SET enable_progress_bar = false")
     return con
 
 
