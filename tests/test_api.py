@@ -116,3 +116,52 @@ def test_a_module_that_is_no_teacher_is_refused(tmp_path):
     cfg = tiny_config("search.epochs=1")
     with pytest.raises(UserError, match="lacks hidden_size, logits, full_sort_predict"):
         api.search(cfg, tmp_path / "search", teacher=nn.Linear(4, 4))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: api.config(overrides="train.epochs=1"), 'overrides must be a list of "key=value"'),
+        (lambda: api.config(overrides=[1]), 'overrides must hold "key=value" strings; got int'),
+        (lambda: api.config(file=3), "file must be a path"),
+        (lambda: api.config(run=b"runs/x"), "run must be a path"),
+        (lambda: api.load_data({"data": {}}), "cfg must be a Config"),
+        (lambda: api.train_teacher(tiny_config(), None), "out must be a path"),
+        (lambda: api.train_teacher(tiny_config(), "", resume=True), "out must name a path"),
+        (lambda: api.train_teacher(tiny_config(), Path(" ")), "out must name a path"),
+        (lambda: api.train_teacher(tiny_config(), "x", resume="yes"), "resume must be True"),
+        (lambda: api.search(tiny_config(), "x", teacher=3), "teacher must be a teacher run"),
+        (lambda: api.search(tiny_config(), "x", teacher="t", quiet=0), "quiet must be True"),
+        (lambda: api.retrain(tiny_config(), "x", search=None), "search must be a path"),
+        (lambda: api.retrain(tiny_config(), "x", "s", teacher="t"), "teacher must be a torch"),
+        (lambda: api.evaluate(["runs/x"]), "run_dir must be a path"),
+        (lambda: api.evaluate("runs/x", exclude_seen=None), "exclude_seen must be True"),
+        (lambda: api.export("runs/x", fmt=None), "fmt must be a string"),
+        (lambda: api.export("runs/x", out=5), "out must be a path"),
+        (lambda: api.export("runs/x", device="meta"), "unknown device 'meta'"),
+        (lambda: api.load_teacher("runs/x", device=0), "device must be a string"),
+        (lambda: api.predictor("runs/x", backend=1), "backend must be a string"),
+        (lambda: api.predictor(None), "path must be a path"),
+    ],
+)
+def test_wrong_argument_types_are_user_errors_naming_the_argument(
+    call, message, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # a call that went through would write here, not in the repo
+    with pytest.raises(UserError, match=re.escape(message)):
+        call()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_retraining_with_kd_checks_the_teacher_module(tmp_path):
+    cfg = tiny_config("search.epochs=1", "student.epochs=1", "student.loss=kd")
+    data = api.load_data(cfg)
+    teacher = PrefixMeanTeacher(data.data.num_items)
+    api.search(cfg, tmp_path / "search", teacher=teacher)
+
+    class LooksAhead(PrefixMeanTeacher):
+        def forward(self, items):
+            return super().forward(torch.roll(items, -1, dims=1))
+
+    with pytest.raises(UserError, match="teacher is not causal"):
+        api.retrain(cfg, tmp_path / "kd", search=tmp_path / "search", teacher=LooksAhead(30))

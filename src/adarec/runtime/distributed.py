@@ -35,11 +35,19 @@ def resolve_device(name: str = "auto") -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cpu":
+        return torch.device("cpu")  # "cpu:0" is the CPU too, and torch.load refuses it
+    if device.type != "cuda":  # meta, mps, xla...: adarec runs on the CPU or CUDA only
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for, but this machine has no usable GPU")
-    if device.type == "cuda" and device.index is None:
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(
+            f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} GPUs"
+        )
+    if device.index is None:
         local_rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
         if local_rank >= gpus:
             raise UserError(
