@@ -335,6 +335,10 @@ def test_a_sampled_step_touches_only_the_candidates_rows(name):
     assert touched and touched <= allowed
     untouched = sorted(set(range(NUM_ITEMS + 1)) - allowed)
     assert torch.equal(model.output_layer.weight[untouched].detach(), before[untouched])
+    # The catalogue's optimizer pass is the one cost left that grows with N: fused.
+    assert stage.optimizer.defaults["fused"]
+    full = SupervisedStage(copy.deepcopy(model), LoopConfig(), torch.device("cpu"))
+    assert not full.optimizer.defaults["fused"]  # full-softmax runs keep their numbers
 
 
 def test_search_and_kd_retraining_run_on_sampled_candidates(tmp_path: Path):

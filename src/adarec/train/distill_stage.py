@@ -123,7 +123,8 @@ class DistillStage:
             architect.remember_initial()  # the values every rank now shares
         alpha_ids = {id(p) for p in self._alphas()}
         weights = [p for p in self.kd.parameters() if id(p) not in alpha_ids]
-        self.optimizer = make_optimizer(weights, loop)
+        # Fused only with the sampled softmax: full-softmax runs keep their exact numbers.
+        self.optimizer = make_optimizer(weights, loop, fused=sampler is not None)
         self.scheduler = make_scheduler(self.optimizer, loop)
         self.mapper = EMDLayerMapper(
             self._layer_count(self.model),

@@ -82,7 +82,8 @@ class SupervisedStage:
         self.sampler = None if sampler is None else sampler.to(device)
         self.device, self.loop, self.amp = device, loop, amp
         self.net = wrap_ddp(WithLogits(self.model), device)
-        self.optimizer = make_optimizer(self.model.parameters(), loop)
+        # Fused only with the sampled softmax: full-softmax runs keep their exact numbers.
+        self.optimizer = make_optimizer(self.model.parameters(), loop, fused=sampler is not None)
         self.scheduler = make_scheduler(self.optimizer, loop)
         self.make_batch = make_batch or next_item_batch
 
