@@ -69,8 +69,11 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.parametrize("kcore_in", ["numpy", "sql"])
 @pytest.mark.parametrize("options", OPTIONS, ids=["default", "threshold", "single", "dense"])
-def test_same_as_the_row_reader_on_a_fixed_csv(tmp_path, options):
+def test_same_as_the_row_reader_on_a_fixed_csv(tmp_path, monkeypatch, options, kcore_in):
+    if kcore_in == "sql":  # the out-of-core k-core, for logs too large for the codes in memory
+        monkeypatch.setattr(columnar, "KCORE_IN_MEMORY_ROWS", 0)
     path = write_csv(tmp_path / "log.csv", log_rows(600, 0), ["user", "item", "rating", "time"])
     cfg = DataConfig(
         dataset=str(path),

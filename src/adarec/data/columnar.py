@@ -39,6 +39,9 @@ WHITESPACE = (
 )
 _BLANK = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]*"
 MIN_SEQUENCE_LENGTH = 3  # leave-one-out needs a training item, a validation and a test target
+# Up to this many rows, the k-core runs on the (user, item) codes in NumPy (about 20 bytes
+# a row at its peak: 4 GB); beyond, in SQL passes over the table (slower, out of core).
+KCORE_IN_MEMORY_ROWS = 200_000_000
 CHUNK_ROWS = 4_000_000  # interactions streamed out of DuckDB at a time (whole users)
 DEFAULT_MEMORY_LIMIT = "3GB"
 
@@ -217,7 +220,11 @@ class _Steps:
     def __init__(self, con: duckdb.DuckDBPyConnection, say: Callable[[str], None]) -> None:
         self.con, self.say = con, say
         self.view, self.count = "t0", 0
-        self.current = _sizes(con, "t0")
+        # Every user and item of the dictionaries has rows in t0.
+        self.current = con.execute(
+            "SELECT (SELECT count(*) FROM t0), (SELECT count(*) FROM users), "
+            "(SELECT count(*) FROM items)"
+        ).fetchone()
         self.log: list[dict] = []
 
     def apply(
@@ -227,14 +234,18 @@ class _Steps:
         always: bool = True,
         table: bool = False,
         sizes: tuple[int, int, int] | None = None,
+        same_ids: bool = False,
         **extra: object,
     ) -> None:
         """Keep what ``select`` (reading the previous step as ``cur``) returns; ``sizes``
-        when the caller knows them already."""
+        when the caller knows them already; ``same_ids`` when no user or item can go."""
         self.count += 1
         new = f"step{self.count}"
         kind = "TABLE" if table else "VIEW"
         self.con.execute(f"CREATE {kind} {new} AS WITH cur AS (SELECT * FROM {self.view}) {select}")
+        if same_ids:
+            (rows,) = self.con.execute(f"SELECT count(*) FROM {new}").fetchone()
+            sizes = (rows, *self.current[1:])
         after = sizes or _sizes(self.con, new)
         if always or after[0] < self.current[0]:
             entry: dict = {"step": label}
@@ -304,6 +315,66 @@ def _kcore(steps: _Steps, cfg: DataConfig) -> str:
     steps.apply(label, select, sizes=sizes, passes=passes)
     con.execute(f"CREATE TABLE kept_u AS SELECT uc, n FROM kc{passes} WHERE ic IS NULL")
     return "kept_u"
+
+
+def kcore_codes(
+    users: np.ndarray, items: np.ndarray, min_user: int, min_item: int, mode: str
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``preprocess.kcore`` on code arrays: the (user, item) codes of the rows kept, and the
+    number of passes. Compacts the arrays at each pass instead of keeping row indices."""
+    if mode == "single":
+        ok = (np.bincount(items) >= min_item)[items]
+        users, items = users[ok], items[ok]
+        ok = (np.bincount(users) >= min_user)[users]
+        return users[ok], items[ok], 1
+    if mode != "iterative":
+        raise UserError(f"data.kcore must be 'iterative' or 'single', got {mode!r}")
+    passes = 0
+    while True:
+        passes += 1
+        ok = (np.bincount(users) >= min_user)[users] & (np.bincount(items) >= min_item)[items]
+        if ok.all():
+            return users, items, passes
+        users, items = users[ok], items[ok]
+
+
+def _table(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, np.ndarray]) -> None:
+    """A DuckDB table made from NumPy columns."""
+    con.register(f"{name}_numpy", columns)
+    con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_numpy")
+    con.unregister(f"{name}_numpy")
+
+
+def _kcore_in_memory(steps: _Steps, cfg: DataConfig) -> None:
+    """The k-core and the short-sequence steps on the rows' (user, item) codes in NumPy;
+    the rows themselves are then filtered by view (users and items kept)."""
+    con = steps.con
+    codes = con.execute(
+        f"SELECT CAST(uc AS INTEGER) AS uc, CAST(ic AS INTEGER) AS ic FROM {steps.view}"
+    ).fetchnumpy()
+    users, items, passes = kcore_codes(
+        codes.pop("uc"), codes.pop("ic"), cfg.min_user_count, cfg.min_item_count, cfg.kcore
+    )
+    per_user = np.bincount(users)
+    alive_u, alive_i = np.flatnonzero(per_user), np.flatnonzero(np.bincount(items))
+    _table(con, "alive_u", {"uc": alive_u})
+    _table(con, "alive_i", {"ic": alive_i})
+    label = f"{cfg.kcore} k-core (users >= {cfg.min_user_count}, items >= {cfg.min_item_count})"
+    steps.apply(
+        label,
+        "SELECT * FROM cur SEMI JOIN alive_u USING (uc) SEMI JOIN alive_i USING (ic)",
+        sizes=(len(users), len(alive_u), len(alive_i)),
+        passes=passes,
+    )
+    long = per_user >= MIN_SEQUENCE_LENGTH
+    long_u = np.flatnonzero(long)
+    _table(con, "long_u", {"uc": long_u, "n": per_user[long_u]})
+    items_left = np.count_nonzero(np.bincount(items[long[users]])) if len(users) else 0
+    steps.apply(
+        f"sequences >= {MIN_SEQUENCE_LENGTH} items",
+        "SELECT * FROM cur SEMI JOIN long_u USING (uc)",
+        sizes=(int(per_user[long_u].sum()), len(long_u), int(items_left)),
+    )
 
 
 def sample_negatives_flat(
@@ -515,15 +586,19 @@ def _build(
             "SELECT min(row) AS row, uc, ic, t FROM cur GROUP BY uc, ic, t",
             always=False,
             table=True,
+            same_ids=True,  # one row of each (user, item, timestamp) stays
         )
-    per_user = _kcore(steps, cfg)
-    con.execute(
-        f"CREATE TABLE long_u AS SELECT uc, n FROM {per_user} WHERE n >= {MIN_SEQUENCE_LENGTH}"
-    )
-    steps.apply(
-        f"sequences >= {MIN_SEQUENCE_LENGTH} items",
-        "SELECT * FROM cur SEMI JOIN long_u USING (uc)",
-    )
+    if steps.current[0] <= KCORE_IN_MEMORY_ROWS:
+        _kcore_in_memory(steps, cfg)
+    else:
+        per_user = _kcore(steps, cfg)
+        con.execute(
+            f"CREATE TABLE long_u AS SELECT uc, n FROM {per_user} WHERE n >= {MIN_SEQUENCE_LENGTH}"
+        )
+        steps.apply(
+            f"sequences >= {MIN_SEQUENCE_LENGTH} items",
+            "SELECT * FROM cur SEMI JOIN long_u USING (uc)",
+        )
     if steps.current[0] == 0:
         emptied = next(entry["step"] for entry in steps.log if entry["rows_after"] == 0)
         filters = ", ".join(entry["step"] for entry in steps.log)
