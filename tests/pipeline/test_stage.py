@@ -38,3 +38,31 @@ def test_a_stage_refuses_other_data_than_the_run_it_follows(tmp_path: Path):
     with pytest.raises(UserError, match="another dataset or preprocessing"):
         StageRun(other, tmp_path / "next", False, True, data_of=tmp_path / "teacher")
     assert not (tmp_path / "next" / "items.json").exists()
+
+
+def test_other_items_of_the_same_count_are_named_not_counted(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from adarec.pipeline.common import check_same_data
+
+    (tmp_path / "items.json").write_text(json.dumps(["<pad>", "a", "b", "c"]))
+    here = SimpleNamespace(data=SimpleNamespace(item_ids=["<pad>", "a", "c", "b"], num_items=3))
+    with pytest.raises(UserError) as caught:
+        check_same_data(tmp_path, here)
+    message = str(caught.value)
+    assert "3 items in both, but item 2 is 'b' there and 'c' here" in message
+    assert "here 3" not in message
+    fewer = SimpleNamespace(data=SimpleNamespace(item_ids=["<pad>", "a"], num_items=1))
+    with pytest.raises(UserError, match=r"\(3 items, here 1\)"):
+        check_same_data(tmp_path, fewer)
+
+
+def test_a_search_refuses_a_teacher_whose_metrics_are_damaged(tmp_path: Path):
+    from adarec.pipeline.search import run_search
+
+    cfg = tiny_config("model.name=sasrec", "train.epochs=1")
+    train_teacher(cfg, tmp_path / "teacher", quiet=True)
+    (tmp_path / "teacher" / "metrics.json").write_text('{"dataset": "synthetic"')
+    with pytest.raises(UserError, match="metrics.json is damaged: not valid JSON"):
+        run_search(cfg, tmp_path / "search", tmp_path / "teacher", quiet=True)
+    assert not (tmp_path / "search").exists()

@@ -81,3 +81,17 @@ def test_excluded_seen_test_metrics_are_evaluated_once(tmp_path: Path, monkeypat
     # Once written, the excluded-seen metrics are read back, not computed again.
     monkeypatch.setattr(evaluate_module, "evaluate_run", lambda *a, **k: pytest.fail("again"))
     assert evaluate_module.excluded_seen_test(run) == json.loads(json.dumps(first))
+
+
+@pytest.mark.parametrize("name", ["sasrec", "nextitnet", "pop"])
+def test_a_phase_is_for_bert4rec_only(tmp_path: Path, name: str, capsys):
+    from adarec.cli import main
+
+    with pytest.raises(UserError, match=f"--phase pretrain is for bert4rec.*{name} trains"):
+        train_teacher(tiny_config(f"model.name={name}"), tmp_path / "run", phase="pretrain")
+    with pytest.raises(UserError, match="unknown phase 'warmup'"):
+        train_teacher(tiny_config("model.name=bert4rec"), tmp_path / "run", phase="warmup")
+    argv = ["teacher", "--model", name, "--dataset", "synthetic", "--phase", "finetune"]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "--phase finetune is for bert4rec" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

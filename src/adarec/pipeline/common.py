@@ -28,6 +28,7 @@ from adarec.runs import (
     check_run_data,
     has_weights,
     load_run_config,
+    read_metrics,
     resolve_from_run,
 )
 from adarec.runtime import distributed as dist
@@ -198,17 +199,27 @@ def load_stage_data(cfg: Config, quiet: bool = True) -> StageData:
 def check_same_data(source_dir: Path, stage_data: StageData) -> None:
     """The run a stage follows (a teacher, a search) must have used this item catalogue."""
     items = read_json(Path(source_dir) / ITEMS_FILE)
-    if items != stage_data.data.item_ids:
+    here = stage_data.data.item_ids
+    if items != here:
+        if len(items) != len(here):
+            detail = f"{len(items) - 1} items, here {len(here) - 1}"
+        else:  # as many items, other ids or another order: say where they part
+            first = next(i for i, (a, b) in enumerate(zip(items, here, strict=True)) if a != b)
+            detail = (
+                f"{len(here) - 1} items in both, but item {first} is {items[first]!r} "
+                f"there and {here[first]!r} here"
+            )
         raise UserError(
             f"the run in {source_dir} was trained on another dataset or preprocessing "
-            f"({len(items) - 1} items, here {stage_data.data.num_items}); "
-            "use the data settings of the run this stage follows"
+            f"({detail}); use the data settings of the run this stage follows"
         )
 
 
 def check_teacher_window(teacher_dir: Path, max_len: int) -> None:
-    """A stage that distils the teacher of ``teacher_dir`` must use its window length
-    (checked at the stage's start, before anything is written or trained)."""
+    """A stage that distils the teacher of ``teacher_dir`` must use its window length,
+    and the teacher's run must be finished and whole (its metrics.json, which the report
+    reads at the end); checked at the stage's start, before anything is written or trained."""
+    read_metrics(teacher_dir)
     teacher_len = load_run_config(teacher_dir).data.max_len
     if teacher_len != max_len:
         # Longer: positions the teacher has no embedding for (an IndexError mid-search);

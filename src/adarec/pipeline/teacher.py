@@ -27,6 +27,13 @@ def train_teacher(
     cfg: Config, run_dir: Path, quiet: bool = False, resume: bool = False, phase: str = "all"
 ) -> dict[str, Any]:
     """Train the teacher described by ``cfg.model`` and write its run directory."""
+    if phase not in PHASES:
+        raise UserError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
+    if phase != "all" and cfg.model.name != "bert4rec":
+        raise UserError(
+            f"--phase {phase} is for bert4rec (masked-item pretraining, then causal "
+            f"fine-tuning); {cfg.model.name} trains in one phase: drop --phase"
+        )
     run = StageRun(cfg, run_dir, resume, quiet)
     model = build_model(cfg.model, run.data.data.num_items, cfg.data.max_len)
     if cfg.model.name == "pop":
