@@ -241,6 +241,10 @@ class FrontConfig:
     # Epochs of the student's loop that each estimate runs from the inherited supernet
     # weights before its validation NDCG@10 is read (0: the inherited weights alone).
     estimate_epochs: int = 1
+    # needed: candidates are retrained cheapest first and, with a keep, only until one keeps
+    # it (the dearer ones cannot be selected); all: every candidate that can be on the
+    # front (the whole accuracy-latency curve, benchmarks/front.py).
+    retrain: str = "needed"
 
 
 @dataclass
@@ -283,6 +287,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "student.init": ("inherit", "scratch"),
     "student.loss": ("ce", "kd"),
     "student.positions": ("absolute", "none"),
+    "front.retrain": ("needed", "all"),
     "sampled_softmax.proposal": ("popularity", "uniform"),
 }
 

@@ -49,7 +49,11 @@ def fronted(searched, tmp_path_factory) -> Path:
 
 def _sets() -> list[str]:
     # The search's saved config is the tiny one; only the front's own keys are set here.
-    return ["--set", "front.budgets=6", "--set", "bench.repeats=2", "--set", "bench.warmup=1"]
+    # The whole front (front.retrain all): every candidate that can be on it is retrained.
+    return [
+        *("--set", "front.budgets=6", "--set", "front.retrain=all"),
+        *("--set", "bench.repeats=2", "--set", "bench.warmup=1"),
+    ]
 
 
 def _read(front_dir: Path) -> dict:
@@ -148,7 +152,7 @@ def test_second_front_reuses_finished_students_and_reads_validation_only(
         )
         path.write_text(json.dumps(metrics))
     _forbid_training(monkeypatch)
-    cfg = tiny_config(*FAST, "front.budgets=6")
+    cfg = tiny_config(*FAST, "front.budgets=6", "front.retrain=all")
     second = build_front(cfg, search, out, quiet=True)
     assert [s["cell"] for s in second["students"]] == [s["cell"] for s in first["students"]]
     assert second["selected"]["name"] == first["selected"]["name"]
@@ -161,7 +165,7 @@ def test_interrupted_front_resumes_estimates_and_students(searched, tmp_path, mo
     search = Path(shutil.copytree(searched, tmp_path / "search"))
     shutil.copytree(searched.parent / "teacher", tmp_path / "teacher")
     out = tmp_path / "front"
-    cfg = tiny_config(*FAST, "front.budgets=6", "student.epochs=2")
+    cfg = tiny_config(*FAST, "front.budgets=6", "front.retrain=all", "student.epochs=2")
     calls = {"estimate": 0, "finish": 0}
     real_estimate, real_finish = front_module._estimate, stage_module.StageRun.finish
 
@@ -331,7 +335,8 @@ def test_dominated_candidates_are_not_retrained(fronted, tmp_path, monkeypatch):
     (out / "front.json").unlink()
     # With no uncertainty, any cheaper candidate with a higher estimate dominates.
     monkeypatch.setattr(front_module, "_difference_se", lambda e: [[0.0] * len(e) for _ in e])
-    front = build_front(tiny_config(*FAST, "front.budgets=6"), search, out, quiet=True)
+    cfg = tiny_config(*FAST, "front.budgets=6", "front.retrain=all")
+    front = build_front(cfg, search, out, quiet=True)
     students = front["students"]
     best_cheaper = [
         max((t["estimate"]["valid_ndcg10"] for t in students[k + 1 :]), default=-1.0)
@@ -342,3 +347,62 @@ def test_dominated_candidates_are_not_retrained(fronted, tmp_path, monkeypatch):
         assert (out / "students" / s["budget"]).exists() == s["retrained"]
     assert students[-1]["retrained"]  # the cheapest is always on the front
     assert [s["estimate"] for s in students] == [s["estimate"] for s in first["students"]]
+
+
+def _needed(fronted: Path, tmp_path: Path, monkeypatch, *sets: str) -> dict:
+    """The front of ``fronted``'s search again with front.retrain needed, from a copy that
+    keeps the estimates but none of the students; counts the retrainings."""
+    search, out = _copy(fronted, tmp_path)
+    shutil.rmtree(out / "students")
+    (out / "front.json").unlink()
+    trained = []
+    real = front_module.run_student
+
+    def count(cfg, run_dir, *args, **kwargs):
+        trained.append(Path(run_dir).name)
+        return real(cfg, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(front_module, "run_student", count)
+    front = build_front(tiny_config(*FAST, "front.budgets=6", *sets), search, out, quiet=True)
+    front["trained"] = trained
+    return front
+
+
+def test_needed_retrains_cheapest_first_and_stops_at_the_first_that_keeps(
+    fronted, tmp_path, monkeypatch
+):
+    # A keep every student meets: the cheapest candidate decides, nothing dearer trains.
+    front = _needed(fronted, tmp_path, monkeypatch, "run.keep=0.01")
+    candidates = [s for s in front["students"] if s["dominated_by"] is None]
+    cheapest = candidates[-1]
+    assert front["trained"] == [cheapest["budget"]]
+    assert front["selected"]["name"] == cheapest["budget"] and front["retrain"] == "needed"
+    for s in candidates[:-1]:
+        assert not s["retrained"] and "not needed" in s["not_retrained"]
+        assert cheapest["budget"] in s["not_retrained"]
+
+
+def test_needed_retrains_every_candidate_when_none_keeps(fronted, tmp_path, monkeypatch):
+    whole = _read(fronted)
+    front = _needed(fronted, tmp_path, monkeypatch, "run.keep=1")
+    best = max(s["valid_ndcg10"] for s in whole["students"] if s["retrained"])
+    if best >= whole["teacher"]["valid_ndcg10"]:
+        pytest.skip("a student of this tiny search keeps all of the teacher's accuracy")
+    candidates = [s["budget"] for s in front["students"] if s["dominated_by"] is None]
+    assert sorted(front["trained"]) == sorted(candidates)  # cheapest first, none skipped
+    assert front["trained"] == candidates[::-1]
+    assert not front["selected"]["met"] and front["selected"]["closest"] in candidates
+
+
+def test_needed_with_a_budget_alone_retrains_every_candidate_within_it(
+    fronted, tmp_path, monkeypatch
+):
+    whole = _read(fronted)
+    candidates = [s for s in whole["students"] if s["dominated_by"] is None]
+    if len(candidates) < 2:
+        pytest.skip("this tiny search has one candidate")
+    bound = candidates[1]["budget"]  # the second dearest: the dearest is over it
+    front = _needed(fronted, tmp_path, monkeypatch, "run.keep=null", f"run.select_budget={bound}")
+    assert sorted(front["trained"]) == sorted(s["budget"] for s in candidates[1:])
+    dearest = next(s for s in front["students"] if s["budget"] == candidates[0]["budget"])
+    assert not dearest["retrained"] and "over the budget" in dearest["not_retrained"]

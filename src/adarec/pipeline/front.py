@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adarec.config import Config, parse_budget
+from adarec.config import Budget, Config, parse_budget
 from adarec.errors import UserError
 from adarec.evaluate.evaluator import evaluate
 from adarec.evaluate.latency import machine_description
@@ -41,6 +41,7 @@ from adarec.nas.front import (
     require_teacher_cost,
     select_student,
     sweep_speedups,
+    within_budget,
 )
 from adarec.nas.genotype import genotype_to_dict, genotype_to_text
 from adarec.pipeline.common import STUDENT_KEYS, check_reusable, check_teacher_window
@@ -127,12 +128,14 @@ def build_front(
     dominators = dominated_by([p.cost for p in points], values, _difference_se(estimates))
     for point, by in zip(points, dominators, strict=True):
         if by is not None:
-            log.info("front: %s not retrained (%s is cheaper and better)", point.budget, by)
-
-    students: dict[int, Path] = {}
-    for k, point in enumerate(points):
-        if dominators[k] is None:
-            students[k] = _retrain(cfg, search_dir, out / "students", point, quiet, finished)
+            log.info(
+                "front: %s not retrained (%s is cheaper and better)",
+                point.budget,
+                points[by].budget,
+            )
+    students, skipped = _retrain_front(
+        cfg, search_dir, out, points, estimates, dominators, teacher, model, budget, quiet, finished
+    )
     setup_logging(out, quiet)
     measure_started = time.perf_counter()
     latency, teacher_macs = _measure(
@@ -141,7 +144,7 @@ def build_front(
     measure_seconds = time.perf_counter() - measure_started
 
     rows = [
-        _row(point, estimate, dominators[k], points, students.get(k), latency, out)
+        _row(point, estimate, dominators[k], points, students.get(k), latency, out, skipped.get(k))
         for k, (point, estimate) in enumerate(zip(points, estimates, strict=True))
     ]
     teacher_row = _teacher_row(teacher, teacher_dir, model, teacher_macs, latency, out)
@@ -171,6 +174,7 @@ def build_front(
         "search_budget": model.budget,
         "cost_unit": model.unit,
         "estimate_epochs": cfg.front.estimate_epochs,
+        "retrain": cfg.front.retrain,
         "sweep": [f"{s:g}x" for s in speedups],
         "teacher": teacher_row,
         "students": rows,
@@ -377,6 +381,64 @@ def _difference_se(estimates: list[dict[str, Any]]) -> list[list[float]]:
     return matrix
 
 
+def _retrain_front(
+    cfg: Config,
+    search_dir: Path,
+    out: Path,
+    points: list[SweepPoint],
+    estimates: list[dict[str, Any]],
+    dominators: list[int | None],
+    teacher: dict[str, Any],
+    model: CostModel,
+    budget: Budget | None,
+    quiet: bool,
+    finished: Sequence[Path],
+) -> tuple[dict[int, Path], dict[int, str]]:
+    """Retrain the candidates, cheapest first (modelled cost); returns {point: run dir} and
+    {point: why it was not retrained}.
+
+    ``front.retrain`` all: every candidate not dominated (the whole front). needed (the
+    default): with a keep, retraining stops at the first candidate (within the budget, if
+    any) whose validation NDCG@10 keeps it: every dearer one is slower in the cost model,
+    so it could not be selected. Without a keep (the most accurate within a budget), every
+    candidate within the budget is retrained.
+    """
+    keep = cfg.run.keep
+    threshold = None if keep is None else keep * teacher["valid"]["full"][METRIC]
+    students: dict[int, Path] = {}
+    skipped: dict[int, str] = {}
+    decided_by: str | None = None
+    for k in sorted(range(len(points)), key=lambda i: (points[i].cost, i)):
+        point = points[k]
+        if dominators[k] is not None:
+            skipped[k] = f"{points[dominators[k]].budget} is cheaper and better"
+            continue
+        if budget is not None and _outside(point, estimates[k], budget, model) is True:
+            skipped[k] = f"over the budget {budget}"
+            continue
+        if decided_by is not None:
+            skipped[k] = f"not needed: the cheaper {decided_by} keeps {keep:g}"
+            continue
+        students[k] = _retrain(cfg, search_dir, out / "students", point, quiet, finished)
+        valid = read_metrics(students[k])["valid"]["full"][METRIC]
+        fits = budget is None or _outside(point, estimates[k], budget, model) is False
+        if cfg.front.retrain == "needed" and threshold is not None and valid >= threshold and fits:
+            decided_by = point.budget
+            log.info("front: %s keeps %g; dearer students are not retrained", point.budget, keep)
+    return students, skipped
+
+
+def _outside(
+    point: SweepPoint, estimate: dict[str, Any], budget: Budget, model: CostModel
+) -> bool | None:
+    """Whether ``point`` is over ``budget`` before it is measured; None when only its
+    measured latency can tell (an ms budget of a search that counts MACs)."""
+    if budget.kind == "ms" and model.unit != "ms":
+        return None
+    candidate = Candidate(point.budget, 0.0, point.cost, estimate["macs"])
+    return not within_budget(candidate, budget, model.teacher, model.unit)
+
+
 def _retrain(
     cfg: Config,
     search_dir: Path,
@@ -441,8 +503,10 @@ def _row(
     run_dir: Path | None,
     latency: dict[str, dict[str, float]],
     out: Path,
+    skipped: str | None = None,
 ) -> dict[str, Any]:
-    """front.json's entry of one student (validation/test and latency when retrained)."""
+    """front.json's entry of one student (validation/test and latency when retrained;
+    ``skipped``: why it was not)."""
     valid, valid_se = _ndcg(estimate["valid"])
     row: dict[str, Any] = {
         "budget": point.budget,
@@ -462,6 +526,7 @@ def _row(
         },
         "dominated_by": None if dominator is None else points[dominator].budget,
         "retrained": run_dir is not None,
+        "not_retrained": skipped,
     }
     if run_dir is None:
         return row
@@ -561,7 +626,7 @@ def format_front(front: dict[str, Any]) -> str:
                 else f"{'-':>9}" * 2
             )
             + "".join(f"{r['speedup'][b]:>9.1f}" if retrained else f"{'-':>9}" for b in batches)
-            + ("  yes" if retrained else f"  no ({r['dominated_by']} is cheaper and better)")
+            + ("  yes" if retrained else f"  no ({r.get('not_retrained') or r['dominated_by']})")
         )
     lines.append(f"selected: {front['selected']['reason']}")
     return "\n".join(lines)
