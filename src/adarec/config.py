@@ -28,7 +28,9 @@ class DataConfig:
     """Where the interactions come from and how they are turned into sequences."""
 
     dataset: str = "ml-100k"  # built-in name (ml-100k, ml-1m, synthetic) or a file path
-    format: str = "auto"  # auto | atomic | csv | ml2k | retailrocket | 30music
+    # auto | atomic | csv | ml2k | retailrocket | 30music | parquet (a file or a folder of
+    # files; columns user_col, item_col, time_col, rating_col)
+    format: str = "auto"
     sep: str = "auto"  # csv/tsv separator: auto | "," | "\t" | ...
     user_col: str = "user_id"
     item_col: str = "item_id"
@@ -267,7 +269,7 @@ class Config:
 STAGES = ("train", "search", "student")
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.format": ("auto", "atomic", "csv", "ml2k", "retailrocket", "30music"),
+    "data.format": ("auto", "atomic", "csv", "ml2k", "retailrocket", "30music", "parquet"),
     "data.kcore": ("iterative", "single"),
     "data.synthetic_pattern": ("successor", "order"),
     "data.duplicates": ("drop", "keep"),
