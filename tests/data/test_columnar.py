@@ -165,6 +165,13 @@ def test_parquet_file_and_folder_give_the_csv_result(tmp_path):
 
     with pytest.raises(UserError, match="has no column 'visitor'; available columns: user"):
         prepare(DataConfig(dataset=str(folder), user_col="visitor"), 0, tmp_path / "c")
+    with pytest.raises(UserError, match="not a .parquet file or a folder"):
+        prepare(DataConfig(dataset=str(path), format="parquet", **options), 0, tmp_path / "c")
+    with duckdb.connect() as con:  # a timestamp missing: named, not sent to the row reader
+        con.execute(f"COPY (SELECT 'a' AS user, 'b' AS item, NULL::DOUBLE AS time) TO "
+                    f"'{tmp_path / 'null.parquet'}' (FORMAT parquet)")  # fmt: skip
+    with pytest.raises(UserError, match="Parquet data .*null.parquet: 1 rows hold a missing"):
+        prepare(DataConfig(dataset=str(tmp_path / "null.parquet"), **columns), 0, tmp_path / "c")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="is a directory with no Parquet files"):
         prepare(DataConfig(dataset=str(tmp_path / "empty")), 0, tmp_path / "c")

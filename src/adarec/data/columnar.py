@@ -520,9 +520,14 @@ def build(
     """
     con = _connect(work_dir)
     try:
-        return _build(con, path, cfg, seed, out_dir, say)
-    except (duckdb.ConversionException, duckdb.InvalidInputException) as exc:
-        raise RowReaderNeeded(str(exc).splitlines()[0]) from None
+        try:
+            return _build(con, path, cfg, seed, out_dir, say)
+        except (duckdb.ConversionException, duckdb.InvalidInputException) as exc:
+            raise RowReaderNeeded(str(exc).splitlines()[0]) from None
+    except RowReaderNeeded as exc:
+        if is_parquet(path):  # the row reader reads text files only
+            raise UserError(f"cannot prepare Parquet data {path}: {exc}") from None
+        raise
     except duckdb.OutOfMemoryException as exc:
         raise UserError(
             f"preparing {path} ran out of memory ({str(exc).splitlines()[0]}); "
