@@ -34,3 +34,14 @@ def test_ml100k_five_core(tmp_path):
     trained = (windows[:, :-1] > 0) & (windows[:, 1:] > 0)
     assert trained.sum() == data.num_interactions - 3 * data.num_users
     assert test.inputs.shape == (943, 50)
+
+
+def test_ml100k_columnar_preparation_equals_the_row_reader(tmp_path):
+    from adarec.data.preprocess import build_in_memory
+
+    for options in ({}, {"rating_threshold": 4.0, "kcore": "single"}):
+        cfg = DataConfig("ml-100k", **options)
+        data = prepare(cfg, 42, tmp_path)
+        expected = build_in_memory(read_atomic(builtin_path("ml-100k")), cfg, 42, "ml-100k", print)
+        assert data.fingerprint() == expected.fingerprint()
+        assert data.filter_log == expected.filter_log
