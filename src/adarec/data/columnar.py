@@ -220,9 +220,9 @@ class _Steps:
     def __init__(self, con: duckdb.DuckDBPyConnection, say: Callable[[str], None]) -> None:
         self.con, self.say = con, say
         self.view, self.count = "t0", 0
-        # Every user and item of the dictionaries has rows in t0.
+        # Every user and item of the dictionaries has rows in t0 (one per raw row).
         self.current = con.execute(
-            "SELECT (SELECT count(*) FROM t0), (SELECT count(*) FROM users), "
+            "SELECT (SELECT count(*) FROM raw), (SELECT count(*) FROM users), "
             "(SELECT count(*) FROM items)"
         ).fetchone()
         self.log: list[dict] = []
@@ -557,12 +557,12 @@ def _build(
             f"row_number() OVER (ORDER BY min(row)) - 1 AS {code}, "
             f"regexp_full_match({key}, {_literal(_BLANK)}) AS blank FROM raw GROUP BY {key}"
         )
+    # A view: the rows are written once, by the first step that must (the duplicates'
+    # aggregate, or below), with the earlier filters applied.
     con.execute(
-        "CREATE TABLE t0 AS SELECT row, uc, ic, t, r "
+        "CREATE VIEW t0 AS SELECT row, uc, ic, t, r "
         "FROM raw JOIN users USING (u) JOIN items USING (i)"
     )
-    con.execute("DROP VIEW raw")
-    con.execute("DROP TABLE raw0")
     steps = _Steps(con, say)
     say(f"read {steps.current[0]:,} interactions")
     (blanks,) = con.execute(
@@ -593,6 +593,9 @@ def _build(
             table=True,
             same_ids=True,  # one row of each (user, item, timestamp) stays
         )
+    else:  # written out here: the k-core and the sort read the rows again
+        con.execute(f"CREATE TABLE kept_rows AS SELECT * FROM {steps.view}")
+        steps.view = "kept_rows"
     if steps.current[0] <= KCORE_IN_MEMORY_ROWS:
         _kcore_in_memory(steps, cfg)
     else:
