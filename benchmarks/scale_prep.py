@@ -6,9 +6,10 @@ Each case is a synthetic log with real structure, written once under ``--work``:
   lengths log-normal (sigma 1); the next item follows one of 4 item-to-item transitions of
   the previous item with probability 0.6, else a Zipf(1) draw from the catalogue;
   timestamps with 10% ties; the CSV (``user_id,item_id,timestamp``) in chronological order.
-- ``retailrocket``: RetailRocket's ``events.csv`` layout and size (2.75M events, 1.4M
-  visitors, 235k items, views 96%, add-to-cart 2.6%, transactions 0.8%, ms timestamps),
-  most visitors with one event (log-normal lengths, sigma 1.6); prepared with the
+- ``retailrocket``: RetailRocket's ``events.csv`` layout and about its size (1.4M
+  visitors, 235k items, views 96%, add-to-cart 2.6%, transactions 0.8%, ms timestamps;
+  3.34M events: lengths drawn for 2.75M, then at least one per visitor), most visitors
+  with one or two events (log-normal lengths, sigma 1.6); prepared with the
   ``retailrocket`` reader (views only) and the default 5-core.
 
 ``movielens``: ml-100k and ml-1m prepared by both engines under four option sets (the
