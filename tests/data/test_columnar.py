@@ -251,3 +251,18 @@ def test_the_cache_is_memory_mapped_and_shards_are_views(tmp_path):
     assert all(_mapped(s.sequences.items) for s in shards)
     assert data.sequences[-1].tolist() == list(data.sequences)[-1].tolist()
     assert len(data.sequences[1:4]) == 3
+
+
+def test_same_as_the_row_reader_on_ml2k_and_30music_files(tmp_path):
+    rows = log_rows(400, 5)
+    ml2k = [[u, i, r, str(int(t) * 1000 + 1)] for u, i, r, t in rows]
+    header = ["userID", "movieID", "rating", "timestamp"]
+    path = write_csv(tmp_path / "user_ratedmovies-timestamps.dat", ml2k, header, sep="\t")
+    cfg = DataConfig(dataset=str(path), min_user_count=2, min_item_count=2, rating_threshold=3)
+    assert_same(prepare(cfg, 0, tmp_path / "c"), reference(cfg, 0))
+
+    sessions = [["7", u, i, t, "a"] for u, i, _, t in rows]
+    header = ["UserId", "SessionId", "ItemId", "Time", "ArtistId"]
+    path = write_csv(tmp_path / "30music.csv", sessions, header)
+    cfg = DataConfig(dataset=str(path), min_user_count=2, min_item_count=2)
+    assert_same(prepare(cfg, 0, tmp_path / "c"), reference(cfg, 0))
