@@ -201,3 +201,38 @@ def test_unreachable_redis_is_reported_not_raised():
 
     stats = run(scenario())
     assert stats["status"].startswith("unreachable") and stats["url"] == "redis://127.0.0.1:1/0"
+
+
+@pytest.mark.parametrize("first", ["get", "put", "delete", "stats"])
+def test_redis_store_serves_the_first_call_after_a_redis_restart(tmp_path, first):
+    """Issue 29 (15): the first request after each Redis restart got a spurious 503."""
+    from tests.serve.conftest import free_port, start_redis
+
+    port = free_port()
+    server = start_redis(port, tmp_path)
+
+    async def session():
+        nonlocal server
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", TAG, "cpu", 10, 10**6)
+        try:
+            await store.put("u", sample_state(2))
+            assert (await store.stats())["status"] == "ok"
+            server.terminate()
+            server.wait(timeout=10)
+            server = start_redis(port, tmp_path)  # empty: states are gone, not an error
+            if first == "get":
+                assert await store.get("v") is None
+            elif first == "put":
+                await store.put("v", sample_state(1))
+            elif first == "delete":
+                assert await store.delete("v") is False
+            else:
+                assert (await store.stats())["status"] == "ok"
+        finally:
+            await store.close()
+
+    try:
+        run(session())
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -103,13 +103,13 @@ def decode_state(data: bytes, tag: bytes, device: str | torch.device = "cpu") ->
 
 
 # What keeping one user's state in this process costs beyond its tensors' storage bytes
-# (``StreamState.nbytes`` counts only the elements of each view), measured as RSS growth over 20,000 states of SASRec and
-# NextItNet streamers on the CPU (3 to 9 tensors each): about 600 bytes per tensor (the
-# Python object, its TensorImpl and StorageImpl, the aligned allocation) and 250 per user
-# (the state object, its lists, the store's entry) besides the user id's string; a kept
-# item is a list slot and an int object (36 bytes, where nbytes counts 4). Counted this
-# way, --max-state-mb bounds the memory the states really take (tensor bytes alone were a
-# fifth of it for small states).
+# (``StreamState.nbytes`` counts only the elements of each view), measured as RSS growth
+# over 20,000 states of SASRec and NextItNet streamers on the CPU (3 to 9 tensors each):
+# about 600 bytes per tensor (the Python object, its TensorImpl and StorageImpl, the
+# aligned allocation) and 250 per user (the state object, its lists, the store's entry)
+# besides the user id's string; a kept item is a list slot and an int object (36 bytes,
+# where nbytes counts 4). Counted this way, --max-state-mb bounds the memory the states
+# really take (tensor elements alone were a fifth to a half of it).
 TENSOR_OVERHEAD = 600
 STATE_OVERHEAD = 250
 ITEM_OVERHEAD = 32
@@ -243,6 +243,8 @@ class RedisStore(StateStore):
         cache_bytes: int = 0,
     ):
         import redis.asyncio
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         self.url = url
         self.tag = tag
@@ -253,7 +255,14 @@ class RedisStore(StateStore):
         # First: it refuses a malformed URL (redis-py reads a database that is not a
         # number as database 0).
         self.fast = RespClient.from_url(url, timeout=5)
-        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=5)
+        # /health's PING and INFO: once more on a new connection when Redis closed the old
+        # one (restarted), as the fast client does.
+        self.client = redis.asyncio.Redis.from_url(
+            url,
+            socket_timeout=5,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[redis.exceptions.ConnectionError],
+        )
         self.cache_users, self.cache_bytes = cache_users, cache_bytes
         # user: (state, the bytes stored in Redis, the bytes counted for both here)
         self.cache: OrderedDict[str, tuple[StreamState, bytes, int]] = OrderedDict()
@@ -297,7 +306,7 @@ class RedisStore(StateStore):
 
     async def delete(self, user: str) -> bool:
         self._forget(user)
-        return bool(await self._call(self.client.delete(self.PREFIX + user)))
+        return bool(await self._call(self.fast.execute("DEL", self.PREFIX + user)))
 
     # SET only while the key still holds the bytes read (absent: ''): a check-and-set in
     # one round trip, atomic in Redis, so processes sharing this Redis never lose an update.
