@@ -16,7 +16,8 @@ full-softmax arm whose [positions, N] tensors (logits, log-softmax, gradient; tw
 kd, whose teacher scores the catalogue too) would exceed ``--max-logits-gb`` is not run
 and says so. One thread
 (OMP_NUM_THREADS=1). Writes the "train" key of benchmarks/results/scale.json (read, then
-replaced atomically under a lock, so ``--part prep`` keeps its key).
+replaced atomically under a lock, so ``--part prep`` keeps its key); a run of some
+``--stages`` replaces those stages' rows and keeps the others'.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def _build(stage: str, num_items: int, sampled: bool, negatives: int, seed: int)
         return SupervisedStage(teacher(), cfg.train, device, sampler=sampler), cfg.train
     if stage == "student":
         return SupervisedStage(student(), cfg.student, device, sampler=sampler), cfg.student
-    kd = DistillStage(student(), teacher(), cfg.search, cfg.student, device, seed, sampler=sampler)
+    kd = DistillStage(student(), teacher(), cfg.distill, cfg.student, device, seed, sampler=sampler)
     return kd, cfg.student
 
 
@@ -125,14 +126,50 @@ def _one(stage: str, arm: str, num_items: int, steps: int, negatives: int) -> di
     }
 
 
-def _write_train(record: dict[str, Any]) -> None:
-    """Replace the "train" key of scale.json, keeping the others (read-modify-write under
-    an exclusive lock; the write itself is atomic)."""
+def _ratios(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The target of issue 28 (a step at the largest catalogue within 3x the smallest's):
+    each stage's sampled step at the largest size over the smallest size's sampled step
+    and its full-softmax one (the default there)."""
+    timed = {
+        (r["stage"], r["softmax"], r["num_items"]): r["seconds_per_step"]
+        for r in runs
+        if "seconds_per_step" in r
+    }
+    ratios = {}
+    for stage in dict.fromkeys(r["stage"] for r in runs):
+        sizes = [r["num_items"] for r in runs if r["stage"] == stage]
+        largest = timed.get((stage, "sampled", max(sizes)))
+        ratios[stage] = {
+            f"over_{arm}": round(largest / timed[(stage, arm, min(sizes))], 2)
+            for arm in ARMS
+            if largest is not None and (stage, arm, min(sizes)) in timed
+        }
+    return ratios
+
+
+def _write_train(runs: list[dict[str, Any]], command: str, record: dict[str, Any]) -> None:
+    """Replace the rows of the stages in ``runs`` in the "train" key of scale.json, keeping
+    the other stages' rows and the other keys (read-modify-write under the lock that
+    ``--part prep`` takes too; the write itself is atomic)."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    stages = {r["stage"] for r in runs}
     with open(RESULTS.with_suffix(".json.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         content = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        content["train"] = record
+        earlier = content.get("train", {})
+        merged = [r for r in earlier.get("runs", []) if r["stage"] not in stages] + runs
+        # Which command measured each stage (a record of one command says it once).
+        commands = earlier.get("commands") or {
+            r["stage"]: earlier.get("command") for r in earlier.get("runs", [])
+        }
+        commands = {**commands, **{stage: command for stage in stages}}
+        commands = {stage: commands[stage] for stage in dict.fromkeys(r["stage"] for r in merged)}
+        content["train"] = {
+            **record,
+            "runs": merged,
+            "sampled_largest_over_smallest": _ratios(merged),
+            "commands": commands,
+        }
         atomic_write_json(RESULTS, content)
 
 
@@ -177,36 +214,21 @@ def train(args: argparse.Namespace) -> int:
                         row.update(json.loads(done.stdout.strip().splitlines()[-1]))
                 print(json.dumps(row), flush=True)
                 runs.append(row)
-    # The target of issue 28: a step at the largest catalogue within 3x the smallest's,
-    # against the smallest's sampled step and its full-softmax step (the default there).
-    timed = {
-        (r["stage"], r["softmax"], r["num_items"]): r["seconds_per_step"]
-        for r in runs
-        if "seconds_per_step" in r
-    }
-    ratios = {}
-    for stage in stages:
-        largest = timed.get((stage, "sampled", max(sizes)))
-        ratios[stage] = {
-            f"over_{arm}": round(largest / timed[(stage, arm, min(sizes))], 2)
-            for arm in ARMS
-            if largest is not None and (stage, arm, min(sizes)) in timed
-        }
     _write_train(
+        runs,
+        " ".join(["python benchmarks/scale.py", *sys.argv[1:]]),
         {
-            "runs": runs,
-            "sampled_largest_over_smallest": ratios,
             "positions_per_step": positions,
             "negatives": args.negatives,
             "settings": "configs/ml-1m.yaml (teacher SASRec 128 x 2 blocks; student: a "
             "random cell of the search space, 2 cells x 96; batch 256 x 50 positions)",
-            "command": " ".join(["python benchmarks/scale.py", *sys.argv[1:]]),
             "machine": machine_description(),
             "threads": 1,
             "note": "2-core machine shared with other engineers' work while measured: "
-            "seconds are upper bounds of a quiet machine's",
+            "seconds are upper bounds of a quiet machine's; seconds_min is the least "
+            "disturbed step",
             "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
+        },
     )
     print(f"wrote the 'train' key of {RESULTS}")
     return 0
