@@ -134,14 +134,22 @@ def _check_causal(
     rows = torch.arange(len(variants), device=items.device)
     variants[rows, changed_at] = variants[rows, changed_at] % num_items + 1
     width = max(t.shape[-1] for t in outputs.values())
-    chunk = max(1, PROBE_FLOATS // (max_len * width))
+    # Whole copies of the probe batch per forward: row i of every chunk changes history
+    # i % batch.
+    chunk = batch * max(1, PROBE_FLOATS // (max_len * width * batch))
+    unchanged: dict[int, dict[str, torch.Tensor]] = {}
     for start in range(0, len(variants), chunk):
         part = slice(start, start + chunk)
+        rows_here = len(variants[part])
+        # Compared with the unchanged batch in a forward of the same shape: kernels may
+        # sum in another order for another batch size (TF32 on a GPU).
+        if rows_here not in unchanged:
+            unchanged[rows_here] = _outputs(teacher, items.repeat(rows_here // batch, 1))
         # earlier[i, t]: position t comes before the change of variant i.
         earlier = torch.arange(max_len, device=items.device) < changed_at[part, None]
         for name, tensor in _outputs(teacher, variants[part]).items():
             _require_finite(f"its {name}", tensor, scores=name == "logits")
-            base = outputs[name][rows[part] % batch]  # variant i changes history i % batch
+            base = unchanged[rows_here][name]
             same = torch.isclose(tensor, base, atol=1e-5, rtol=1e-5).all(dim=-1)
             leaks = earlier & ~same
             if leaks.any():
