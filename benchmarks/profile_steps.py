@@ -25,17 +25,19 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from adarec.config import Config, load_config
+from adarec.data.splits import item_counts
 from adarec.evaluate.latency import machine_description
 from adarec.io import atomic_write_json
-from adarec.nas.architect import Architect
 from adarec.nas.costs import SearchCosts, empty_genotype
 from adarec.nas.genotype import load_genotype
 from adarec.nas.student import Student
-from adarec.pipeline.common import load_stage_data
+from adarec.pipeline.common import StageData, load_stage_data
 from adarec.pipeline.search import build_supernet
+from adarec.pipeline.search import search_stage as build_search_stage
 from adarec.pipeline.student import retraining_stage
 from adarec.runs import load_run_model
 from adarec.train.distill_stage import DistillStage
+from adarec.train.sampled import NegativeSampler, make_sampler
 from adarec.train.supervised import next_item_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,19 +58,28 @@ def training_batches(windows: torch.utils.data.Dataset, batch_size: int, count: 
     return batches
 
 
+def sampler_of(cfg: Config, stage_data: StageData) -> NegativeSampler | None:
+    """The sampled softmax's negatives, as a stage on this data has them (``StageRun``)."""
+    return make_sampler(cfg.sampled_softmax, item_counts(stage_data.data))
+
+
 def search_stage(
-    cfg: Config, num_items: int, teacher: torch.nn.Module, device: torch.device
+    cfg: Config, stage_data: StageData, teacher: torch.nn.Module, device: torch.device
 ) -> tuple[DistillStage, int]:
-    """The search stage as ``adarec search`` builds it (supernet, architect with the
-    budget's cost model or the paper's cost table, distillation), started at the first
-    epoch in which alpha moves; returns the stage and that epoch."""
+    """The search stage as ``adarec search`` builds it (``pipeline.search.search_stage``:
+    supernet, architect with the budget's cost model or the paper's cost table,
+    distillation, bi-level's held-out windows), started at the first epoch in which alpha
+    moves; returns the stage and that epoch."""
     torch.manual_seed(cfg.seed)
+    num_items = stage_data.data.num_items
     supernet = build_supernet(cfg, num_items)
     costs = SearchCosts.measure(cfg, num_items, teacher, device)
-    architect = Architect(supernet, cfg.search, cfg.seed, costs.budget, costs.table)
-    stage = DistillStage(supernet, teacher, cfg.search, cfg.search, device, cfg.seed, architect)
-    stage.on_epoch_start(architect.warmup_epochs)
-    return stage, architect.warmup_epochs
+    stage, _ = build_search_stage(
+        cfg, supernet, teacher, costs, stage_data.train, device, sampler_of(cfg, stage_data)
+    )
+    epoch = stage.architect.warmup_epochs
+    stage.on_epoch_start(epoch)
+    return stage, epoch
 
 
 def _time_steps(stage: Any, batches: list, epoch: int) -> dict[str, Any]:
@@ -130,7 +141,7 @@ def main() -> int:
     teacher.eval()
 
     # Search: supernet, architect past its warm-up (so alpha steps too), distillation.
-    search, epoch = search_stage(cfg, num_items, teacher, device)
+    search, epoch = search_stage(cfg, stage_data, teacher, device)
     batches = training_batches(stage_data.train, cfg.search.batch_size, args.steps + 1)
     result = {"search": _time_steps(search, batches, epoch)}
     result["search"]["teacher_forward_seconds"] = _teacher_seconds(teacher, batches)
@@ -148,7 +159,7 @@ def main() -> int:
         dropout=cfg.search.dropout,
         positions=cfg.student.positions,
     )
-    retrain = retraining_stage(cfg, student, teacher, device)
+    retrain = retraining_stage(cfg, student, teacher, device, sampler_of(cfg, stage_data))
     retrain.on_epoch_start(0)
     batches = training_batches(stage_data.train, cfg.student.batch_size, args.steps + 1)
     result["retrain"] = _time_steps(retrain, batches, 0)

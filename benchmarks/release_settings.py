@@ -68,7 +68,6 @@ RELEASE_SEARCH_KEYS = (
     "cells",
     "nodes",
     "width",
-    "gamma",
     "cost_form",
     "beta",
     "warmup",
@@ -97,9 +96,11 @@ BACKENDS = ("eager", "torchscript")
 
 
 def release_overrides() -> list[str]:
-    """``search.KEY=VALUE`` items for the release's search settings (configs/paper.yaml)."""
-    paper = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())["search"]
-    return [f"search.{key}={paper[key]}" for key in RELEASE_SEARCH_KEYS]
+    """``--set`` items for the release's search settings (configs/paper.yaml): its search
+    keys and its distillation weight, gamma."""
+    paper = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    search = [f"search.{key}={paper['search'][key]}" for key in RELEASE_SEARCH_KEYS]
+    return [*search, f"distill.gamma={paper['distill']['gamma']}"]
 
 
 def arm_overrides() -> dict[str, list[str]]:
@@ -154,7 +155,7 @@ def timed_search_epochs(
     teacher.eval()
     stages, batches = {}, {}
     for name, cfg in cfgs.items():
-        stages[name] = search_stage(cfg, stage_data.data.num_items, teacher, device)
+        stages[name] = search_stage(cfg, stage_data, teacher, device)
         batches[name] = training_batches(stage_data.train, cfg.search.batch_size, steps + 1)
     seconds: dict[str, list[float]] = {name: [] for name in cfgs}
     for step in range(steps + 1):

@@ -1,7 +1,9 @@
+import logging
 import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from adarec.config import (
     RANGES,
@@ -12,6 +14,7 @@ from adarec.config import (
     numeric_keys,
     parse_budget,
     save_config,
+    to_dict,
 )
 from adarec.errors import UserError
 
@@ -42,7 +45,8 @@ def test_unknown_key_names_the_closest_valid_key(tmp_path: Path):
     [
         ("train.epochs=abc", "expected int"),
         ("model.name=gru", "must be one of"),
-        ("search.gamma=1.5", "search.gamma"),
+        ("distill.gamma=1.5", "distill.gamma"),
+        ("search.gamma=1.5", "'distill.gamma' must satisfy"),  # the old name, read as the new
         ("model.num_heads=3", "divisible"),
         ("trainlr", "key=value"),
         ("model.dropout=5", "model.dropout"),
@@ -85,12 +89,84 @@ def test_saved_config_reloads_identically(tmp_path: Path):
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg
-    assert "search.layer_mapping" in all_keys()
+    assert "distill.layer_mapping" in all_keys()
 
 
 def test_presets_load():
     for preset in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
         load_config(preset)
+
+
+def test_paper_preset_keeps_its_distillation_setting():
+    paper = load_config(Path(__file__).parents[1] / "configs" / "paper.yaml")
+    assert paper.distill.gamma == 0.5 and paper.search.cost_form == "paper"
+
+
+# A search section as adarec wrote it before the distill section: the objective's keys in it.
+OLD_SEARCH = {
+    "gamma": 0.3,
+    "gamma_decay": 0.9,
+    "use_ce": True,
+    "use_emb": False,
+    "use_hid": True,
+    "use_logit": True,
+    "use_cost": False,
+    "hid_distance": "mse",
+    "layer_mapping": "skip",
+    "kd_temperature": 2.0,
+    "cells": 2,
+}
+
+
+def _expect_moved(cfg) -> None:
+    d = cfg.distill
+    assert (d.gamma, d.gamma_decay, d.use_emb, d.hid_distance) == (0.3, 0.9, False, "mse")
+    assert (d.layer_mapping, d.kd_temperature) == ("skip", 2.0)
+    # The cost term stays with the search.
+    assert cfg.search.use_cost is False and cfg.search.cells == 2
+
+
+@pytest.fixture
+def adarec_log(caplog, monkeypatch):
+    """caplog for the adarec logger, also after a command has turned its propagation off."""
+    monkeypatch.setattr(logging.getLogger("adarec"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="adarec")
+    return caplog
+
+
+def test_a_file_with_the_old_search_keys_loads_them_into_distill(tmp_path: Path, adarec_log):
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"search": OLD_SEARCH}))
+    cfg = load_config(path)
+    _expect_moved(cfg)
+    assert "search.gamma -> distill.gamma" in adarec_log.text
+    assert [r.levelno for r in adarec_log.records] == [logging.WARNING]
+
+
+def test_a_saved_config_from_before_the_move_loads_as_it_meant(tmp_path: Path):
+    old = to_dict(load_config())
+    del old["distill"]
+    old["search"].update(OLD_SEARCH)
+    cfg = load_config(base=old)
+    _expect_moved(cfg)
+    assert old["search"]["gamma"] == 0.3  # the caller's mapping is left as it was
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_set_with_an_old_key_sets_the_new_one(adarec_log):
+    cfg = load_config(None, ["search.use_hid=false", "search.kd_temperature=3"])
+    assert cfg.distill.use_hid is False and cfg.distill.kd_temperature == 3.0
+    assert "--set search.use_hid: the key is now distill.use_hid" in adarec_log.text
+
+
+def test_an_old_and_a_new_name_that_disagree_are_refused(tmp_path: Path):
+    path = tmp_path / "both.yaml"
+    path.write_text("search:\n  gamma: 0.3\ndistill:\n  gamma: 0.7\n")
+    with pytest.raises(UserError, match="'search.gamma'.*old name of 'distill.gamma'"):
+        load_config(path)
+    path.write_text("search:\n  gamma: 0.7\ndistill:\n  gamma: 0.7\n")
+    assert load_config(path).distill.gamma == 0.7
 
 
 def test_every_numeric_key_has_a_declared_range():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import re
 import types
@@ -21,6 +22,8 @@ import yaml
 
 from adarec.errors import UserError
 from adarec.io import atomic_write_text, read_text
+
+log = logging.getLogger("adarec")
 
 
 @dataclass
@@ -96,6 +99,26 @@ class TrainConfig(LoopConfig):
 
 
 @dataclass
+class DistillConfig:
+    """The distillation objective ``(1 - gamma) CE + gamma (L_emb + L_hid + L_logit)``.
+
+    One section read by every stage that distils a teacher: the search, retraining with
+    ``student.loss: kd`` and the ``small_kd`` baseline (which turns off its own copy's
+    embedding and hidden-layer terms). These keys were ``search.*`` before (``MOVED_KEYS``).
+    """
+
+    gamma: float = 0.5
+    gamma_decay: float = 1.0  # gamma multiplied by this after each epoch
+    use_ce: bool = True
+    use_emb: bool = True
+    use_hid: bool = True
+    use_logit: bool = True
+    hid_distance: str = "kl"  # kl (paper: channel-softmax KL) | mse
+    layer_mapping: str = "emd"  # emd | skip (uniform one-to-one) | last
+    kd_temperature: float = 1.0
+
+
+@dataclass
 class SearchConfig(LoopConfig):
     """Architecture search: space, relaxation, losses and the search loop."""
 
@@ -124,8 +147,6 @@ class SearchConfig(LoopConfig):
     tau_initial: float = 1.0
     tau_decay: float = 0.8
     tau_every: int = 5
-    gamma: float = 0.5
-    gamma_decay: float = 1.0  # gamma multiplied by this after each epoch
     # The budget: a speed-up over the teacher ("5x", in the unit of `cost`), MACs per
     # history ("2.5M") or ms per history at batch 1 on this machine ("1.5ms").
     budget: str = "5x"
@@ -135,14 +156,9 @@ class SearchConfig(LoopConfig):
     cost_gate: str = "derived"  # budget form: which cost is compared with the target, the
     # derived (argmax) cell's or the expected cost under softmax(alpha); see nas/architect.py
     beta: float = 8.0  # paper form: weight of the one-hot cost table
-    use_ce: bool = True
-    use_emb: bool = True
-    use_hid: bool = True
-    use_logit: bool = True
+    # The cost term on alpha (any cost form); false: no budget, no cost model. It belongs
+    # to the search, not to the distillation objective: retraining never has it.
     use_cost: bool = True
-    hid_distance: str = "kl"  # kl (paper: channel-softmax KL) | mse
-    layer_mapping: str = "emd"  # emd | skip (uniform one-to-one) | last
-    kd_temperature: float = 1.0
     cost: str = "macs"  # unit of speed-up budgets and the paper's table: macs | latency
 
 
@@ -159,7 +175,7 @@ class StudentConfig(LoopConfig):
     lr_decay: float = 0.9
     patience: int = 10
     init: str = "inherit"  # inherit (paper: searched weights) | scratch
-    loss: str = "ce"  # ce (paper) | kd (the search's distillation losses, without cost)
+    loss: str = "ce"  # ce (paper) | kd (the distill section's objective, as the search's)
     # A speed-up over the teacher ("15x") to derive the student under from the search's
     # architecture weights (repaired to fit; no new search); "" keeps the search's cell.
     budget: str = ""
@@ -257,6 +273,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -267,6 +284,23 @@ class Config:
 
 
 STAGES = ("train", "search", "student")
+
+# Keys that moved to another section ({old: new}). A saved run's config.yaml, a YAML file
+# and --set may still give the old name: it is read as the new one, with a note in the log.
+MOVED_KEYS: dict[str, str] = {
+    f"search.{key}": f"distill.{key}"
+    for key in (
+        "gamma",
+        "gamma_decay",
+        "use_ce",
+        "use_emb",
+        "use_hid",
+        "use_logit",
+        "hid_distance",
+        "layer_mapping",
+        "kd_temperature",
+    )
+}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("auto", "atomic", "csv", "ml2k", "retailrocket", "30music", "parquet"),
@@ -281,8 +315,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "search.ops": ("causal", "paper"),
     "search.mode": ("single_path", "full"),
     "search.optimization": ("single", "bilevel"),
-    "search.hid_distance": ("kl", "mse"),
-    "search.layer_mapping": ("emd", "skip", "last"),
+    "distill.hid_distance": ("kl", "mse"),
+    "distill.layer_mapping": ("emd", "skip", "last"),
     "search.cost": ("macs", "latency"),
     "search.cost_form": ("budget", "absolute", "paper"),
     "search.cost_gate": ("derived", "expected"),
@@ -361,6 +395,9 @@ RANGES: dict[str, Range] = {
     "model.mask_prob": Range(0, 1, low_open=True, high_open=True),
     "model.pretrain_epochs": AT_LEAST_0,
     **{f"{section}.{key}": r for section in STAGES for key, r in LOOP_RANGES.items()},
+    "distill.gamma": FRACTION,
+    "distill.gamma_decay": FRACTION,  # above 1, gamma would leave [0, 1]
+    "distill.kd_temperature": POSITIVE,
     "search.cells": AT_LEAST_1,
     "search.nodes": AT_LEAST_1,
     "search.width": AT_LEAST_1,
@@ -371,14 +408,11 @@ RANGES: dict[str, Range] = {
     "search.tau_initial": POSITIVE,
     "search.tau_decay": Range(0, 1, low_open=True),
     "search.tau_every": AT_LEAST_1,
-    "search.gamma": FRACTION,
-    "search.gamma_decay": FRACTION,  # above 1, gamma would leave [0, 1]
     "search.beta": AT_LEAST_0,
     "search.warmup": Range(0, 1, high_open=True),  # some epochs must move alpha
     "search.entropy": AT_LEAST_0,
     "search.cost_under": AT_LEAST_0,
     "search.cost_over": AT_LEAST_0,
-    "search.kd_temperature": POSITIVE,
     "eval.ks": AT_LEAST_1,
     "eval.batch_size": AT_LEAST_1,
     "bench.batch_sizes": AT_LEAST_1,
@@ -644,6 +678,41 @@ def differences(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
     }
 
 
+def migrate(mapping: dict[str, Any], where: str, saved: bool = False) -> dict[str, Any]:
+    """``mapping`` (a YAML file's or a saved run's configuration) with every moved key under
+    its new name (``MOVED_KEYS``); the caller's mapping is not changed. One note in the
+    log lists the keys moved (info for a saved run, which needs no change; a warning for
+    a file the user can update). A key given under both names with two values is refused."""
+    out = {name: dict(v) if isinstance(v, dict) else v for name, v in mapping.items()}
+    moved = []
+    for old, new in MOVED_KEYS.items():
+        old_section, key = old.split(".")
+        new_section, new_key = new.split(".")
+        section = out.get(old_section)
+        if not isinstance(section, dict) or key not in section:
+            continue
+        value = section.pop(key)
+        target = out.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            raise UserError(f"config key '{new_section}' is a section; give it a mapping")
+        if new_key in target and target[new_key] != value:
+            raise UserError(
+                f"{where}: '{old}' ({value!r}) is the old name of '{new}' ({target[new_key]!r}), "
+                f"and the two disagree; keep only '{new}'"
+            )
+        target.setdefault(new_key, value)
+        moved.append(f"{old} -> {new}")
+    if moved:
+        note = "a run from before the keys moved" if saved else "rename them there"
+        (log.info if saved else log.warning)(
+            "%s: read moved config keys under their new names (%s); %s",
+            where,
+            ", ".join(moved),
+            note,
+        )
+    return out
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -652,7 +721,7 @@ def load_config(
     """Build a Config from defaults, an optional saved dict, a YAML file and ``key=value`` items."""
     cfg = Config()
     if base:
-        _merge(cfg, base)
+        _merge(cfg, migrate(base, "saved configuration", saved=True))
     if path is not None:
         path = Path(path)
         text = read_text(path, "config file")
@@ -662,12 +731,15 @@ def load_config(
             raise UserError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
             raise UserError(f"config file {path} must hold a mapping at the top level")
-        _merge(cfg, loaded)
+        _merge(cfg, migrate(loaded, f"config file {path}"))
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         key = key.strip()
+        if key in MOVED_KEYS:
+            log.warning("--set %s: the key is now %s (read as that)", key, MOVED_KEYS[key])
+            key = MOVED_KEYS[key]
         if key not in all_keys():
             raise _unknown_key(key, all_keys())
         value = _parse_yaml(raw, key) if raw.strip() else raw

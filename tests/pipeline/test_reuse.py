@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from adarec.errors import UserError
 from adarec.nas.budget import model_cost
@@ -15,7 +16,7 @@ from adarec.pipeline.run import run_pipeline
 from adarec.pipeline.teacher import train_teacher
 from adarec.registry import build_model
 from tests.conftest import tiny_config
-from tests.pipeline.test_common import drop_latest_row, write_log
+from tests.pipeline.test_common import drop_latest_row, interrupt, write_log
 
 FAST = ["model.name=sasrec", "train.epochs=1", "search.epochs=1", "student.epochs=1"]
 PIPELINE = [*FAST, "run.front=false"]
@@ -45,6 +46,8 @@ def out(finished: Path, tmp_path: Path) -> Path:
         ("model.hidden_size=32", "teacher", r"model.hidden_size \(16 -> 32\)"),
         ("data.synthetic_users=70", "teacher", r"data.synthetic_users \(60 -> 70\)"),
         ("search.budget=3x", "search", r"search.budget \('5x' -> '3x'\)"),
+        # The search distils: its objective's settings are the search's too.
+        ("distill.gamma=0.3", "search", r"distill.gamma \(0.5 -> 0.3\)"),
         ("student.lr=0.01", "student", r"student.lr \(0.0001 -> 0.01\)"),
     ],
 )
@@ -61,6 +64,33 @@ def test_a_rerun_that_changes_only_measurement_reuses_every_stage(out):
     measured = ["eval.ks=[5,10]", "bench.repeats=3", "run.random_cells=4"]
     run_pipeline(tiny_config(*PIPELINE, *measured), out, baselines=["pop"], quiet=True)
     assert _stamps(out) == before
+
+
+def as_saved_before_the_distill_section(out: Path) -> None:
+    """Rewrite every config.yaml under ``out`` as adarec wrote it before the distill
+    section: the objective's keys in the search section."""
+    for path in out.rglob("config.yaml"):
+        saved = yaml.safe_load(path.read_text())
+        saved["search"].update(saved.pop("distill"))
+        path.write_text(yaml.safe_dump(saved, sort_keys=False))
+
+
+def test_a_run_saved_before_the_distill_section_is_reused_and_resumed(out):
+    as_saved_before_the_distill_section(out)
+    before = _stamps(out)
+    run_pipeline(tiny_config(*PIPELINE), out, baselines=["pop"], quiet=True)
+    assert _stamps(out) == before  # every stage reused
+    # An old run changed under the old name is refused, naming the new key.
+    with pytest.raises(UserError, match=r"search holds a finished stage .*distill.gamma"):
+        run_pipeline(tiny_config(*PIPELINE, "search.gamma=0.3"), out, baselines=["pop"], quiet=True)
+    interrupt(out / "search")  # the search resumes from its last checkpoint
+    with pytest.raises(UserError, match=r"--resume: .*distill.gamma \(0.5 -> 0.3\)"):
+        run_pipeline(tiny_config(*PIPELINE, "search.gamma=0.3"), out, baselines=["pop"], quiet=True)
+    run_pipeline(tiny_config(*PIPELINE), out, baselines=["pop"], quiet=True)
+    after = _stamps(out)
+    assert "search/metrics.json" in after  # the search finished from its checkpoint
+    del after["search/metrics.json"], before["search/metrics.json"]
+    assert after == before  # and every other stage was reused
 
 
 def test_a_rerun_on_edited_data_is_refused(tmp_path):

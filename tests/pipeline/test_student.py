@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from adarec.config import parse_budget
 from adarec.errors import UserError
 from adarec.nas.genotype import genotype_to_dict, load_genotype
+from adarec.pipeline.run import run_baseline
 from adarec.pipeline.search import run_search
 from adarec.pipeline.student import (
     cost_model_of_search,
@@ -18,6 +20,7 @@ from adarec.pipeline.student import (
     run_student,
 )
 from adarec.pipeline.teacher import train_teacher
+from adarec.runs import load_run_config
 from tests.conftest import tiny_config
 
 FAST = ["model.name=sasrec", "train.epochs=1", "search.epochs=1", "student.epochs=1"]
@@ -116,3 +119,28 @@ def test_stages_refuse_a_window_other_than_the_teachers_before_starting(
     with pytest.raises(UserError, match=message):
         build_front(cfg, searched, tmp_path / "front", quiet=True)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_every_stage_that_distils_reads_the_distill_section(searched, tmp_path):
+    """Retraining with student.loss kd, the small_kd baseline and the fixed_mapping row
+    take their objective from distill.* (small_kd on its own copy: logit KD alone)."""
+    teacher = searched.parent / "teacher"
+    kd = tiny_config(*FAST, "student.loss=kd", "distill.use_hid=false", "distill.gamma=0.25")
+    run_student(kd, tmp_path / "student", searched, quiet=True)
+    (first,) = json.loads((tmp_path / "student" / "history.json").read_text())
+    assert first["gamma"] == 0.25
+    assert {"ce", "emb", "logit"} <= set(first) and "hid" not in first
+
+    small = tiny_config(*FAST, "train.epochs=2", "distill.gamma=0.25", "distill.gamma_decay=0.5")
+    dirs = run_baseline("small_kd", small, tmp_path / "baselines", teacher, searched, True)
+    history = json.loads((dirs["small_kd"] / "history.json").read_text())
+    assert [h["gamma"] for h in history] == [0.25, 0.25]  # constant: its own gamma_decay 1
+    assert all("logit" in h and "emb" not in h and "hid" not in h for h in history)
+    saved = load_run_config(dirs["small_kd"])  # the run's settings, not the baseline's copy
+    assert saved.distill.use_emb and saved.distill.gamma_decay == 0.5 and saved.search.use_cost
+
+    dirs = run_baseline("fixed_mapping", tiny_config(*FAST), tmp_path, teacher, searched, True)
+    search = dirs["fixed_mapping"] / "search"
+    assert load_run_config(search).distill.layer_mapping == "skip"
+    history = json.loads((search / "history.json").read_text())
+    assert history and not any("emd_student_weights" in h for h in history)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adarec.config import LoopConfig, SampledSoftmaxConfig, SearchConfig
+from adarec.config import DistillConfig, LoopConfig, SampledSoftmaxConfig
 from adarec.distill.losses import candidate_kd_loss, logit_kd_loss
 from adarec.errors import UserError
 from adarec.models.base import CandidateScores, head_scores
@@ -239,10 +239,10 @@ def test_distillation_step_scores_teacher_and_student_on_the_same_candidates():
     """The stage's CE and logit terms equal the ones recomputed from the models' full
     logits on the draw it made: the teacher is matched on the student's candidates."""
     teacher, student = _no_dropout_sasrec(0, 16), _no_dropout_sasrec(1, 8)
-    search = SearchConfig(use_emb=False, use_hid=False, kd_temperature=2.0)
+    distill = DistillConfig(use_emb=False, use_hid=False, kd_temperature=2.0)
     sampler = RecordingSampler(np.arange(NUM_ITEMS + 1) + 1.0, negatives=6)
     stage = DistillStage(
-        student, teacher, search, LoopConfig(), torch.device("cpu"), 0, sampler=sampler
+        student, teacher, distill, LoopConfig(), torch.device("cpu"), 0, sampler=sampler
     )
     inputs, targets = next_item_batch(_windows(4), 0, 0)
     torch.manual_seed(3)

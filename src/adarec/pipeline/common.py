@@ -83,8 +83,8 @@ def check_resume_config(cfg: Config, run_dir: Path) -> None:
 # reuses a finished stage only when these are unchanged and its data is the same. eval.*,
 # bench.*, run.* and front.* measure, report or select; device and amp say where it ran.
 TEACHER_KEYS = ("seed", "data.", "model.", "train.", "sampled_softmax.")
-# The search's cost model is built for the student's positions.
-SEARCH_KEYS = (*TEACHER_KEYS, "search.", "student.positions")
+# The search's cost model is built for the student's positions; it distils (distill.*).
+SEARCH_KEYS = (*TEACHER_KEYS, "search.", "distill.", "student.positions")
 STUDENT_KEYS = (*SEARCH_KEYS, "student.")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,9 @@ def train_small_kd(cfg: Config, run_dir: Path, teacher_dir: Path, quiet: bool) -
     student = build_model(cfg.model, run.data.data.num_items, cfg.data.max_len)
     if hasattr(student, "causal"):  # a BERT4Rec student is trained autoregressively
         student.causal = True
-    kd = copy.deepcopy(cfg.search)
-    kd.use_emb, kd.use_hid, kd.use_cost, kd.gamma_decay = False, False, False, 1.0
+    # Hinton's KD: the logit term alone, at a constant gamma, on this baseline's own copy
+    # (the other settings are the distill section's, as the search's and the student's).
+    kd = dataclasses.replace(cfg.distill, use_emb=False, use_hid=False, gamma_decay=1.0)
     stage = DistillStage(
         student, teacher, kd, cfg.train, run.device, cfg.seed, amp=cfg.amp, sampler=run.sampler()
     )

@@ -196,7 +196,7 @@ def run_baseline(
         )
     elif name in ("fixed_mapping", "no_cost"):
         if name == "fixed_mapping":
-            variant.search.layer_mapping = "skip"
+            variant.distill.layer_mapping = "skip"
         else:
             # No cost term in any cost form (beta weighs only the paper's), and no budget:
             # the student is the search's own derivation, not one re-derived under a cost.

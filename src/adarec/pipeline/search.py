@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from adarec.config import Config
 from adarec.errors import UserError
@@ -31,6 +32,7 @@ from adarec.plots import plot_alpha_history
 from adarec.runs import load_run_model, relative_to_run
 from adarec.runtime import distributed as dist
 from adarec.train.distill_stage import DistillStage
+from adarec.train.sampled import NegativeSampler
 
 log = logging.getLogger("adarec")
 
@@ -53,7 +55,7 @@ def build_supernet(cfg: Config, num_items: int) -> Supernet:
     )
 
 
-def _split_held_out(windows: torch.utils.data.Dataset, seed: int):
+def _split_held_out(windows: Dataset, seed: int) -> tuple[Dataset, Dataset]:
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(windows), generator=generator).tolist()
     cut = max(1, int(len(order) * HELD_OUT_FRACTION))
@@ -115,21 +117,8 @@ def run_search(
 
     run.start_clock()  # measuring the ops and the budget above is not training time
     supernet = build_supernet(cfg, run.data.data.num_items).to(run.device)
-    train_set, held_out = run.data.train, None
-    if cfg.search.optimization == "bilevel":
-        train_set, held_out = _split_held_out(run.data.train, cfg.seed)
-    architect = Architect(supernet, cfg.search, cfg.seed, costs.budget, costs.table)
-    stage = DistillStage(
-        supernet,
-        teacher,
-        cfg.search,
-        cfg.search,
-        run.device,
-        cfg.seed,
-        architect=architect,
-        held_out=held_out,
-        amp=cfg.amp,
-        sampler=run.sampler(),
+    stage, train_set = search_stage(
+        cfg, supernet, teacher, costs, run.data.train, run.device, run.sampler()
     )
     # The architecture is derived from the final alpha (no early stopping in the search);
     # validation is still computed every epoch to watch the derived cell.
@@ -137,6 +126,38 @@ def run_search(
     genotype = _derive(supernet, costs.budget, run)
     extra = {"architecture": genotype_to_dict(genotype), "cost": costs.architecture_cost(genotype)}
     return run.finish(supernet, "supernet", "architecture search", extra, SUPERNET_FILE)
+
+
+def search_stage(
+    cfg: Config,
+    supernet: Supernet,
+    teacher: torch.nn.Module,
+    costs: SearchCosts,
+    windows: Dataset,
+    device: torch.device,
+    sampler: NegativeSampler | None = None,
+) -> tuple[DistillStage, Dataset]:
+    """The search's training stage: the architect (alpha, under ``costs``' budget or cost
+    table) and the distillation of ``teacher`` into ``supernet`` (``cfg.distill``). Returns
+    it with the windows the weights train on: all of ``windows``, or with bi-level
+    optimisation the share not held out for alpha."""
+    train_set, held_out = windows, None
+    if cfg.search.optimization == "bilevel":
+        train_set, held_out = _split_held_out(windows, cfg.seed)
+    architect = Architect(supernet, cfg.search, cfg.seed, costs.budget, costs.table)
+    stage = DistillStage(
+        supernet,
+        teacher,
+        cfg.distill,
+        cfg.search,
+        device,
+        cfg.seed,
+        architect=architect,
+        held_out=held_out,
+        amp=cfg.amp,
+        sampler=sampler,
+    )
+    return stage, train_set
 
 
 def _measured_costs(cfg: Config, run: StageRun, teacher: torch.nn.Module) -> SearchCosts:

@@ -116,7 +116,7 @@ def retraining_stage(
         return DistillStage(
             student,
             teacher,
-            cfg.search,
+            cfg.distill,
             cfg.student,
             device,
             cfg.seed,

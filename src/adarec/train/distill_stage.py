@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from adarec.config import LoopConfig, SearchConfig
+from adarec.config import DistillConfig, LoopConfig
 from adarec.distill.emd import EMDLayerMapper
 from adarec.distill.losses import (
     candidate_kd_loss,
@@ -92,7 +92,7 @@ class DistillStage:
         self,
         student: nn.Module,
         teacher: nn.Module,
-        search_cfg: SearchConfig,
+        distill: DistillConfig,
         loop: LoopConfig,
         device: torch.device,
         seed: int,
@@ -101,11 +101,13 @@ class DistillStage:
         amp: bool = False,
         sampler: NegativeSampler | None = None,
     ):
-        self.cfg, self.loop, self.device, self.seed, self.amp = search_cfg, loop, device, seed, amp
+        self.cfg, self.loop, self.device, self.seed, self.amp = distill, loop, device, seed, amp
         # None: every loss over the whole catalogue; else the sampled softmax (train.sampled).
         self.sampler = None if sampler is None else sampler.to(device)
         self.architect = architect
         self.search = architect is not None
+        # First-order bi-level: alpha steps on held-out windows (the search's setting).
+        self.bilevel = self.search and architect.cfg.optimization == "bilevel"
         self.model = student.to(device)
         self.teacher = teacher.to(device).eval()
         for p in self.teacher.parameters():
@@ -114,8 +116,8 @@ class DistillStage:
             self.model,
             self.model.hidden_size,
             self.teacher.hidden_size,
-            embedding=search_cfg.use_emb,
-            hidden=search_cfg.use_hid,
+            embedding=distill.use_emb,
+            hidden=distill.use_hid,
         ).to(device)
         # single_path leaves the ops that were not sampled without gradients.
         self.net = wrap_ddp(self.kd, device, find_unused=self.search)
@@ -129,11 +131,11 @@ class DistillStage:
         self.mapper = EMDLayerMapper(
             self._layer_count(self.model),
             self._layer_count(self.teacher),
-            distance=search_cfg.hid_distance,
+            distance=distill.hid_distance,
         ).to(device)
         self.held_out_iter = None
         self.held_out_loader: DataLoader | None = None
-        if self.search and search_cfg.optimization == "bilevel":
+        if self.bilevel:
             if held_out is None or len(held_out) == 0:
                 raise ValueError("bi-level search needs held-out training windows")
             sampler = DistributedSampler(
@@ -145,7 +147,7 @@ class DistillStage:
             )
             self.held_out_sampler = sampler
             self.held_out_loader = DataLoader(held_out, batch_size=loop.batch_size, sampler=sampler)
-        self.epoch_gamma = search_cfg.gamma
+        self.epoch_gamma = distill.gamma
 
     # -- helpers ---------------------------------------------------------------------------
     def _alphas(self) -> list[nn.Parameter]:
@@ -239,11 +241,10 @@ class DistillStage:
         architect = self.architect
         inputs, targets = next_item_batch(batch.to(self.device), epoch, step)
         weights = architect.sample(epoch, step) if architect is not None else None
-        bilevel = architect is not None and self.cfg.optimization == "bilevel"
         terms = self.loss_terms(inputs, targets, weights)
         loss = self.total_loss(terms)
         penalty = None
-        if architect is not None and not bilevel and not architect.frozen(epoch):
+        if architect is not None and not self.bilevel and not architect.frozen(epoch):
             penalty = architect.penalty(loss, weights, epoch)
         self.optimizer.zero_grad(set_to_none=True)
         if architect is not None:
@@ -255,7 +256,7 @@ class DistillStage:
             )
         self.optimizer.step()
         if architect is not None:
-            architect.step(epoch, self._held_out_loss(epoch, step) if bilevel else None)
+            architect.step(epoch, self._held_out_loss(epoch, step) if self.bilevel else None)
         values = {k: v.item() for k, v in terms.items()}
         values["loss"] = loss.item()
         if penalty is not None:
