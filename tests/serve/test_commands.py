@@ -232,6 +232,8 @@ def test_events_of_an_onnx_service_do_not_suggest_state(runs, served_app):
         (["--state", "redis://127.0.0.1/one"], "the database must be a number; got 'one'"),
         (["--state", "redis://127.0.0.1:63a79/0"], "malformed Redis URL"),
         (["--backend", "onnx", "--index", "faiss"], "--index needs the eager or compiled"),
+        (["--workers", "2", "--state", "redis://127.0.0.1/x"], "the database must be a number"),
+        (["--workers", "2", "--state", "redis://h/0", "--max-state-mb", "nan"], "must be positive"),
     ],
 )
 def test_serve_refuses_bad_options(runs, served_app, extra, message):

@@ -80,11 +80,7 @@ def event_service(predictor: Any, args: argparse.Namespace) -> tuple[Any, str]:
     from adarec.serve.state_store import model_tag, open_store
     from adarec.serve.streaming import CompiledStudentStreamer, streamer_for
 
-    if args.max_users < 1 or not _positive(args.max_state_mb):
-        raise UserError(
-            f"--max-users and --max-state-mb must be positive; got {args.max_users} and "
-            f"{args.max_state_mb}"
-        )
+    check_state_options(args)
     # Options that only /events uses are refused where /events is off, never ignored.
     asked = [
         option
@@ -121,6 +117,20 @@ def event_service(predictor: Any, args: argparse.Namespace) -> tuple[Any, str]:
     return service, f"/events with the {store.kind} store and {catalogue.kind} top-k"
 
 
+def check_state_options(args: argparse.Namespace) -> None:
+    """UserError for a bad --max-users, --max-state-mb or --state URL (before any worker
+    process starts or any model loads)."""
+    from adarec.serve.resp import RespClient
+
+    if args.max_users < 1 or not _positive(args.max_state_mb):
+        raise UserError(
+            f"--max-users and --max-state-mb must be positive; got {args.max_users} and "
+            f"{args.max_state_mb}"
+        )
+    if args.state is not None and args.state.startswith(("redis://", "rediss://", "unix://")):
+        RespClient.from_url(args.state)  # parses it: a malformed URL is a UserError
+
+
 def _positive(value: float) -> bool:
     """A positive finite number (argparse's float() also accepts nan and inf)."""
     return math.isfinite(value) and value > 0
@@ -139,6 +149,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from adarec.serve.workers import check_workers
 
     check_workers(args.workers, args.state)
+    check_state_options(args)
     if args.workers > 1:
         return serve_workers(args)
     try:
