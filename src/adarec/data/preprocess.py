@@ -389,11 +389,13 @@ def _write_in_memory(folder: Path, data: PreparedData) -> None:
 
 
 def _load(folder: Path) -> PreparedData:
-    """Prepared data from a cache folder, its columns memory-mapped (read-only)."""
+    """Prepared data from a cache folder, its columns memory-mapped."""
     meta = json.loads((folder / META_FILE).read_text())
     offsets = np.load(folder / "offsets.npy")
-    items = np.load(folder / "items.npy", mmap_mode="r")
-    negatives = np.load(folder / "negatives.npy", mmap_mode="r")
+    # Copy-on-write maps: pages are shared by every process until one writes (none does;
+    # read-only arrays would make torch warn on every tensor made from them).
+    items = np.load(folder / "items.npy", mmap_mode="c")
+    negatives = np.load(folder / "negatives.npy", mmap_mode="c")
     users = len(offsets) - 1
     if len(items) != offsets[-1] or len(negatives) != users or len(meta["user_ids"]) != users:
         raise ValueError(f"{folder}: columns of different lengths")
