@@ -196,9 +196,10 @@ def test_interrupted_front_resumes_estimates_and_students(searched, tmp_path, mo
     resumed = []
     real_training = stage_module.run_training
 
-    def watch(stage, train_data, valid, loop, eval_cfg, run_dir, *args, **kwargs):
-        resumed.append((Path(run_dir), (Path(run_dir) / "checkpoints" / "last.pt").exists()))
-        return real_training(stage, train_data, valid, loop, eval_cfg, run_dir, *args, **kwargs)
+    def watch(stage, loop, train_data, context, *args, **kwargs):
+        last = context.run_dir / "checkpoints" / "last.pt"
+        resumed.append((context.run_dir, last.exists()))
+        return real_training(stage, loop, train_data, context, *args, **kwargs)
 
     monkeypatch.setattr(stage_module, "run_training", watch)
     front = build_front(cfg, search, out, quiet=True)

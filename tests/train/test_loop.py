@@ -12,7 +12,7 @@ from adarec.errors import UserError
 from adarec.pipeline.common import load_stage_data
 from adarec.registry import build_model
 from adarec.runtime.seed import seed_everything
-from adarec.train.loop import run_training
+from adarec.train.loop import TrainingContext, run_training
 from adarec.train.supervised import SupervisedStage, next_item_batch
 from tests.conftest import tiny_config
 
@@ -25,18 +25,10 @@ def _train(run_dir: Path, epochs: int, resume: bool = False, **loop_overrides):
     data = load_stage_data(cfg)
     model = build_model(cfg.model, data.data.num_items, cfg.data.max_len)
     stage = SupervisedStage(model, cfg.train, torch.device("cpu"))
-    result = run_training(
-        stage,
-        data.train,
-        data.valid,
-        cfg.train,
-        cfg.eval,
-        run_dir,
-        cfg.seed,
-        torch.device("cpu"),
-        quiet=True,
-        resume=resume,
+    context = TrainingContext(
+        run_dir, data.valid, cfg.eval, cfg.seed, torch.device("cpu"), quiet=True, resume=resume
     )
+    result = run_training(stage, cfg.train, data.train, context)
     return model, result
 
 

@@ -32,7 +32,7 @@ from adarec.pipeline.common import (
 )
 from adarec.plots import plot_training_curves
 from adarec.runs import MODEL_FILE, save_model
-from adarec.train.loop import Stage, TrainResult, run_training
+from adarec.train.loop import Stage, TrainingContext, TrainResult, run_training
 from adarec.train.sampled import NegativeSampler, make_sampler
 
 
@@ -81,19 +81,18 @@ class StageRun:
     ) -> TrainResult:
         """Run the training loop on the run's training windows (or ``train_set``), validated
         on its valid split, checkpointed in the run directory (or ``run_dir``)."""
+        context = TrainingContext(
+            run_dir=self.run_dir if run_dir is None else Path(run_dir),
+            valid=self.data.valid,
+            eval_cfg=self.cfg.eval,
+            seed=self.cfg.seed,
+            device=self.device,
+            quiet=self.quiet,
+            resume=self.resume,
+        )
+        train_data = self.data.train if train_set is None else train_set
         result = run_training(
-            stage,
-            self.data.train if train_set is None else train_set,
-            self.data.valid,
-            loop,
-            self.cfg.eval,
-            self.run_dir if run_dir is None else run_dir,
-            self.cfg.seed,
-            self.device,
-            self.quiet,
-            self.resume,
-            select_on_valid=select_on_valid,
-            desc=desc,
+            stage, loop, train_data, context, desc=desc, select_on_valid=select_on_valid
         )
         self.epochs += result.epochs
         self.history = result.history

@@ -76,6 +76,24 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TrainingContext:
+    """Where a stage's training loops run: the same for every loop of one stage.
+
+    ``run_dir`` receives checkpoints/ and history.json (only rank 0 writes); ``valid`` is
+    the split evaluated with ``eval_cfg`` after the epochs; ``seed`` shuffles the training
+    windows; ``resume`` continues from ``run_dir/checkpoints/last.pt`` when it exists.
+    """
+
+    run_dir: Path
+    valid: Any  # an EvalSplit
+    eval_cfg: EvalConfig
+    seed: int
+    device: torch.device
+    quiet: bool = False
+    resume: bool = False
+
+
 def _loader(dataset: Dataset, batch_size: int, seed: int) -> tuple[DataLoader, DistributedSampler]:
     # DistributedSampler also serves the single-process case: it shuffles with seed + epoch,
     # which makes every epoch's order reproducible and resumable.
@@ -91,26 +109,22 @@ def _selection_value(valid: dict[str, Any]) -> float:
 
 def run_training(
     stage: Stage,
-    train_data: Dataset,
-    valid_split: Any,
     loop: LoopConfig,
-    eval_cfg: EvalConfig,
-    run_dir: Path,
-    seed: int,
-    device: torch.device,
-    quiet: bool = False,
-    resume: bool = False,
-    select_on_valid: bool = True,
+    train_data: Dataset,
+    context: TrainingContext,
     desc: str = "train",
+    select_on_valid: bool = True,
 ) -> TrainResult:
-    """Train ``stage`` for ``loop.epochs`` epochs with early stopping on validation NDCG@10.
+    """Train ``stage`` on ``train_data`` for ``loop.epochs`` epochs with early stopping on
+    validation NDCG@10, in ``context`` (run directory, validation, seed, device, resume).
 
     With ``select_on_valid`` False (e.g. masked-item pretraining) every epoch is kept and the
-    last one counts as best. Checkpoints go to ``run_dir/checkpoints``; only rank 0 writes.
+    last one counts as best. Checkpoints go to ``context.run_dir/checkpoints``.
     """
+    run_dir, device, eval_cfg = context.run_dir, context.device, context.eval_cfg
     ckpt_dir = Path(run_dir) / "checkpoints"
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    loader, sampler = _loader(train_data, loop.batch_size, seed)
+    loader, sampler = _loader(train_data, loop.batch_size, context.seed)
     # batch_size is per process: every optimiser step averages world_size batches.
     log.info(
         "%s: %d training windows, batch %d per process x %d processes = global batch %d",
@@ -127,7 +141,7 @@ def run_training(
     finished = False
 
     hint = "delete the checkpoints folder to start this stage again"
-    if resume and last_path.exists():
+    if context.resume and last_path.exists():
         state = load_checkpoint(last_path, device, keys=LAST_KEYS, hint=hint)
         try:
             stage.model.load_state_dict(state["model"])
@@ -147,7 +161,7 @@ def run_training(
     if dist.is_main():
         atomic_write_json(ckpt_dir / EARLIER_SECONDS_FILE, {"seconds": seconds})
 
-    show = not quiet and dist.is_main()
+    show = not context.quiet and dist.is_main()
     for epoch in range(start_epoch, 0 if finished else loop.epochs):
         started = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -185,7 +199,7 @@ def run_training(
         if evaluate_now:
             valid = evaluate(
                 stage.model,
-                valid_split,
+                context.valid,
                 eval_cfg.ks,
                 eval_cfg.batch_size,
                 device,
