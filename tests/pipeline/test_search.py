@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.data import DataLoader
 
 from adarec.config import Config, ModelConfig
+from adarec.nas.costs import SearchCosts
 from adarec.nas.genotype import random_genotype
-from adarec.pipeline.search import architecture_cost, saved_runtime, search_cost_model
+from adarec.pipeline.common import load_stage_data
+from adarec.pipeline.search import (
+    architecture_cost,
+    build_supernet,
+    saved_runtime,
+    search_cost_model,
+    search_stage,
+)
 from adarec.registry import build_model
+from tests.conftest import tiny_config
 
 NUM_ITEMS = 30
 
@@ -51,3 +61,26 @@ def test_cost_tables_saved_before_the_runtime_was_recorded_were_measured_in_torc
     assert saved_runtime({"method": "macs", "budget": {"unit": "ms"}}) == "torch"
     assert saved_runtime({"method": "macs", "budget": {"unit": "macs"}}) is None
     assert saved_runtime({"method": "latency", "runtime": "compiled"}) == "compiled"
+
+
+def test_the_bilevel_search_stage_steps_alpha_on_held_out_windows():
+    """search_stage (what adarec search and benchmarks/profile_steps.py build): bi-level
+    keeps a share of the windows out of the weights' training, and alpha steps on them."""
+    cfg = tiny_config("model.name=sasrec", "search.optimization=bilevel", "search.warmup=0")
+    cpu = torch.device("cpu")
+    data = load_stage_data(cfg)
+    num_items = data.data.num_items
+    teacher = build_model(cfg.model, num_items, cfg.data.max_len)
+    costs = SearchCosts.measure(cfg, num_items, teacher, cpu)
+    supernet = build_supernet(cfg, num_items)
+    stage, train_set = search_stage(cfg, supernet, teacher, costs, data.train, cpu)
+    held_out = stage.held_out_loader.dataset
+    assert len(train_set) + len(held_out) == len(data.train)
+    assert not set(train_set.indices) & set(held_out.indices)
+    before = [a.detach().clone() for a in supernet.alphas]
+    stage.on_epoch_start(0)
+    stage.train_step(next(iter(DataLoader(train_set, batch_size=8))), 0, 0)
+    assert any(not torch.equal(a, b) for a, b in zip(supernet.alphas, before, strict=True))
+    single = tiny_config("model.name=sasrec")
+    stage, train_set = search_stage(single, supernet, teacher, costs, data.train, cpu)
+    assert train_set is data.train and stage.held_out_loader is None
