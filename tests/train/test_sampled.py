@@ -19,6 +19,7 @@ from adarec.distill.losses import candidate_kd_loss, logit_kd_loss
 from adarec.errors import UserError
 from adarec.models.base import CandidateScores, head_scores
 from adarec.models.bert4rec import mask_items
+from adarec.models.pop import Popularity
 from adarec.models.sasrec import SASRec
 from adarec.models.teacher_protocol import check_teacher
 from adarec.pipeline.search import run_search
@@ -265,6 +266,21 @@ def test_distillation_step_scores_teacher_and_student_on_the_same_candidates():
     assert terms["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
     assert terms["logit"].item() == pytest.approx(kd.item(), rel=1e-5)
     assert terms["logit"].item() > 0
+
+
+@pytest.mark.parametrize("name", ["nextitnet", "sasrec", "bert4rec_causal", "pop"])
+def test_candidate_scores_are_the_columns_of_the_logits(name):
+    if name == "pop":
+        model = Popularity(NUM_ITEMS).fit(np.arange(NUM_ITEMS + 1))
+    else:
+        model = tiny_model(name)
+    output = model(_windows(3)[:, :-1]).output.reshape(3 * MAX_LEN, -1)
+    targets = torch.randint(1, NUM_ITEMS + 1, (len(output),))
+    negatives = torch.tensor([4, 1, 4, NUM_ITEMS])
+    scores = model.candidate_scores(output, targets, negatives)
+    logits = model.logits(output)
+    torch.testing.assert_close(scores.target, logits.gather(1, targets[:, None]).squeeze(1))
+    torch.testing.assert_close(scores.negatives, logits[:, negatives])
 
 
 def test_a_teacher_whose_candidate_scores_disagree_with_its_logits_is_refused():
