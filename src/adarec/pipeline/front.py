@@ -325,7 +325,7 @@ def _estimate(
     seed_everything(cfg.seed)  # every estimate starts alike, whatever ran before it
     num_items = run.data.data.num_items
     student = new_student(cfg, point.genotype, num_items, search_dir, run.device, supernet)
-    stage = retraining_stage(cfg, student, teacher, run.device)
+    stage = retraining_stage(cfg, student, teacher, run.device, run.sampler())
     result = run.train(stage, cfg.student, f"estimate {point.budget}", run_dir=directory)
     evaluated = time.perf_counter()
     ev = cfg.eval
