@@ -295,17 +295,22 @@ def run(args: argparse.Namespace, results: Path) -> int:
         r for r in previous.get("runs", []) if (r["case"], r["engine"], r["input"]) not in rerun
     ]
     runs = kept + runs
-    speedup = {}
+    speedup: dict[str, dict[str, float]] = {"wall": {}, "cpu": {}}
     for case in ROWS:
         timed = {
-            r["engine"]: r["seconds"]
+            r["engine"]: r
             for r in runs
             if r["case"] == case and "seconds" in r and r["input"].endswith(".csv")
         }
         if {"columnar", "rows"} <= timed.keys():
-            speedup[case] = round(timed["rows"] / timed["columnar"], 1)
+            for kind, key in (("wall", "seconds"), ("cpu", "cpu_seconds")):
+                ratio = timed["rows"][key] / timed["columnar"][key]
+                speedup[kind][case] = round(ratio, 1)
     if same is None:
         same = previous.get("movielens_equivalence")
+    # The runs kept from earlier invocations came from their commands: all are listed.
+    command = " ".join(["python benchmarks/scale.py", *sys.argv[1:]])
+    commands = [c for c in previous.get("commands", []) if c != command] + [command]
     write_key(
         results,
         "prep",
@@ -318,7 +323,7 @@ def run(args: argparse.Namespace, results: Path) -> int:
             f"({args.threads} threads, memory limit ADAREC_DATA_MEMORY or 3GB): source hash, "
             "preparation, cache written and memory-mapped; rows = read_file + "
             "build_in_memory (the row reader before this change), no cache",
-            "command": " ".join(["python benchmarks/scale.py", *sys.argv[1:]]),
+            "commands": commands,
             "machine": machine_description(),
             "machine_note": "2-core machine shared with other engineers' jobs (tests and "
             "benchmarks) while measured: seconds are upper bounds of a quiet machine's",
