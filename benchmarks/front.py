@@ -129,7 +129,14 @@ def searched_vs_random(
             continue
         own_dir = resolve_from_run(row["run_dir"], run / "front")
         own_ranks = read_test_ranks(own_dir)
-        randoms = random_cells(cfg, run, row, count, quiet)
+        try:
+            randoms = random_cells(cfg, run, row, count, quiet)
+        except UserError as error:  # no random cell of the space fits this budget
+            rows.append(
+                {"budget": row["budget"], "speedup": row["speedup"], "no_random": str(error)}
+            )
+            print(f"{row['budget']:>8}: {error}")
+            continue
         mean = float(np.mean([r["test_ndcg10"] for r in randoms]))
         entry = {
             "budget": row["budget"],
@@ -274,6 +281,7 @@ def plot(scene: str, front: dict[str, Any], versus: list[dict[str, Any]], path: 
     batch = (
         "256" if "256" in front["teacher"]["latency_ms"] else max(front["teacher"]["latency_ms"])
     )
+    versus = [v for v in versus if "no_random" not in v]
     xs = [v["speedup"][batch] for v in versus]
     ax.errorbar(
         xs,

@@ -114,11 +114,14 @@ def plot_accuracy_latency(points: dict[str, tuple[float, float]], path: Path, ba
     save_figure(fig, path)
 
 
-def plot_front(front: dict[str, Any], path: Path) -> None:
+def plot_front(
+    front: dict[str, Any], path: Path, others: dict[str, tuple[float, float]] | None = None
+) -> None:
     """The front of one search (front.json's content), two panels.
 
     Left: validation NDCG@10 of the retrained students against their measured latency at
-    the smallest batch (serving path, log scale), the teacher on the same axes, the keep
+    the smallest batch (serving path, log scale), the teacher and ``others`` (the run's
+    baselines: {name: (ms at that batch, validation NDCG@10)}) on the same axes, the keep
     threshold dashed, the selected student starred. Right: every derived student's
     estimated validation NDCG@10 (± one standard error) against its MACs per history,
     retrained ones filled.
@@ -143,6 +146,9 @@ def plot_front(front: dict[str, Any], path: Path) -> None:
         zorder=4,
         label=f"teacher ({teacher['model']})",
     )
+    for name, (x, y) in (others or {}).items():
+        left.scatter([x], [y], marker="^", color="#8a8a8a", zorder=3)
+        left.annotate(name, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
     keep = front["selected"]["keep"]
     if keep is not None:
         left.axhline(

@@ -246,9 +246,20 @@ def _pipeline(out: Path, *extra: str) -> dict:
     return run_pipeline(cfg, out, quiet=True)
 
 
-def test_pipeline_selects_its_student_from_the_front(tmp_path):
+def test_pipeline_selects_its_student_from_the_front(tmp_path, monkeypatch):
+    import adarec.plots
+
+    drawn = []
+    real_plot = adarec.plots.plot_front
+    monkeypatch.setattr(
+        adarec.plots,
+        "plot_front",
+        lambda front, path, others=None: drawn.append(others) or real_plot(front, path, others),
+    )
     out = tmp_path / "run"
     report = _pipeline(out)
+    # front.png is drawn again once the baselines are measured, with them on its axes.
+    assert drawn[-1] is not None and set(drawn[-1]) == {"no_kd"}
     assert (out / "front" / "front.json").exists() and (out / "front" / "front.png").exists()
     saved = json.loads((out / "report.json").read_text())
     assert {"teacher", "student", "speedup", "front", "selected"} <= set(saved)

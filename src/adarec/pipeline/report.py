@@ -126,6 +126,18 @@ def write_report(
         report["front"] = front_summary(front)
         report["selected"] = front["selected"]
         report["front_figure"] = _rel(out / "front" / FRONT_FIGURE, out)
+        if baseline_dirs and dist.is_main():
+            # The baselines on the front's axes: latency in the serving path at its batch.
+            from adarec.plots import plot_front
+
+            batch = min(front["teacher"]["latency_ms"], key=int)
+            serving = by_backend.get("compiled", latency_ms)
+            others = {
+                name: (serving[name][batch], metrics[name]["valid"]["full"]["NDCG@10"])
+                for name in baseline_dirs
+                if batch in serving.get(name, {})
+            }
+            plot_front(front, out / "front" / FRONT_FIGURE, others)
     if front_skipped:
         report["front_skipped"] = front_skipped
     if dist.is_main():
