@@ -279,25 +279,31 @@ def test_pipeline_selects_its_student_from_the_front(tmp_path, monkeypatch):
     assert not (out / "student" / "checkpoints").exists()
     assert saved["student"]["test"] == source["test"]
     # The derived-cell baseline takes the selected student's cell.
-    no_kd = json.loads((out / "baselines" / "no_kd" / "metrics.json").read_text())
+    no_kd_dir = out / "baselines" / f"at-{chosen}" / "no_kd"
+    no_kd = json.loads((no_kd_dir / "metrics.json").read_text())
     assert no_kd["architecture"] == row["cell"]
 
 
 def test_pipeline_reselects_when_asked_again(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    _pipeline(out, "run.baselines=[]")
+    _pipeline(out)  # with the no_kd comparison of the selected cell
     first = json.loads((out / "front" / "front.json").read_text())
     retrained = [s for s in first["students"] if s["retrained"]]
     # Ask for the most accurate student within the cheapest retrained cell's speed-up:
     # nothing trains again, and student/ becomes that cell.
     _forbid_training(monkeypatch)
     cheapest = retrained[-1]
-    _pipeline(out, "run.baselines=[]", "run.keep=null", f"run.select_budget={cheapest['budget']}")
+    _pipeline(out, "run.keep=null", f"run.select_budget={cheapest['budget']}")
     again = json.loads((out / "front" / "front.json").read_text())
     assert again["selected"]["name"] == cheapest["budget"]
     student = json.loads((out / "student" / "metrics.json").read_text())
     assert student["architecture"] == cheapest["cell"]
     assert not list(out.glob(".student.*"))  # the replacement left no staging directory
+    # The comparison of the newly selected cell is trained beside the first one's.
+    again_no_kd = out / "baselines" / f"at-{cheapest['budget']}" / "no_kd" / "metrics.json"
+    assert json.loads(again_no_kd.read_text())["architecture"] == cheapest["cell"]
+    first_chosen = first["selected"]["name"] or first["selected"]["closest"]
+    assert (out / "baselines" / f"at-{first_chosen}" / "no_kd" / "metrics.json").exists()
 
 
 def test_pipeline_refuses_student_budget_with_the_front(tmp_path):

@@ -36,6 +36,8 @@ BASELINES = (
     "fixed_mapping",
     "no_cost",
 )
+# The comparisons derived at the student's budget: with the front, its selected one's.
+SELECTED_CELL_BASELINES = ("no_kd", "random_arch_budget", "fixed_mapping")
 SMALL_STUDENTS = {
     # METHOD.md section 5: hand-designed small students of the teacher's family.
     "nextitnet": {"hidden_size": 64, "num_blocks": 8, "dilations": [1, 4]},
@@ -164,10 +166,13 @@ def run_baseline(
     """Train a comparison on the same data and teacher; returns {row name: run directory}
     (one row, or one per random cell for random_arch_budget). ``selected_budget``: the
     front's selected student's budget, which the derived-cell comparisons then take."""
-    run_dir = root / name
     variant = copy.deepcopy(cfg)
-    if selected_budget:
+    if selected_budget and name in SELECTED_CELL_BASELINES:
         variant.student.budget = selected_budget
+        # One folder per selected cell: asking again with another keep or budget trains
+        # the comparison of the new cell beside the old one instead of refusing it.
+        root = root / f"at-{selected_budget}"
+    run_dir = root / name
     if name == "random_arch_budget":
         return _random_within_budget(variant, root, search_dir, quiet)
     if name == "pop":
