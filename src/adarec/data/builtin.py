@@ -7,6 +7,7 @@ pinned dependencies): ``find_spec`` on a top-level package only searches the pat
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ BUILTIN: dict[str, BuiltinDataset] = {
 }
 
 SYNTHETIC = "synthetic"
+PARQUET_DEPTH = 4
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
@@ -87,12 +89,25 @@ def dataset_path(name: str) -> Path | None:
 
 
 def parquet_files(path: Path) -> list[Path]:
-    """A Parquet file, or every ``*.parquet`` / ``*.pq`` file under a folder in path order."""
+    """A Parquet file, or every ``*.parquet`` / ``*.pq`` file under a folder (partition
+    subfolders included, up to ``PARQUET_DEPTH`` levels) in path order."""
     if not path.is_dir():
         return [path]
-    files = sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PARQUET_SUFFIXES
-    )
+    files = []
+
+    def refuse(error: OSError) -> None:
+        raise UserError(
+            f"data file {path} is a directory, and {error.filename} in it cannot be read: "
+            f"{error.strerror}"
+        )
+
+    # Bounded, links not followed: a folder given by mistake (/, a home directory) is
+    # refused quickly instead of walked whole.
+    for folder, subfolders, names in os.walk(path, onerror=refuse):
+        if len(Path(folder).relative_to(path).parts) >= PARQUET_DEPTH:
+            subfolders.clear()
+        files += [Path(folder) / n for n in names if Path(n).suffix.lower() in PARQUET_SUFFIXES]
+    files.sort()
     if not files:
         raise UserError(f"data file {path} is a directory with no Parquet files (*.parquet, *.pq)")
     return files
