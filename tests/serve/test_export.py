@@ -136,6 +136,7 @@ def test_artefact_serves_without_the_dataset(runs, tmp_path, monkeypatch):
         Predictor.from_run(out, backend="onnx")
     assert predictor.info["traced_on"] == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(UserError, match="traced on cpu"):
         Predictor.from_run(out, device="cuda:0")  # the graph holds CPU device constants
 
