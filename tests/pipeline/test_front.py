@@ -278,6 +278,24 @@ def test_pipeline_selects_its_student_from_the_front(tmp_path, monkeypatch):
     assert student == source and student["architecture"] == row["cell"]
     assert not (out / "student" / "checkpoints").exists()
     assert saved["student"]["test"] == source["test"]
+    # report.md shows the cell it serves (not only the search's own derivation), and
+    # every student of the sweep: those not retrained with their estimate and why not.
+    from adarec.nas.genotype import genotype_from_dict, genotype_to_text
+
+    markdown = (out / "report.md").read_text()
+    assert genotype_to_text(genotype_from_dict(row["cell"])) in markdown
+    others = [s for s in front["students"] if not s["retrained"]]
+    assert saved["front_not_retrained"] == [
+        {
+            "budget": s["budget"],
+            "macs": s["macs"],
+            "estimate_valid_ndcg10": s["estimate"]["valid_ndcg10"],
+            "reason": s["not_retrained"] or f"{s['dominated_by']} is cheaper and better",
+        }
+        for s in others
+    ]
+    for s in others:
+        assert f"| {s['budget']} | {s['macs'] / 1e6:.3f} |" in markdown
     # The derived-cell baseline takes the selected student's cell.
     no_kd_dir = out / "baselines" / f"at-{chosen}" / "no_kd"
     no_kd = json.loads((no_kd_dir / "metrics.json").read_text())

@@ -127,6 +127,7 @@ def _teacher_macs(cfg) -> float:
     [
         ("1e6x", r"search.budget 1e\+06x .* below the cheapest student"),
         ("teacher_x32", "not below the teacher's cost"),
+        ("1000ms", r"1000ms .* not below the teacher's cost"),  # timed on the untrained teacher
     ],
 )
 def test_a_budget_the_search_would_refuse_is_refused_before_the_teacher_trains(

@@ -600,6 +600,21 @@ def front_summary(front: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def front_not_retrained(front: dict[str, Any]) -> list[dict[str, Any]]:
+    """report.json's "front_not_retrained": the sweep's other students, with their cheap
+    estimate and why the front did not retrain them (dearest first)."""
+    return [
+        {
+            "budget": r["budget"],
+            "macs": r["macs"],
+            "estimate_valid_ndcg10": r["estimate"]["valid_ndcg10"],
+            "reason": r.get("not_retrained") or f"{r['dominated_by']} is cheaper and better",
+        }
+        for r in front["students"]
+        if not r["retrained"]
+    ]
+
+
 def format_front(front: dict[str, Any]) -> str:
     """A plain-text table of the front and the selection, for the console."""
     batches = list(front["teacher"]["latency_ms"])

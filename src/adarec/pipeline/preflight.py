@@ -12,6 +12,7 @@ from adarec.nas.costs import STUDENT_BUDGET, STUDENT_BUDGET_ADVICE, search_cost_
 from adarec.nas.operations import OP_SETS
 from adarec.nas.profile import op_cost_stats
 from adarec.registry import build_model
+from adarec.runtime.distributed import resolve_device
 
 log = logging.getLogger("adarec")
 
@@ -20,19 +21,19 @@ def check_budget_before_teacher(cfg: Config) -> None:
     """UserError if the search's budget (or ``student.budget``) is one the search would
     refuse: below the cheapest student of the space, or, in MACs, not below the teacher.
 
-    Only budgets counted in MACs are checked here: MACs depend on the architecture alone,
-    so the untrained teacher of ``cfg.model`` costs exactly what the trained one will.
-    A budget in measured milliseconds is checked when the search times the trained
-    teacher (the same check, once the teacher exists).
+    Both units are checked on the untrained teacher of ``cfg.model``: its MACs are exactly
+    the trained one's (they depend on the architecture alone), and so, up to timing noise,
+    is its latency (the same graph, on the device the run will use). The search checks a
+    budget in milliseconds again when it times the trained teacher.
     """
     s = cfg.search
     if not s.use_cost or s.cost_form == "paper" or cfg.model.name == "pop":
         return  # no cost model (or no teacher to distil): the search says so itself
-    if cost_unit(parse_budget(s.budget), s.cost) != "macs":
-        return
     # The teacher stage prepares the same data next (from the cache this fills).
     num_items = prepare(cfg.data, cfg.seed).num_items
     teacher = build_model(cfg.model, num_items, cfg.data.max_len)
+    if cost_unit(parse_budget(s.budget), s.cost) == "ms":
+        teacher = teacher.to(resolve_device(cfg.device)).eval()  # timed where it will run
     stats = op_cost_stats(OP_SETS[s.ops], s.width, cfg.data.max_len, s.ops)
     model = search_cost_model(cfg, num_items, teacher, stats)
     if cfg.student.budget:

@@ -15,6 +15,7 @@ from adarec.config import Config
 from adarec.evaluate.latency import machine_description
 from adarec.evaluate.metrics import per_example_gains
 from adarec.io import atomic_write_json, atomic_write_text, read_json
+from adarec.nas.genotype import genotype_from_dict, genotype_to_text
 from adarec.plots import plot_accuracy_latency
 from adarec.runs import read_metrics, read_test_ranks
 from adarec.runtime import distributed as dist
@@ -121,9 +122,10 @@ def write_report(
         "date": dt.datetime.now().isoformat(timespec="seconds"),
     }
     if front is not None:
-        from adarec.pipeline.front import FRONT_FIGURE, front_summary
+        from adarec.pipeline.front import FRONT_FIGURE, front_not_retrained, front_summary
 
         report["front"] = front_summary(front)
+        report["front_not_retrained"] = front_not_retrained(front)
         report["selected"] = front["selected"]
         report["front_figure"] = _rel(out / "front" / FRONT_FIGURE, out)
         if baseline_dirs and dist.is_main():
@@ -364,14 +366,7 @@ def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
         "|---|---|",
         *[f"| {op} | {c:.3f} |" for op, c in report["student"]["cost"]["table"].items()],
         "",
-        "## Derived cell",
-        "",
-        "```",
-        (Path(search_dir) / "genotype.txt").read_text().rstrip(),
-        "```",
-        "",
-        f"![derived cell]({_rel(Path(search_dir) / 'genotype.png', out)})",
-        "",
+        *_cell_lines(report, out, search_dir),
     ]
     diag = report["search"]
     if diag:
@@ -397,6 +392,27 @@ def render_markdown(report: dict[str, Any], out: Path, search_dir: Path) -> str:
         "",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _cell_lines(report: dict[str, Any], out: Path, search_dir: Path) -> list[str]:
+    """The served student's cell, and the search's own derivation (at ``search.budget``)
+    when the student is another cell (one the front or ``student.budget`` derived)."""
+    searched = (Path(search_dir) / "genotype.txt").read_text().rstrip()
+    architecture = report["student"].get("architecture")
+    served = genotype_to_text(genotype_from_dict(architecture)) if architecture else searched
+    lines = ["## The student's cell", "", "```", served, "```", ""]
+    if served == searched:
+        return [*lines, f"![derived cell]({_rel(Path(search_dir) / 'genotype.png', out)})", ""]
+    return [
+        *lines,
+        "The search's own derivation, at its budget (the front derives the student above",
+        "from the same architecture weights at the selected budget):",
+        "",
+        "```",
+        searched,
+        "```",
+        "",
+    ]
 
 
 def _budget_lines(report: dict[str, Any]) -> list[str]:
@@ -467,6 +483,21 @@ def _front_lines(report: dict[str, Any]) -> list[str]:
             *[f"{r['speedup'][b]:.1f}x" for b in batches],
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    others = report.get("front_not_retrained", [])
+    if others:
+        lines += [
+            "",
+            "Not retrained (the estimate: validation NDCG@10 after "
+            "`front.estimate_epochs` of fine-tuning the inherited weights):",
+            "",
+            "| budget | MMACs | estimated valid NDCG@10 | why not |",
+            "|---|---|---|---|",
+            *[
+                f"| {r['budget']} | {r['macs'] / 1e6:.3f} | {r['estimate_valid_ndcg10']:.4f} "
+                f"| {r['reason']} |"
+                for r in others
+            ],
+        ]
     lines += [
         "",
         f"- Selected: {selected['reason']}",
