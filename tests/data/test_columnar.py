@@ -218,7 +218,7 @@ def test_a_small_memory_limit_gives_the_same_result(tmp_path, monkeypatch):
     )
     path = write_csv(tmp_path / "big.csv", list(rows), ["user_id", "item_id", "timestamp"])
     cfg = DataConfig(dataset=str(path), num_negatives=5)
-    # DuckDB keeps at most 48MB in memory: its tables' blocks go to the database file, and
+    # DuckDB keeps at most 48MB in memory: its tables' blocks go to its temporary folder, and
     # sorts, joins and aggregates spill to disk beyond that (24MB is too little here).
     monkeypatch.setenv("ADAREC_DATA_MEMORY", "48MB")
     assert_same(prepare(cfg, 0, tmp_path / "c"), reference(cfg, 0))
