@@ -608,11 +608,17 @@ def front_not_retrained(front: dict[str, Any]) -> list[dict[str, Any]]:
             "budget": r["budget"],
             "macs": r["macs"],
             "estimate_valid_ndcg10": r["estimate"]["valid_ndcg10"],
-            "reason": r.get("not_retrained") or f"{r['dominated_by']} is cheaper and better",
+            "reason": _why_not_retrained(r),
         }
         for r in front["students"]
         if not r["retrained"]
     ]
+
+
+def _why_not_retrained(row: dict[str, Any]) -> str:
+    """A front.json student's reason not to be retrained (front.json files without
+    "not_retrained" skipped only the students a cheaper one dominated)."""
+    return row.get("not_retrained") or f"{row['dominated_by']} is cheaper and better"
 
 
 def format_front(front: dict[str, Any]) -> str:
@@ -641,7 +647,7 @@ def format_front(front: dict[str, Any]) -> str:
                 else f"{'-':>9}" * 2
             )
             + "".join(f"{r['speedup'][b]:>9.1f}" if retrained else f"{'-':>9}" for b in batches)
-            + ("  yes" if retrained else f"  no ({r.get('not_retrained') or r['dominated_by']})")
+            + ("  yes" if retrained else f"  no ({_why_not_retrained(r)})")
         )
     lines.append(f"selected: {front['selected']['reason']}")
     return "\n".join(lines)
