@@ -31,6 +31,7 @@ import numpy as np
 
 from adarec.config import DataConfig
 from adarec.data.builtin import PARQUET_SUFFIXES, parquet_files
+from adarec.data.negatives import choices_without_replacement, distinct_sorted, unseen_items
 from adarec.data.readers import MS_PER_SECOND, detect_format, read_header
 from adarec.errors import UserError
 
@@ -388,34 +389,28 @@ def sample_negatives_flat(
     Drawing positions among a user's unseen items (``rng.choice(n, k)``) consumes the
     generator exactly as drawing from the pool of those items does; the position is then
     mapped to an item from the user's sorted seen items, without building the pool (a pass
-    over the whole catalogue per user).
+    over the whole catalogue per user). The positions of all users are drawn in one
+    compiled loop (``negatives.choices_without_replacement``), draw for draw as NumPy would.
     """
     users, width = len(offsets) - 1, num_items + 1
     negatives = np.zeros((users, num_negatives), dtype=np.int64)
-    owner = np.repeat(np.arange(users, dtype=np.int64), np.diff(offsets))
-    seen = np.sort(owner * width + items)  # per user, its distinct items in order
-    seen = seen[np.r_[True, seen[1:] != seen[:-1]]] if len(seen) else seen
-    seen_owner = seen // width
-    counts = np.bincount(seen_owner, minlength=users)
-    starts = np.zeros(users + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
-    # Unseen items (1..N) below each seen item: non-decreasing within a user.
-    below = seen % width - 1 - (np.arange(len(seen)) - starts[seen_owner])
-    below_keys = seen_owner * width + below
-    unseen = num_items - counts
-    drawn = np.zeros((users, num_negatives), dtype=np.int64)
+    seen, starts = distinct_sorted(items, offsets)  # per user, its distinct items in order
+    unseen = num_items - np.diff(starts)
     full = unseen >= num_negatives
-    for user in range(users):
+
+    def numpy_draws(user: int) -> np.ndarray | None:
+        """The users the compiled draws leave to NumPy, drawn as the reference does."""
         if full[user]:
-            drawn[user] = rng.choice(int(unseen[user]), num_negatives, replace=False)
-        elif unseen[user]:  # fewer than asked: all of them, repeated (rare)
-            mine = seen[starts[user] : starts[user + 1]] % width
-            pool = np.setdiff1d(np.arange(1, width, dtype=np.int64), mine)
-            negatives[user] = np.resize(rng.permutation(pool), num_negatives)
-    rows = np.flatnonzero(full)
-    query = rows[:, None] * width + drawn[rows]
-    below_count = np.searchsorted(below_keys, query, side="right") - starts[rows][:, None]
-    negatives[rows] = drawn[rows] + 1 + below_count
+            return rng.choice(int(unseen[user]), num_negatives, replace=False)
+        # fewer than asked: all of them, repeated (rare)
+        pool = np.setdiff1d(
+            np.arange(1, width, dtype=np.int64), seen[starts[user] : starts[user + 1]]
+        )
+        negatives[user] = np.resize(rng.permutation(pool), num_negatives)
+        return None
+
+    drawn = choices_without_replacement(rng, unseen, num_negatives, numpy_draws)
+    unseen_items(seen, starts, drawn, np.flatnonzero(full), negatives)
     return negatives
 
 
