@@ -86,6 +86,9 @@ def test_min_window_drops_short_chunks():
 def test_item_counts_use_training_items_only():
     data = prepared([[1, 2, 1, 3, 4], [2, 2, 5]])
     assert item_counts(data).tolist() == [0, 2, 2, 0, 0, 0]
+    # Sequences too short to train on count nothing, however short.
+    data = prepared([[3], [4, 4], [1, 3, 5], [2, 5, 1, 1]])
+    assert item_counts(data).tolist() == [0, 1, 1, 0, 0, 1]
 
 
 def test_train_windows_dataset():

@@ -101,15 +101,24 @@ def eval_split(data: PreparedData, split: str, max_len: int) -> EvalSplit:
 
 def item_counts(data: PreparedData) -> np.ndarray:
     """[num_items + 1] interaction counts over the training parts only (index 0 stays 0)."""
-    train = np.concatenate([training_part(seq) for seq in data.sequences])
-    return np.bincount(train, minlength=data.num_items + 1)
+    items, offsets = data.columns()
+    counts = np.bincount(items, minlength=data.num_items + 1)
+    for back in range(1, HELD_OUT + 1):  # less each user's held-out last items
+        last = offsets[1:] - back
+        last = last[last >= offsets[:-1]]  # a sequence this short has fewer
+        counts -= np.bincount(items[last], minlength=data.num_items + 1)
+    return counts
 
 
 class TrainWindows(Dataset):
-    """Rows of a ``train_windows`` array as LongTensors [max_len + 1]."""
+    """Rows of a ``train_windows`` array as LongTensors [max_len + 1].
 
-    def __init__(self, windows: np.ndarray) -> None:
+    ``shard``: (rank, world) when the windows are that rank's shard of the users only.
+    """
+
+    def __init__(self, windows: np.ndarray, shard: tuple[int, int] | None = None) -> None:
         self.windows = torch.as_tensor(windows, dtype=torch.long)
+        self.shard = shard
 
     def __len__(self) -> int:
         return len(self.windows)

@@ -177,20 +177,30 @@ def load_stage_data(cfg: Config, quiet: bool = True) -> StageData:
                 removed,
                 entry["rows_before"],
             )
-    windows = train_windows(data, cfg.data.max_len, cfg.data.long_sequences, cfg.data.min_window)
-    if len(windows) == 0:
+    # Under torchrun each rank builds the windows of its own shard of the users only.
+    shard = (dist.rank(), dist.world_size()) if dist.world_size() > 1 else None
+    mine = data.shard(*shard) if shard else data
+    windows = train_windows(mine, cfg.data.max_len, cfg.data.long_sequences, cfg.data.min_window)
+    per_rank = dist.all_gather_objects(len(windows))  # every rank must stop alike
+    if sum(per_rank) == 0:
         raise UserError("no training windows left: sequences are too short for leave-one-out")
+    if min(per_rank) == 0:
+        raise UserError(
+            f"{data.num_users} users are too few to give each of {len(per_rank)} processes "
+            f"training windows (windows per process: {per_rank}); run fewer processes"
+        )
     log.info(
-        "data %s: %d users, %d items, %d interactions, %d training windows",
+        "data %s: %d users, %d items, %d interactions, %d training windows%s",
         data.name,
         data.num_users,
         data.num_items,
         data.num_interactions,
-        len(windows),
+        sum(per_rank),
+        f" ({len(windows)} from this process's shard of the users)" if shard else "",
     )
     return StageData(
         data=data,
-        train=TrainWindows(windows),
+        train=TrainWindows(windows, shard),
         valid=eval_split(data, "valid", cfg.data.max_len),
         test=eval_split(data, "test", cfg.data.max_len),
     )

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
 
 from adarec.config import DistillConfig, LoopConfig
 from adarec.distill.emd import EMDLayerMapper
@@ -29,7 +28,6 @@ from adarec.distill.losses import (
 )
 from adarec.nas.architect import Architect
 from adarec.nas.supernet import Supernet
-from adarec.runtime import distributed as dist
 from adarec.train.losses import next_item_loss, target_mask
 from adarec.train.optim import make_optimizer, make_scheduler
 from adarec.train.sampled import (
@@ -38,6 +36,7 @@ from adarec.train.sampled import (
     corrected_logits,
     sampled_next_item_loss,
 )
+from adarec.train.shards import rank_sampler
 from adarec.train.supervised import autocast, next_item_batch, wrap_ddp
 
 
@@ -138,13 +137,7 @@ class DistillStage:
         if self.bilevel:
             if held_out is None or len(held_out) == 0:
                 raise ValueError("bi-level search needs held-out training windows")
-            sampler = DistributedSampler(
-                held_out,
-                num_replicas=dist.world_size(),
-                rank=dist.rank(),
-                shuffle=True,
-                seed=seed + 1,
-            )
+            sampler = rank_sampler(held_out, seed + 1)
             self.held_out_sampler = sampler
             self.held_out_loader = DataLoader(held_out, batch_size=loop.batch_size, sampler=sampler)
         self.epoch_gamma = distill.gamma

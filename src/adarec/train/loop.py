@@ -18,8 +18,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from adarec.config import EvalConfig, LoopConfig
@@ -29,6 +28,7 @@ from adarec.io import atomic_write_json
 from adarec.runtime import distributed as dist
 from adarec.runtime.checkpoint import load_checkpoint, save_checkpoint
 from adarec.runtime.seed import rng_state, set_rng_state
+from adarec.train.shards import rank_sampler
 
 log = logging.getLogger("adarec")
 
@@ -94,12 +94,8 @@ class TrainingContext:
     resume: bool = False
 
 
-def _loader(dataset: Dataset, batch_size: int, seed: int) -> tuple[DataLoader, DistributedSampler]:
-    # DistributedSampler also serves the single-process case: it shuffles with seed + epoch,
-    # which makes every epoch's order reproducible and resumable.
-    sampler = DistributedSampler(
-        dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True, seed=seed
-    )
+def _loader(dataset: Dataset, batch_size: int, seed: int) -> tuple[DataLoader, Sampler[int]]:
+    sampler = rank_sampler(dataset, seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler), sampler
 
 
