@@ -211,6 +211,32 @@ def test_interrupted_front_resumes_estimates_and_students(searched, tmp_path, mo
     assert (out / "front.json").exists()
 
 
+def test_a_folder_another_cell_left_at_a_budget_is_not_resumed(fronted, tmp_path):
+    """After a re-derivation (an upgrade, another sweep) a budget's folder may hold another
+    cell's unfinished run: the front trains its own cell beside it, never from it."""
+    search, out = _copy(fronted, tmp_path)
+    students = [s for s in _read(out)["students"] if s["retrained"]]
+    assert len(students) >= 2
+    mine, other = students[0], students[1]
+    for s in students:
+        assert Path(s["run_dir"]).name.startswith(f"{s['budget']}-")  # named by cell too
+    # Another cell's unfinished run where this budget's folder used to be (students/BUDGET),
+    # and no finished run of this budget's cell.
+    shutil.rmtree(out / mine["run_dir"])
+    stale = out / "students" / mine["budget"]
+    shutil.copytree(out / other["run_dir"], stale)
+    (stale / "metrics.json").unlink()
+    cfg = tiny_config(*FAST, "front.budgets=6", "front.retrain=all")
+    again = build_front(cfg, search, out, quiet=True)
+    row = next(s for s in again["students"] if s["budget"] == mine["budget"])
+    assert row["cell"] == mine["cell"] and row["run_dir"] == mine["run_dir"]
+    metrics = json.loads((out / row["run_dir"] / "metrics.json").read_text())
+    assert metrics["architecture"] != json.loads(
+        (out / other["run_dir"] / "metrics.json").read_text()
+    )["architecture"]
+    assert not (stale / "metrics.json").exists()  # the stale folder was left alone
+
+
 @pytest.mark.parametrize(
     ("option", "key"),
     [
@@ -380,7 +406,7 @@ def test_dominated_candidates_are_not_retrained(fronted, tmp_path, monkeypatch):
     ]
     for s, better in zip(students, best_cheaper, strict=True):
         assert s["retrained"] == (better <= s["estimate"]["valid_ndcg10"])
-        assert (out / "students" / s["budget"]).exists() == s["retrained"]
+        assert any((out / "students").glob(f"{s['budget']}-*")) == s["retrained"]
     assert students[-1]["retrained"]  # the cheapest is always on the front
     assert [s["estimate"] for s in students] == [s["estimate"] for s in first["students"]]
 
@@ -395,7 +421,7 @@ def _needed(fronted: Path, tmp_path: Path, monkeypatch, *sets: str) -> dict:
     real = front_module.run_student
 
     def count(cfg, run_dir, *args, **kwargs):
-        trained.append(Path(run_dir).name)
+        trained.append(Path(run_dir).name.rsplit("-", 1)[0])  # BUDGET-CELL: the budget
         return real(cfg, run_dir, *args, **kwargs)
 
     monkeypatch.setattr(front_module, "run_student", count)

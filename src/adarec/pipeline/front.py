@@ -2,8 +2,8 @@
 that can be on the front retrained, measured in the serving path, and one selected.
 
 Layout of ``adarec front SEARCH_DIR --out FRONT_DIR`` (default: beside the search, front/):
-``estimates/eN/BUDGET/`` (one per distinct cell: the inherited supernet weights after N
-epochs of the student's loop, ``estimate.json``), ``students/BUDGET/`` (each a normal
+``estimates/eN/BUDGET-CELL/`` (one per distinct cell: the inherited supernet weights after N
+epochs of the student's loop, ``estimate.json``), ``students/BUDGET-CELL/`` (each a normal
 student run directory, ``run_student`` under ``student.budget`` BUDGET), ``front.json``
 and ``front.png``. Every step is resumable: a finished estimate or student is reused (also
 under another budget label, when a changed sweep derives the same cell), an interrupted
@@ -276,6 +276,14 @@ def _key(point: SweepPoint) -> str:
     return json.dumps(genotype_to_dict(point.genotype), sort_keys=True)
 
 
+def _point_dir(root: Path, point: SweepPoint) -> Path:
+    """``root/BUDGET-CELL``: named by the cell too, so a folder another derivation left at
+    the same budget (another cell, after an upgrade or other sweep) is never resumed."""
+    import hashlib
+
+    return root / f"{point.budget}-{hashlib.sha256(_key(point).encode()).hexdigest()[:8]}"
+
+
 def _estimates(
     cfg: Config,
     search_dir: Path,
@@ -320,8 +328,8 @@ def _estimate(
     root: Path,
 ) -> dict[str, Any]:
     """One point's validation NDCG@10 from the inherited weights after a short fine-tune,
-    in the library's training loop; written to ``root/BUDGET/estimate.json``."""
-    directory = root / point.budget
+    in the library's training loop; written to ``root/BUDGET-CELL/estimate.json``."""
+    directory = _point_dir(root, point)
     seed_everything(cfg.seed)  # every estimate starts alike, whatever ran before it
     num_items = run.data.data.num_items
     student = new_student(cfg, point.genotype, num_items, search_dir, run.device, supernet)
@@ -448,7 +456,7 @@ def _retrain(
     finished: Sequence[Path],
 ) -> Path:
     """The student of ``point``, retrained as the student stage does (``student.budget``
-    set to its budget) into ``root/BUDGET``; a finished run of the same cell is reused."""
+    set to its budget) into ``root/BUDGET-CELL``; a finished run of the same cell is reused."""
     architecture = genotype_to_dict(point.genotype)
     for candidate in [*map(Path, finished), *sorted(root.glob("*"))]:
         finished_run = (candidate / "metrics.json").exists()
@@ -458,7 +466,7 @@ def _retrain(
             check_reusable(candidate, cfg, STUDENT_KEYS, ignore=("student.budget",))
             log.info("front: %s reuses the finished student %s", point.budget, candidate)
             return candidate
-    run_dir = root / point.budget
+    run_dir = _point_dir(root, point)
     variant = copy.deepcopy(cfg)
     variant.student.budget = point.budget
     metrics = run_student(variant, run_dir, search_dir, quiet, resume=True)
