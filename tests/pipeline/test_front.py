@@ -231,9 +231,10 @@ def test_a_folder_another_cell_left_at_a_budget_is_not_resumed(fronted, tmp_path
     row = next(s for s in again["students"] if s["budget"] == mine["budget"])
     assert row["cell"] == mine["cell"] and row["run_dir"] == mine["run_dir"]
     metrics = json.loads((out / row["run_dir"] / "metrics.json").read_text())
-    assert metrics["architecture"] != json.loads(
-        (out / other["run_dir"] / "metrics.json").read_text()
-    )["architecture"]
+    assert (
+        metrics["architecture"]
+        != json.loads((out / other["run_dir"] / "metrics.json").read_text())["architecture"]
+    )
     assert not (stale / "metrics.json").exists()  # the stale folder was left alone
 
 
