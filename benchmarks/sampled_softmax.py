@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/sampled_softmax.py --config configs/ml-1m.yaml --out DIR
        [--run RUN_DIR] [--negatives 1024] [--proposal popularity] [--device cuda]
-       [--set key=value ...] [--results PATH] [--quiet]
+       [--set key=value ...] [--results PATH] [--arm full|sampled] [--quiet]
 
 Trains the teacher of ``--config`` twice, same schedule and seed: with the full softmax
 (DIR/teacher-full) and with the sampled one (``sampled_softmax.min_items=0``,
@@ -97,6 +97,12 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--results", default=None)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--arm",
+        choices=ARMS,
+        help="train this arm only (the arms in parallel: one process each, 1 thread); "
+        "rerun without --arm to compare them once both have finished",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     run = Path(args.run) if args.run else None
@@ -109,15 +115,19 @@ def main() -> int:
         setup_logging(out, args.quiet)
         for stage, cfg in base.items():
             arms = {}
-            for arm in ARMS:
+            for arm in [args.arm] if args.arm else ARMS:
                 arm_dir = out / f"{stage}-{arm}"
                 variant = arm_config(cfg, arm, args.negatives, args.proposal)
                 train_arm(stage, variant, arm_dir, run, args.quiet)
                 arms[arm] = summary(arm_dir)
-            result[stage] = {"arms": arms, "sampled_minus_full": compare(out, stage, arms)}
+            if not args.arm:
+                result[stage] = {"arms": arms, "sampled_minus_full": compare(out, stage, arms)}
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.arm:
+        print(f"trained the {args.arm} arm(s) in {out}; rerun without --arm to compare")
+        return 0
     dataset = base["teacher"].data.dataset
     path = Path(args.results) if args.results else RESULTS / f"sampled_softmax_{dataset}.json"
     atomic_write_json(
