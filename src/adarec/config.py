@@ -206,13 +206,17 @@ class SampledSoftmaxConfig:
     """
 
     # The catalogue size from which training samples (0: always; a huge value: never).
-    # Measured on ml-1m (benchmarks/results/sampled_softmax_ml-1m.json, SASRec teacher, 6
-    # epochs each): 1,024 sampled negatives cost 5.4% of NDCG@10 (-0.0072 +- 0.0019) for a
-    # 1.4x faster epoch, so a catalogue of that size stays on the exact full softmax. From
-    # 50,000 items the full softmax's step is 12x the sampled one and its logits need
-    # gigabytes (benchmarks/results/scale.json), so training samples there.
+    # Measured on ml-1m (benchmarks/results/sampled_softmax_ml-1m*.json, SASRec teacher, 6
+    # epochs each, paired test NDCG@10): sampling saves little at 3.4k items, so a catalogue
+    # of that size stays on the exact full softmax. From 50,000 items the full softmax's
+    # step is 12x the sampled one and its logits need gigabytes
+    # (benchmarks/results/scale.json), so training samples there.
     min_items: int = 50_000
-    negatives: int = 1024  # shared negatives drawn per training step
+    # Shared negatives drawn per training step. On ml-1m: 1,024 cost 5.4% of NDCG@10
+    # (-0.0072 +- 0.0019), 2,048 1.2% (-0.0016 +- 0.0017), 4,096 0.2%; a step at 1M items
+    # over the full softmax's at 3.4k (1 thread): 1.1-1.4x, 1.8-2.1x, 2.9-3.5x (teacher,
+    # student, logit KD). 2,048 keeps both within issue 28's 2% and 3x.
+    negatives: int = 2048
     proposal: str = "popularity"  # popularity (training counts ** power) | uniform
     power: float = 0.75  # popularity proposal: (count + 1) ** power
 

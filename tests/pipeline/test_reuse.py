@@ -66,6 +66,26 @@ def test_a_rerun_that_changes_only_measurement_reuses_every_stage(out):
     assert _stamps(out) == before
 
 
+def test_sampling_settings_that_never_applied_do_not_block_reuse_or_resume(out):
+    """The tiny catalogue is below sampled_softmax.min_items: every stage trained on the
+    full softmax, and would again under other sampling settings (a changed default)."""
+    before = _stamps(out)
+    unused = ["sampled_softmax.negatives=77", "sampled_softmax.proposal=uniform"]
+    run_pipeline(tiny_config(*PIPELINE, *unused), out, baselines=["pop"], quiet=True)
+    assert _stamps(out) == before  # every stage reused
+    interrupt(out / "search")
+    run_pipeline(tiny_config(*PIPELINE, *unused), out, baselines=["pop"], quiet=True)
+    assert "search/metrics.json" in _stamps(out)  # resumed and finished
+    # Sampling that would apply now (min_items below the catalogue) is a real change.
+    with pytest.raises(UserError, match=r"teacher holds a finished stage .*min_items"):
+        run_pipeline(
+            tiny_config(*PIPELINE, "sampled_softmax.min_items=0"),
+            out,
+            baselines=["pop"],
+            quiet=True,
+        )
+
+
 def as_saved_before_the_distill_section(out: Path) -> None:
     """Rewrite every config.yaml under ``out`` as adarec wrote it before the distill
     section: the objective's keys in the search section."""

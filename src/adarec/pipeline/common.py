@@ -61,12 +61,27 @@ RESUMABLE_KEYS = tuple(
 RESUMABLE_SECTIONS = ("eval.", "bench.", "run.", "front.")
 
 
+def _differences_in_effect(saved: Config, cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """``differences(saved, cfg)``, less the ``sampled_softmax.*`` keys when neither config
+    samples the run's catalogue (below both ``min_items``: full softmax either way), so a
+    changed sampling default does not refuse runs it never touched."""
+    changed = differences(saved, cfg)
+    data_file = Path(run_dir) / "data.json"
+    if not any(key.startswith("sampled_softmax.") for key in changed) or not data_file.exists():
+        return changed
+    items = read_json(data_file, dict, "run the stage again").get("items")
+    floor = min(saved.sampled_softmax.min_items, cfg.sampled_softmax.min_items)
+    if isinstance(items, int) and items < floor:
+        changed = {k: v for k, v in changed.items() if not k.startswith("sampled_softmax.")}
+    return changed
+
+
 def check_resume_config(cfg: Config, run_dir: Path) -> None:
     """Refuse a resume whose configuration differs from the saved one where it matters."""
     saved = load_run_config(run_dir)
     changed = {
         key: values
-        for key, values in differences(saved, cfg).items()
+        for key, values in _differences_in_effect(saved, cfg, run_dir).items()
         if key not in RESUMABLE_KEYS and not key.startswith(RESUMABLE_SECTIONS)
     }
     if changed:
@@ -107,7 +122,7 @@ def check_reusable(
     saved = load_run_config(run_dir)
     changed = {
         k: v
-        for k, v in differences(saved, cfg).items()
+        for k, v in _differences_in_effect(saved, cfg, run_dir).items()
         if _depends(k, keys) and not _depends(k, ignore)
     }
     if changed:
