@@ -1,11 +1,11 @@
 """Many ``Generator.choice(n, k, replace=False)`` calls in one compiled loop, draw for draw.
 
 Preparing a log draws each user's evaluation negatives with one ``rng.choice`` call; at
-10M interactions (194k users) those calls alone took about 6 s of an 11.5 s preparation,
-nearly all of it Python and NumPy call overhead. The prepared data's fingerprint covers
-the negatives, so a faster sampler must draw exactly what ``rng.choice`` draws and leave
-the generator exactly where it would be. That is what this module does, for NumPy's
-default bit generator (PCG64):
+10M interactions (194k users) the negatives took 3.8 s of an 8.5 s preparation, mostly
+Python and NumPy call overhead (1.7 s of it the calls alone). The prepared data's
+fingerprint covers the negatives, so a faster sampler must draw exactly what
+``rng.choice`` draws and leave the generator exactly where it would be. That is what this
+module does, for NumPy's default bit generator (PCG64):
 
 - ``choice(n, k, replace=False)`` with ``n <= 10000`` or ``k <= n // 50`` runs Floyd's
   algorithm, one bounded integer for each of ``j = n - k .. n - 1``, then shuffles the k
