@@ -17,12 +17,25 @@ def _config(root: Path) -> DataConfig:
     return DataConfig(dataset=str(root / "log.csv"), min_user_count=2, min_item_count=2)
 
 
-def _rank(rank: int, port: int, root: str) -> None:
-    from adarec.data import preprocess
-
+def _join(rank: int, port: int) -> None:
+    """Join the two-process gloo group as torchrun would, one thread per process."""
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     os.environ.update({"OMP_NUM_THREADS": "1", "ADAREC_DATA_THREADS": "1"})
     torch_dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+
+
+def _write_log(path: Path, seed: int, users: int, items: int, rows: int) -> None:
+    """A small CSV log with Zipf-like item popularity."""
+    rng = np.random.default_rng(seed)
+    lines = ["user_id,item_id,timestamp"]
+    lines += [f"u{rng.integers(users)},i{rng.zipf(1.3) % items},{t}" for t in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _rank(rank: int, port: int, root: str) -> None:
+    from adarec.data import preprocess
+
+    _join(rank, port)
     builds = []
     original = preprocess._build
     preprocess._build = lambda *args: builds.append(1) or original(*args)
@@ -51,10 +64,7 @@ def _rank(rank: int, port: int, root: str) -> None:
 
 
 def test_ranks_read_disjoint_shards_of_one_memory_mapped_cache(tmp_path):
-    rng = np.random.default_rng(0)
-    lines = ["user_id,item_id,timestamp"]
-    lines += [f"u{rng.integers(40)},i{rng.zipf(1.3) % 30},{t}" for t in range(800)]
-    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    _write_log(tmp_path / "log.csv", seed=0, users=40, items=30, rows=800)
     torch.multiprocessing.spawn(_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD)
 
     from adarec.data.preprocess import prepare
@@ -87,10 +97,8 @@ def _windows_of_rank(rank: int, port: int, root: str) -> None:
     from adarec.pipeline.common import load_stage_data
     from adarec.train.shards import ShardSampler, rank_sampler
 
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    os.environ.update({"OMP_NUM_THREADS": "1", "ADAREC_DATA_THREADS": "1"})
     os.environ["ADAREC_CACHE_DIR"] = str(Path(root) / "cache")
-    torch_dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    _join(rank, port)
     try:
         stage = load_stage_data(_short_windows(Path(root)))
         sampler = rank_sampler(stage.train, seed=3)
@@ -111,10 +119,7 @@ def _windows_of_rank(rank: int, port: int, root: str) -> None:
 
 
 def test_each_rank_trains_on_the_windows_of_its_own_users_only(tmp_path):
-    rng = np.random.default_rng(1)
-    lines = ["user_id,item_id,timestamp"]
-    lines += [f"u{rng.integers(30)},i{rng.zipf(1.3) % 25},{t}" for t in range(900)]
-    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    _write_log(tmp_path / "log.csv", seed=1, users=30, items=25, rows=900)
     torch.multiprocessing.spawn(_windows_of_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD)
 
     from adarec.data.preprocess import prepare

@@ -44,6 +44,24 @@ def floyd_branch(population: np.ndarray, k: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
+def _bounded(words, at, bound):  # pragma: no cover - compiled
+    """(Lemire's integer in [0, bound] from words[at:], the next word), or (-1, at) when
+    the words run out. A bound of 0 draws no word."""
+    if bound == 0:
+        return np.int64(0), at
+    excl = np.uint64(bound) + np.uint64(1)
+    low = np.uint64(0xFFFFFFFF)
+    while at < words.shape[0]:
+        m = np.uint64(words[at]) * excl
+        at += 1
+        leftover = m & low
+        # Accept unless leftover < (2**32 - excl) % excl (below excl: computed only then).
+        if leftover >= excl or leftover >= (low - np.uint64(bound)) % excl:
+            return np.int64(m >> np.uint64(32)), at
+    return np.int64(-1), at
+
+
+@numba.njit(cache=True, nogil=True)
 def _choices(words, start, upto, population, k, out, seen_at, tick):  # pragma: no cover - compiled
     """Floyd + shuffle for users ``start..upto-1`` (each in Floyd's branch, or empty).
 
@@ -51,57 +69,27 @@ def _choices(words, start, upto, population, k, out, seen_at, tick):  # pragma: 
     out within that user, whose draws are then not counted as used.
     """
     pos = 0
-    nwords = words.shape[0]
     for user in range(start, upto):
         n = population[user]
         if n == 0:
             continue  # nothing to draw: no call is made
         at = pos
-        ok = True
         tick[0] += 1  # marks this attempt's picks (a retried user must not see its own)
         mark = tick[0]
-        # Floyd: j = n - k .. n - 1, then a Fisher-Yates shuffle over i = k - 1 .. 1.
-        for step in range(2 * k - 1):
-            if step < k:
-                j = n - k + step
-                t = step
-            else:
-                j = 2 * k - 1 - step  # k - 1 .. 1
-                t = -1
-            if j == 0:
-                val = np.int64(0)  # a bound of 0 draws no word
-            else:
-                excl = np.uint64(j) + np.uint64(1)
-                if at >= nwords:
-                    ok = False
-                    break
-                m = np.uint64(words[at]) * excl
-                at += 1
-                leftover = m & np.uint64(0xFFFFFFFF)
-                if leftover < excl:
-                    threshold = (np.uint64(0xFFFFFFFF) - np.uint64(j)) % excl
-                    while leftover < threshold:
-                        if at >= nwords:
-                            ok = False
-                            break
-                        m = np.uint64(words[at]) * excl
-                        at += 1
-                        leftover = m & np.uint64(0xFFFFFFFF)
-                    if not ok:
-                        break
-                val = np.int64(m >> np.uint64(32))
-            if t >= 0:  # Floyd: a repeat takes j itself (every earlier pick is below j)
-                if seen_at[val] == mark:
-                    val = j
-                seen_at[val] = mark
-                out[user, t] = val
-            else:  # shuffle: swap picks j and val
-                i = j
-                tmp = out[user, val]
-                out[user, val] = out[user, i]
-                out[user, i] = tmp
-        if not ok:
-            return _NEED_WORDS, user, pos
+        for t in range(k):  # Floyd: one integer in [0, j] for j = n - k .. n - 1
+            j = n - k + t
+            val, at = _bounded(words, at, j)
+            if val < 0:
+                return _NEED_WORDS, user, pos
+            if seen_at[val] == mark:  # a repeat takes j itself (earlier picks are below j)
+                val = j
+            seen_at[val] = mark
+            out[user, t] = val
+        for i in range(k - 1, 0, -1):  # Fisher-Yates over the picks
+            other, at = _bounded(words, at, i)
+            if other < 0:
+                return _NEED_WORDS, user, pos
+            out[user, i], out[user, other] = out[user, other], out[user, i]
         pos = at
     return _DONE, upto, pos
 
