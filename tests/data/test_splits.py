@@ -25,12 +25,12 @@ def test_valid_and_test_targets_and_inputs():
     data = prepared([[1, 2, 3, 4, 5, 6], [7, 8, 9]], num_negatives=2)
     valid = eval_split(data, "valid", max_len=3)
     assert valid.targets.tolist() == [5, 8]
-    assert valid.inputs.tolist() == [[2, 3, 4], [0, 0, 7]]
+    assert valid.inputs[:].tolist() == [[2, 3, 4], [0, 0, 7]]
     assert [h.tolist() for h in valid.histories] == [[1, 2, 3, 4], [7]]
     test = eval_split(data, "test", max_len=3)
     assert test.targets.tolist() == [6, 9]
     # The test input includes the validation item (the public release skipped it).
-    assert test.inputs.tolist() == [[3, 4, 5], [0, 7, 8]]
+    assert test.inputs[:].tolist() == [[3, 4, 5], [0, 7, 8]]
     assert [h.tolist() for h in test.histories] == [[1, 2, 3, 4, 5], [7, 8]]
     assert test.users.tolist() == [0, 1]
     assert test.negatives.shape == (2, 2)
@@ -100,3 +100,18 @@ def test_train_windows_dataset():
     assert row.tolist() == [3, 4, 5]
     batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=2)))
     assert batch.shape == (2, 3)
+
+
+def test_split_inputs_are_built_per_rows_from_views_of_the_columns():
+    sequences = [list(range(1, 9)), [11, 12, 13], [21, 22, 23, 24, 25]]
+    data = prepared(sequences)
+    for split, cut in (("valid", -2), ("test", -1)):
+        s = eval_split(data, split, max_len=4)
+        whole = left_pad([np.array(seq[:cut]) for seq in sequences], 4)
+        assert np.asarray(s.inputs).tolist() == whole.tolist()
+        assert s.inputs[1:3].tolist() == whole[1:3].tolist() and s.inputs.shape == (3, 4)
+        assert s.inputs[2].tolist() == whole[2].tolist()
+        # Histories are views of one column (for cached data: the memory-mapped file).
+        assert all(np.shares_memory(h, s.histories.items) for h in s.histories if len(h))
+    with pytest.raises(ValueError, match="at least 2 items"):
+        eval_split(prepared([[1, 2, 3], [4]]), "valid", max_len=4)

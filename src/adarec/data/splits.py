@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -72,14 +73,68 @@ def train_windows(
     return left_pad(windows, max_len + 1)
 
 
+class Histories(Sequence[np.ndarray]):
+    """Each user's items before an evaluation target (``seq[:cut]``): views of the prepared
+    columns, made when asked for, so a split holds no copy of the log in any process."""
+
+    def __init__(self, data: PreparedData, cut: int) -> None:
+        self.items, offsets = data.columns()
+        self.starts = offsets[:-1]
+        self.ends = np.maximum(offsets[1:] + cut, self.starts)  # a short one is empty
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self[user] for user in range(*index.indices(len(self)))]
+        return self.items[self.starts[index] : self.ends[index]]
+
+
+class PaddedInputs:
+    """[U, max_len] int64 model inputs: each history's last ``max_len`` items, left-padded
+    with 0, built for the rows asked for (``inputs[a:b]``) rather than held for all users."""
+
+    def __init__(self, histories: Histories, max_len: int) -> None:
+        self.histories, self.max_len = histories, max_len
+
+    def __len__(self) -> int:
+        return len(self.histories)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.max_len
+
+    def __getitem__(self, index: int | slice) -> np.ndarray:
+        rows = range(len(self))[index]
+        if isinstance(rows, int):
+            return self[rows : rows + 1][0]
+        h = self.histories
+        ends = h.ends[rows.start : rows.stop : rows.step]
+        first = np.maximum(h.starts[rows.start : rows.stop : rows.step], ends - self.max_len)
+        at = ends[:, None] - self.max_len + np.arange(self.max_len)
+        inside = at >= first[:, None]
+        out = np.zeros((len(ends), self.max_len), dtype=np.int64)
+        out[inside] = h.items[at[inside]]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+
 @dataclass
 class EvalSplit:
     """One leave-one-out evaluation set: one row per user."""
 
-    inputs: np.ndarray  # [U, max_len] int64, left-padded: the last max_len history items
+    inputs: PaddedInputs  # [U, max_len] int64, left-padded: the last max_len history items
     targets: np.ndarray  # [U] int64
     negatives: np.ndarray  # [U, K] int64 sampled negatives (0 only if none exist)
-    histories: list[np.ndarray]  # everything before the target, for excluding seen items
+    histories: Histories  # everything before the target, for excluding seen items
     users: np.ndarray  # [U] int64 indices into data.sequences
 
 
@@ -89,10 +144,13 @@ def eval_split(data: PreparedData, split: str, max_len: int) -> EvalSplit:
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     position = -2 if split == "valid" else -1
-    histories = [seq[:position] for seq in data.sequences]
+    items, offsets = data.columns()
+    if len(offsets) > 1 and np.diff(offsets).min() < -position:
+        raise ValueError(f"every sequence needs at least {-position} items for the {split} split")
+    histories = Histories(data, position)
     return EvalSplit(
-        inputs=left_pad(histories, max_len),
-        targets=np.array([seq[position] for seq in data.sequences], dtype=np.int64),
+        inputs=PaddedInputs(histories, max_len),
+        targets=np.asarray(items[offsets[1:] + position], dtype=np.int64),
         negatives=data.negatives,
         histories=histories,
         users=np.arange(data.num_users, dtype=np.int64),
