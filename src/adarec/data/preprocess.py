@@ -47,11 +47,16 @@ CACHE_VERSION = 3  # bump when the preprocessing or the cache layout changes
 
 class Sequences(Sequence[np.ndarray]):
     """Per-user item sequences as views into one flat int64 array (memory-mapped from the
-    cache): user ``u`` is ``items[offsets[u]:offsets[u + 1]]``; nothing is copied."""
+    cache): user ``u`` is ``items[offsets[u]:ends[u]]`` (``ends``: ``offsets[1:]``, the
+    whole sequence; earlier ends give each user's prefix, as an evaluation split's
+    histories); nothing is copied."""
 
-    def __init__(self, items: np.ndarray, offsets: np.ndarray) -> None:
+    def __init__(
+        self, items: np.ndarray, offsets: np.ndarray, ends: np.ndarray | None = None
+    ) -> None:
         self.items = items
         self.offsets = offsets
+        self.ends = offsets[1:] if ends is None else ends
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -66,10 +71,10 @@ class Sequences(Sequence[np.ndarray]):
         if not -len(self) <= index < len(self):
             raise IndexError(f"sequence {index} out of range ({len(self)} users)")
         index %= len(self)
-        return self.items[self.offsets[index] : self.offsets[index + 1]]
+        return self.items[self.offsets[index] : self.ends[index]]
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        for start, end in zip(self.offsets[:-1], self.offsets[1:], strict=True):
+        for start, end in zip(self.offsets[:-1], self.ends, strict=True):
             yield self.items[start:end]
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from adarec.data.preprocess import PreparedData
+from adarec.data.preprocess import PreparedData, Sequences
 
 HELD_OUT = 2  # validation and test targets at the end of every sequence
 
@@ -73,33 +73,11 @@ def train_windows(
     return left_pad(windows, max_len + 1)
 
 
-class Histories(Sequence[np.ndarray]):
-    """Each user's items before an evaluation target (``seq[:cut]``): views of the prepared
-    columns, made when asked for, so a split holds no copy of the log in any process."""
-
-    def __init__(self, data: PreparedData, cut: int) -> None:
-        self.items, offsets = data.columns()
-        self.starts = offsets[:-1]
-        self.ends = np.maximum(offsets[1:] + cut, self.starts)  # a short one is empty
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    @overload
-    def __getitem__(self, index: int) -> np.ndarray: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
-    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
-        if isinstance(index, slice):
-            return [self[user] for user in range(*index.indices(len(self)))]
-        return self.items[self.starts[index] : self.ends[index]]
-
-
 class PaddedInputs:
     """[U, max_len] int64 model inputs: each history's last ``max_len`` items, left-padded
     with 0, built for the rows asked for (``inputs[a:b]``) rather than held for all users."""
 
-    def __init__(self, histories: Histories, max_len: int) -> None:
+    def __init__(self, histories: Sequences, max_len: int) -> None:
         self.histories, self.max_len = histories, max_len
 
     def __len__(self) -> int:
@@ -115,7 +93,7 @@ class PaddedInputs:
             return self[rows : rows + 1][0]
         h = self.histories
         ends = h.ends[rows.start : rows.stop : rows.step]
-        first = np.maximum(h.starts[rows.start : rows.stop : rows.step], ends - self.max_len)
+        first = np.maximum(h.offsets[rows.start : rows.stop : rows.step], ends - self.max_len)
         at = ends[:, None] - self.max_len + np.arange(self.max_len)
         inside = at >= first[:, None]
         out = np.zeros((len(ends), self.max_len), dtype=np.int64)
@@ -134,7 +112,7 @@ class EvalSplit:
     inputs: PaddedInputs  # [U, max_len] int64, left-padded: the last max_len history items
     targets: np.ndarray  # [U] int64
     negatives: np.ndarray  # [U, K] int64 sampled negatives (0 only if none exist)
-    histories: Histories  # everything before the target, for excluding seen items
+    histories: Sequences  # everything before the target (views), for excluding seen items
     users: np.ndarray  # [U] int64 indices into data.sequences
 
 
@@ -147,7 +125,7 @@ def eval_split(data: PreparedData, split: str, max_len: int) -> EvalSplit:
     items, offsets = data.columns()
     if len(offsets) > 1 and np.diff(offsets).min() < -position:
         raise ValueError(f"every sequence needs at least {-position} items for the {split} split")
-    histories = Histories(data, position)
+    histories = Sequences(items, offsets, offsets[1:] + position)  # views, no copy
     return EvalSplit(
         inputs=PaddedInputs(histories, max_len),
         targets=np.asarray(items[offsets[1:] + position], dtype=np.int64),
