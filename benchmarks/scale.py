@@ -4,6 +4,8 @@ Usage: python benchmarks/scale.py --part train [--sizes 3416,50000,250000,100000
        [--stages teacher,student,kd] [--steps 3] [--negatives 1024] [--max-logits-gb 8]
        python benchmarks/scale.py --part prep [--rows 1M,10M,50M,retailrocket]
        [--reference-rows 1M,10M] [--work DIR] [--threads 2]   (see benchmarks/scale_prep.py)
+       python benchmarks/scale.py --part run [--work DIR] [--config configs/retailrocket.yaml]
+       [--budget-hours 6]
 
 ``--part train`` times training steps of ml-1m's settings (configs/ml-1m.yaml: the SASRec
 teacher, hidden 128; a student of two cells of width 96; batch 256 windows of 50
@@ -18,6 +20,15 @@ and says so. One thread
 (OMP_NUM_THREADS=1). Writes the "train" key of benchmarks/results/scale.json (read, then
 replaced atomically under a lock, so ``--part prep`` keeps its key); a run of some
 ``--stages`` replaces those stages' rows and keeps the others'.
+
+``--part run`` is one end-to-end ``adarec run`` (data preparation, teacher, search, front,
+student, report) on the RetailRocket-sized log of ``--part prep`` (generated under
+``--work`` when missing), with configs/retailrocket.yaml, from scratch: a new run
+directory and a new data cache under ``--work``. Wall and CPU seconds and peak resident
+memory are those of the ``adarec run`` process (``getrusage`` of the child); the run's
+report.json gives the stages' seconds, the teacher's and the student's test NDCG@10 and
+the speed-ups. Writes the "run" key of benchmarks/results/scale.json, with whether it
+finished within ``--budget-hours``.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import fcntl
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -234,9 +246,76 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def end_to_end(args: argparse.Namespace) -> int:
+    """One ``adarec run`` on the RetailRocket-sized log, from scratch, timed."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import scale_prep
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    csv_path, _ = scale_prep.write_case("retailrocket", work)
+    out, cache = work / "run-retailrocket", work / "run-retailrocket-cache"
+    for path in (out, cache):  # from scratch: the timing includes preparation
+        if path.exists():
+            shutil.rmtree(path)
+    command = [
+        sys.executable, "-m", "adarec", "run", "--dataset", str(csv_path),
+        "--config", args.config, "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "ADAREC_CACHE_DIR": str(cache)}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    rc = os.waitstatus_to_exitcode(status)
+    record: dict[str, Any] = {
+        "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
+        "adarec_command": " ".join(command[2:]),
+        "config": args.config,
+        "config_text": Path(args.config).read_text(),
+        "returncode": rc,
+        "seconds": round(seconds, 1),
+        "hours": round(seconds / 3600, 3),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+        "peak_rss_gb": round(usage.ru_maxrss / 1e6, 2),
+        "budget_hours": args.budget_hours,
+        "within_budget": rc == 0 and seconds <= args.budget_hours * 3600,
+        "machine": machine_description(),
+    }
+    report_path = out / "report.json"
+    if rc == 0 and report_path.exists():
+        report = json.loads(report_path.read_text())
+        data = json.loads((out / "teacher" / "data.json").read_text())
+        teacher, student = report["teacher"], report["student"]
+
+        def ndcg(m: dict[str, Any]) -> dict[str, float]:
+            se = m["test"].get("standard_error", {}).get("full", {}).get("NDCG@10")
+            return {"ndcg10": m["test"]["full"]["NDCG@10"], "se": se}
+
+        record.update(
+            data={k: data[k] for k in ("users", "items", "interactions")},
+            stage_seconds=report["seconds"],
+            front_seconds=(
+                json.loads(front.read_text())["seconds"]
+                if (front := out / "front" / "front.json").exists()
+                else None
+            ),
+            teacher=ndcg(teacher),
+            student=ndcg(student),
+            ndcg_ratio=report["targets"]["ndcg_ratio"],
+            speedup_by_backend=report["speedup_by_backend"],
+            macs={"teacher": teacher["macs"], "student": student["macs"]},
+            selected=report.get("selected"),
+        )
+    scale_prep.write_key(RESULTS, "run", record)
+    print(json.dumps({k: v for k, v in record.items() if k != "config_text"}, indent=1))
+    print(f"wrote the 'run' key of {RESULTS}")
+    return 0 if record["within_budget"] else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=("prep", "train"), required=True)
+    parser.add_argument("--part", choices=("prep", "train", "run"), required=True)
     parser.add_argument("--sizes", default="3416,50000,250000,1000000")
     parser.add_argument("--stages", default="teacher,student,kd")
     parser.add_argument("--steps", type=int, default=3)
@@ -249,8 +328,12 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/adarec-scale", help="prep: generated logs")
     parser.add_argument("--threads", type=int, default=2, help="prep: DuckDB threads")
     parser.add_argument("--one-prep", help=argparse.SUPPRESS)  # internal: ENGINE:CASE:PATH
+    # --part run
+    parser.add_argument("--config", default=str(ROOT / "configs" / "retailrocket.yaml"))
+    parser.add_argument("--budget-hours", type=float, default=6.0, help="run: CPU budget")
     args = parser.parse_args()
-    return prep(args) if args.part == "prep" else train(args)
+    parts = {"prep": prep, "train": train, "run": end_to_end}
+    return parts[args.part](args)
 
 
 if __name__ == "__main__":
