@@ -295,11 +295,7 @@ def end_to_end(args: argparse.Namespace) -> int:
         record.update(
             data={k: data[k] for k in ("users", "items", "interactions")},
             stage_seconds=report["seconds"],
-            front_seconds=(
-                json.loads(front.read_text())["seconds"]
-                if (front := out / "front" / "front.json").exists()
-                else None
-            ),
+            front=front_rows(out / "front" / "front.json"),
             teacher=ndcg(teacher),
             student=ndcg(student),
             ndcg_ratio=report["targets"]["ndcg_ratio"],
@@ -311,6 +307,17 @@ def end_to_end(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in record.items() if k != "config_text"}, indent=1))
     print(f"wrote the 'run' key of {RESULTS}")
     return 0 if record["within_budget"] else 1
+
+
+def front_rows(path: Path) -> dict[str, Any] | None:
+    """The run's front in brief: the sweep, each derived student's cost and accuracy, and
+    the front's seconds (the student at every budget of the sweep when they coincide)."""
+    if not path.exists():
+        return None
+    front = json.loads(path.read_text())
+    keys = ("budget", "budgets", "macs", "retrained", "valid_ndcg10", "test_ndcg10", "test_se")
+    rows = [{k: r.get(k) for k in keys} | {"speedup": r.get("speedup")} for r in front["students"]]
+    return {"sweep": front["sweep"], "students": rows, "seconds": front["seconds"]}
 
 
 def main() -> int:
