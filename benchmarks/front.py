@@ -7,15 +7,17 @@ For the scene's pipeline run (``RUN_DIR``, default runs/front-SCENE; trained wit
 scene's config and ``adarec run``'s defaults when not finished there, so the run directory
 of the README main job can be given to reuse it):
 1. The front (``adarec run`` builds it by default: RUN_DIR/front/front.json).
-2. Searched vs random (``--random N``, default 3): at every budget of the front, N random
-   cells within that budget (uniform among the cells that fit, as the random_arch_budget
-   baseline draws them), retrained exactly as the front's students are (same config, same
-   seed, inherited supernet weights), into RUN_DIR/front/random/BUDGET/cell_K. Test NDCG@10
-   of the front's student, the mean of the random cells, and the paired difference with its
-   standard error over the same test users.
+2. Searched vs random (``--random N``, default 3; 0 skips it): at every budget of the front,
+   N random cells within that budget (uniform among the cells that fit, as the
+   random_arch_budget baseline draws them), retrained exactly as the front's students are
+   (same config, same seed, inherited supernet weights), into
+   RUN_DIR/front/random/BUDGET/cell_K. Test NDCG@10 of the front's student, the mean of the
+   random cells, and the paired difference with its standard error over the same test users.
 3. Separate searches (``--separate B1,B2``, off by default: hours on ml-1m on 2 CPU cores):
    one search per budget (search.budget B) and its student, into RUN_DIR/separate/B, against
-   the front's student derived at B from the one search: does one search give up accuracy?
+   the front's student derived at B from the one search (RUN_DIR/front/at/B, or the front's
+   own retrained student when the derivation at B gives its cell): does one search give up
+   accuracy?
 4. The front's cost: what it added to its search (estimates, retraining, measuring) against
    one search plus one retraining of the selected student (issue 27: at most 2x).
 
@@ -46,7 +48,7 @@ from adarec.nas.genotype import genotype_to_dict
 from adarec.pipeline.front import FRONT_FILE
 from adarec.pipeline.run import run_pipeline
 from adarec.pipeline.search import run_search
-from adarec.pipeline.student import rederived_cost_model, run_student
+from adarec.pipeline.student import rederived_cost_model, rederived_genotype, run_student
 from adarec.runs import load_run_config, read_metrics, read_test_ranks, resolve_from_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,6 +160,27 @@ def searched_vs_random(
     return rows
 
 
+def front_student_at(
+    cfg: Config, run: Path, front: dict[str, Any], budget: str, quiet: bool
+) -> Path:
+    """The front's student at ``budget``: the one search's architecture weights derived again
+    there and retrained, into RUN/front/at/BUDGET, unless the front already retrained that
+    cell (same settings, so the same run: reused, not trained twice)."""
+    search_dir = run / "search"
+    cell = genotype_to_dict(
+        rederived_genotype(search_dir, rederived_cost_model(search_dir, budget))
+    )
+    for row in front["students"]:
+        if row["retrained"] and row["cell"] == cell:
+            return resolve_from_run(row["run_dir"], run / "front")
+    derived = run / "front" / "at" / budget
+    if not finished(derived):
+        at = copy.deepcopy(cfg)
+        at.student.budget = budget
+        run_student(at, derived, search_dir, quiet, resume=True)
+    return derived
+
+
 def separate_searches(
     cfg: Config, run: Path, front: dict[str, Any], budgets: list[str], quiet: bool
 ) -> list[dict[str, Any]]:
@@ -175,12 +198,7 @@ def separate_searches(
         if not finished(root / "student"):
             run_student(variant, root / "student", root / "search", quiet, resume=True)
         separate = read_metrics(root / "student")
-        # The front's student at this budget: the one search re-derived there, retrained.
-        derived = run / "front" / "at" / budget
-        if not finished(derived):
-            at = copy.deepcopy(cfg)
-            at.student.budget = budget
-            run_student(at, derived, run / "search", quiet, resume=True)
+        derived = front_student_at(cfg, run, front, budget, quiet)
         one = read_metrics(derived)
         diff = paired(read_test_ranks(derived), [read_test_ranks(root / "student")])
         rows.append(
@@ -190,6 +208,7 @@ def separate_searches(
                 "separate_search_test_ndcg10": separate["test"]["full"][METRIC],
                 "one_minus_separate": diff,
                 "separate_search_seconds": read_metrics(root / "search")["train_seconds"],
+                "one_search_student": str(derived),
             }
         )
         print(
@@ -281,38 +300,41 @@ def plot(scene: str, front: dict[str, Any], versus: list[dict[str, Any]], path: 
     batch = (
         "256" if "256" in front["teacher"]["latency_ms"] else max(front["teacher"]["latency_ms"])
     )
-    versus = [v for v in versus if "no_random" not in v]
-    xs = [v["speedup"][batch] for v in versus]
+    retrained = sorted(
+        (r for r in front["students"] if r["retrained"]), key=lambda r: r["speedup"][batch]
+    )
     ax.errorbar(
-        xs,
-        [v["front_test_ndcg10"] for v in versus],
-        yerr=[v["front_test_se"] for v in versus],
+        [r["speedup"][batch] for r in retrained],
+        [r["test_ndcg10"] for r in retrained],
+        yerr=[r["test_se"] for r in retrained],
         fmt="o-",
         label="front (one search)",
         capsize=3,
     )
-    ax.errorbar(
-        xs,
-        [v["random_mean_test_ndcg10"] for v in versus],
-        yerr=[v["front_minus_random"]["se"] for v in versus],
-        fmt="s--",
-        label="random cells at the same budget (mean; paired s.e.)",
-        capsize=3,
-    )
+    versus = [v for v in versus if "no_random" not in v]
+    if versus:
+        ax.errorbar(
+            [v["speedup"][batch] for v in versus],
+            [v["random_mean_test_ndcg10"] for v in versus],
+            yerr=[v["front_minus_random"]["se"] for v in versus],
+            fmt="s--",
+            label="random cells at the same budget (mean; paired s.e.)",
+            capsize=3,
+        )
     ax.axhline(front["teacher"]["test_ndcg10"], color="grey", ls=":", label="teacher")
     chosen = front["selected"]["name"]
-    for v in versus:
-        if v["budget"] == chosen:
+    for r in retrained:
+        if r["budget"] == chosen:
             ax.annotate(
                 "selected",
-                (v["speedup"][batch], v["front_test_ndcg10"]),
+                (r["speedup"][batch], r["test_ndcg10"]),
                 xytext=(5, 8),
                 textcoords="offset points",
             )
     ax.set_xscale("log")
     ax.set_xlabel(f"speed-up over the teacher at batch {batch} (serving path)")
     ax.set_ylabel("test NDCG@10 (full ranking)")
-    ax.set_title(f"{scene}: the front of one search vs random cells")
+    ax.set_title(f"{scene}: the front of one search" + (" vs random cells" if versus else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -325,19 +347,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scene", choices=sorted(SCENES), required=True)
     parser.add_argument("--run", help="pipeline run directory (default runs/front-SCENE)")
-    parser.add_argument("--random", type=int, default=3, help="random cells per budget")
+    parser.add_argument("--random", type=int, default=3, help="random cells per budget (0: none)")
     parser.add_argument("--separate", default="", help="budgets of separate searches: 10x,20x")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--results", help="JSON path (default results/front_SCENE.json)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    if args.random < 1:
-        parser.error("--random must be at least 1 (the paired comparison needs a cell)")
+    if args.random < 0:
+        parser.error("--random must be 0 (no random cells) or more")
     run = Path(args.run or f"runs/front-{args.scene}")
     try:
         cfg = ensure_run(args.scene, run, args.overrides, args.quiet)
         front = read_json(run / "front" / FRONT_FILE)
-        versus = searched_vs_random(cfg, run, front, args.random, args.quiet)
+        versus = searched_vs_random(cfg, run, front, args.random, args.quiet) if args.random else []
         budgets = [b for b in args.separate.split(",") if b]
         separate = separate_searches(cfg, run, front, budgets, args.quiet) if budgets else []
     except UserError as error:
