@@ -310,13 +310,13 @@ def end_to_end(args: argparse.Namespace) -> int:
 
 
 def front_rows(path: Path) -> dict[str, Any] | None:
-    """The run's front in brief: the sweep, each derived student's cost and accuracy, and
-    the front's seconds (the student at every budget of the sweep when they coincide)."""
+    """The run's front in brief: the sweep, each distinct student's cost, accuracy and
+    speed-up (``budgets``: the sweep's budgets that derived its cell), the front's seconds."""
     if not path.exists():
         return None
     front = json.loads(path.read_text())
     keys = ("budget", "budgets", "macs", "retrained", "valid_ndcg10", "test_ndcg10", "test_se")
-    rows = [{k: r.get(k) for k in keys} | {"speedup": r.get("speedup")} for r in front["students"]]
+    rows = [{k: r.get(k) for k in (*keys, "speedup")} for r in front["students"]]
     return {"sweep": front["sweep"], "students": rows, "seconds": front["seconds"]}
 
 
