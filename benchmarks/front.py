@@ -45,7 +45,7 @@ from adarec.io import atomic_write_json, read_json
 from adarec.nas.budget import random_genotype_within_budget
 from adarec.nas.front import Candidate, select_student
 from adarec.nas.genotype import genotype_to_dict
-from adarec.pipeline.front import FRONT_FILE
+from adarec.pipeline.front import FRONT_FILE, finished_student, front_cost
 from adarec.pipeline.run import run_pipeline
 from adarec.pipeline.search import run_search
 from adarec.pipeline.student import rederived_cost_model, rederived_genotype, run_student
@@ -160,29 +160,28 @@ def searched_vs_random(
     return rows
 
 
-def front_student_at(
-    cfg: Config, run: Path, front: dict[str, Any], budget: str, quiet: bool
-) -> Path:
+def front_student_at(cfg: Config, run: Path, budget: str, quiet: bool) -> Path:
     """The front's student at ``budget``: the one search's architecture weights derived again
-    there and retrained, into RUN/front/at/BUDGET, unless the front already retrained that
-    cell (same settings, so the same run: reused, not trained twice)."""
+    there and retrained, into RUN/front/at/BUDGET, unless a finished student of that cell
+    is in RUN/front (the front's own, retrained with the same settings: reused, not trained
+    twice)."""
     search_dir = run / "search"
     cell = genotype_to_dict(
         rederived_genotype(search_dir, rederived_cost_model(search_dir, budget))
     )
-    for row in front["students"]:
-        if row["retrained"] and row["cell"] == cell:
-            return resolve_from_run(row["run_dir"], run / "front")
     derived = run / "front" / "at" / budget
-    if not finished(derived):
-        at = copy.deepcopy(cfg)
-        at.student.budget = budget
-        run_student(at, derived, search_dir, quiet, resume=True)
+    students = sorted((run / "front" / "students").glob("*"))
+    reused = finished_student(cfg, cell, [*students, derived])
+    if reused is not None:
+        return reused
+    at = copy.deepcopy(cfg)
+    at.student.budget = budget
+    run_student(at, derived, search_dir, quiet, resume=True)
     return derived
 
 
 def separate_searches(
-    cfg: Config, run: Path, front: dict[str, Any], budgets: list[str], quiet: bool
+    cfg: Config, run: Path, budgets: list[str], quiet: bool
 ) -> list[dict[str, Any]]:
     """One search per budget and its student, against the front's student at that budget
     (derived from the one search's architecture weights, retrained alike)."""
@@ -198,7 +197,7 @@ def separate_searches(
         if not finished(root / "student"):
             run_student(variant, root / "student", root / "search", quiet, resume=True)
         separate = read_metrics(root / "student")
-        derived = front_student_at(cfg, run, front, budget, quiet)
+        derived = front_student_at(cfg, run, budget, quiet)
         one = read_metrics(derived)
         diff = paired(read_test_ranks(derived), [read_test_ranks(root / "student")])
         rows.append(
@@ -207,7 +206,11 @@ def separate_searches(
                 "one_search_test_ndcg10": one["test"]["full"][METRIC],
                 "separate_search_test_ndcg10": separate["test"]["full"][METRIC],
                 "one_minus_separate": diff,
+                # Modelled MACs of each cell: a separate search may under-spend its budget.
+                "one_search_macs": one["cost"]["budget"]["modelled"],
+                "separate_search_macs": separate["cost"]["budget"]["modelled"],
                 "separate_search_seconds": read_metrics(root / "search")["train_seconds"],
+                "separate_retrain_seconds": separate["train_seconds"],
                 "one_search_student": str(derived),
             }
         )
@@ -272,21 +275,6 @@ def estimator_agreement(front: dict[str, Any]) -> dict[str, Any]:
         "kendall_tau": None if total == 0 else round((concordant - discordant) / total, 3),
         "retrained": len(pairs),
         "not_retrained": sum(not r["retrained"] for r in front["students"]),
-    }
-
-
-def front_cost(front: dict[str, Any], run: Path) -> dict[str, Any]:
-    """What the front added to its search, against one search plus one retraining."""
-    seconds = front["seconds"]
-    chosen = front["selected"]["name"] or front["selected"]["closest"]
-    row = next(r for r in front["students"] if r["budget"] == chosen)
-    reference = seconds["search"] + row["retrain_seconds"]
-    total = seconds["search"] + seconds["front"]
-    return {
-        "search_seconds": seconds["search"],
-        "front_seconds": seconds["front"],
-        "selected_retrain_seconds": row["retrain_seconds"],
-        "search_plus_front_over_search_plus_one_retraining": round(total / reference, 3),
     }
 
 
@@ -361,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         front = read_json(run / "front" / FRONT_FILE)
         versus = searched_vs_random(cfg, run, front, args.random, args.quiet) if args.random else []
         budgets = [b for b in args.separate.split(",") if b]
-        separate = separate_searches(cfg, run, front, budgets, args.quiet) if budgets else []
+        separate = separate_searches(cfg, run, budgets, args.quiet) if budgets else []
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -381,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                     "macs",
                     "params",
                     "retrained",
+                    "not_retrained",
                     "dominated_by",
                     "estimate",
                     "valid_ndcg10",
@@ -399,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         "estimator": estimator_agreement(front),
         "searched_vs_random": versus,
         "separate_searches": separate,
-        "cost": front_cost(front, run),
+        "cost": front_cost(front),
         "pipeline_seconds": report.get("seconds"),
         "machine": machine_description(),
         "front_date": front["date"],

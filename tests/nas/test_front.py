@@ -1,7 +1,10 @@
 """The front's pure parts: the sweep of speed-ups, derivation per budget, which candidates
-can be on the front, and the selection rule (validation only; keep and budget)."""
+can be on the front, the order and time cap of retraining, and the selection rule
+(validation only; keep and budget)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -12,8 +15,10 @@ from adarec.nas.budget import CostModel
 from adarec.nas.front import (
     LOWEST_SPEEDUP,
     Candidate,
+    RetrainingCap,
     derive_sweep,
     dominated_by,
+    retraining_order,
     round_down,
     select_student,
     sweep_speedups,
@@ -178,3 +183,29 @@ def test_selection_reads_validation_only():
     assert set(Candidate.__dataclass_fields__) == {"name", "valid", "cost", "macs", "latency_ms"}
     with pytest.raises(ValueError, match="keep, budget or both"):
         select_student(_students(), 0.3, keep=None)
+
+
+def test_retraining_order_with_a_keep_is_cheapest_dearest_then_the_rest_cheapest_first():
+    costs = [500.0, 200.0, 50.0, 10.0, 120.0]
+    assert retraining_order(costs, by_keep=True) == [3, 0, 2, 4, 1]
+    assert retraining_order(costs, by_keep=False) == [0, 1, 4, 2, 3]  # dearest first
+    assert retraining_order([5.0, 1.0], by_keep=True) == [1, 0]
+    assert retraining_order([2.0, 2.0, 1.0], by_keep=True) == [2, 1, 0]  # ties: index order
+    assert retraining_order([], by_keep=True) == []
+
+
+def test_retraining_cap_predicts_from_the_estimates_and_bounds_search_plus_front():
+    cap = RetrainingCap(max_cost=2.0, search_seconds=1000.0)
+    fits, predicted = cap.allows(spent=200.0, estimate_seconds=40.0, retrained=[])
+    assert fits and math.isnan(predicted)  # the first retraining is the bound's own
+    # One retraining of 1000 s from a 40 s estimate: 25 s per estimate second; the front
+    # may spend 2 x (1000 + 1000) - 1000 = 3000 s.
+    fits, predicted = cap.allows(1200.0, 44.0, [(40.0, 1000.0)])
+    assert fits and predicted == pytest.approx(1100.0)
+    fits, predicted = cap.allows(2300.0, 40.0, [(40.0, 1000.0), (50.0, 1100.0)])
+    assert predicted == pytest.approx(40.0 * (25.0 + 22.0) / 2)
+    assert not fits  # 2300 + 940 > 3000
+    # The shortest retraining is the bound's reference: a long one does not stretch the
+    # 3000 s (predicted here: 1 s x a mean ratio of 75).
+    assert cap.allows(2900.0, 1.0, [(40.0, 1000.0), (40.0, 5000.0)]) == (True, 75.0)
+    assert cap.allows(2990.0, 1.0, [(40.0, 1000.0), (40.0, 5000.0)]) == (False, 75.0)

@@ -295,6 +295,16 @@ def test_pipeline_selects_its_student_from_the_front(tmp_path, monkeypatch):
         assert {"budget", "speedup", "valid_ndcg10", "test_ndcg10"} <= set(row)
     assert {"budget", "keep"} <= set(saved["selected"])
     assert "The front of the search" in (out / "report.md").read_text()
+    # The front's cost against one search plus one retraining, from front.json's seconds.
+    cost = saved["front_cost"]
+    seconds = json.loads((out / "front" / "front.json").read_text())["seconds"]
+    assert cost["front_seconds"] == seconds["front"]
+    ratio = cost["search_plus_front_over_search_plus_one_retraining"]
+    total = seconds["search"] + seconds["front"]
+    assert ratio == pytest.approx(
+        total / (seconds["search"] + cost["selected_retrain_seconds"]), abs=1e-3
+    )
+    assert f"search + front = {ratio:.2f} x" in (out / "report.md").read_text()
     # student/ is a copy of the selected (or, when nothing met, the closest) front student,
     # not another retraining: same cell, same test metrics, no checkpoints.
     front = json.loads((out / "front" / "front.json").read_text())
@@ -445,16 +455,38 @@ def test_needed_retrains_cheapest_first_and_stops_at_the_first_that_keeps(
         assert cheapest["budget"] in s["not_retrained"]
 
 
-def test_needed_retrains_every_candidate_when_none_keeps(fronted, tmp_path, monkeypatch):
+def _keeps_nothing(fronted: Path) -> None:
     whole = _read(fronted)
-    front = _needed(fronted, tmp_path, monkeypatch, "run.keep=1")
     best = max(s["valid_ndcg10"] for s in whole["students"] if s["retrained"])
     if best >= whole["teacher"]["valid_ndcg10"]:
         pytest.skip("a student of this tiny search keeps all of the teacher's accuracy")
+
+
+def test_needed_retrains_every_candidate_when_none_keeps(fronted, tmp_path, monkeypatch):
+    _keeps_nothing(fronted)
+    front = _needed(fronted, tmp_path, monkeypatch, "run.keep=1", "front.max_cost=null")
     candidates = [s["budget"] for s in front["students"] if s["dominated_by"] is None]
-    assert sorted(front["trained"]) == sorted(candidates)  # cheapest first, none skipped
-    assert front["trained"] == candidates[::-1]
+    assert sorted(front["trained"]) == sorted(candidates)  # none skipped
+    # The cheapest, then the dearest (the closest student when nothing keeps), then the rest.
+    cheapest_first = candidates[::-1]
+    assert front["trained"] == [cheapest_first[0], *cheapest_first[-1:], *cheapest_first[1:-1]]
     assert not front["selected"]["met"] and front["selected"]["closest"] in candidates
+
+
+def test_needed_stops_at_the_fronts_time_cap(fronted, tmp_path, monkeypatch):
+    # max_cost 1: search plus front within one search plus one retraining, so after the
+    # first retraining (always allowed: it is that one) nothing more fits.
+    _keeps_nothing(fronted)
+    front = _needed(fronted, tmp_path, monkeypatch, "run.keep=1", "front.max_cost=1")
+    candidates = [s for s in front["students"] if s["dominated_by"] is None]
+    if len(candidates) < 2:
+        pytest.skip("this tiny search has one candidate")
+    assert front["trained"] == [candidates[-1]["budget"]]  # the cheapest
+    assert front["max_cost"] == 1 and front["retrain"] == "needed"
+    for s in candidates[:-1]:
+        assert not s["retrained"] and "over the front's time cap" in s["not_retrained"]
+        assert "1 x (search + one retraining)" in s["not_retrained"]
+    assert front["selected"]["closest"] == candidates[-1]["budget"]
 
 
 def test_needed_with_a_budget_alone_retrains_every_candidate_within_it(
@@ -465,7 +497,8 @@ def test_needed_with_a_budget_alone_retrains_every_candidate_within_it(
     if len(candidates) < 2:
         pytest.skip("this tiny search has one candidate")
     bound = candidates[1]["budget"]  # the second dearest: the dearest is over it
-    front = _needed(fronted, tmp_path, monkeypatch, "run.keep=null", f"run.select_budget={bound}")
-    assert sorted(front["trained"]) == sorted(s["budget"] for s in candidates[1:])
+    sets = ("run.keep=null", f"run.select_budget={bound}", "front.max_cost=null")
+    front = _needed(fronted, tmp_path, monkeypatch, *sets)
+    assert front["trained"] == [s["budget"] for s in candidates[1:]]  # dearest first
     dearest = next(s for s in front["students"] if s["budget"] == candidates[0]["budget"])
     assert not dearest["retrained"] and "over the budget" in dearest["not_retrained"]

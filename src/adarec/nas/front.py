@@ -9,6 +9,8 @@ Everything here is pure (no files, no training): ``adarec.pipeline.front`` runs 
   same greedy repair the search derives with), identical cells merged.
 - ``dominated_by``: which candidates cannot be on the front (a cheaper one is better by
   more than one standard error), so only the others are retrained.
+- ``retraining_order`` and ``RetrainingCap``: which candidates ``front.retrain: needed``
+  retrains first, and when the front's time cap (``front.max_cost``) stops it.
 - ``select_student``: the user's request (``keep``: a share of the teacher's validation
   NDCG@10; ``budget``: a cost limit) answered from validation metrics only.
 """
@@ -145,6 +147,50 @@ def dominated_by(
                 best, best_margin = j, margin
         result.append(best)
     return result
+
+
+def retraining_order(costs: Sequence[float], by_keep: bool) -> list[int]:
+    """The order ``front.retrain: needed`` retrains candidates in (indices into ``costs``).
+
+    With a keep (``by_keep``): the cheapest first (if it keeps, nothing dearer is needed),
+    then the dearest (the most accurate the search offers: whether the keep is reachable at
+    all, and the closest student when it is not), then the rest cheapest first. Without a
+    keep (the most accurate within a budget): dearest first. Under a cost cap the order
+    decides which candidates are retrained before the time runs out.
+    """
+    ascending = sorted(range(len(costs)), key=lambda i: (costs[i], i))
+    if not by_keep:
+        return ascending[::-1]
+    if len(ascending) <= 2:
+        return ascending
+    return [ascending[0], ascending[-1], *ascending[1:-1]]
+
+
+@dataclass(frozen=True)
+class RetrainingCap:
+    """The front's time cap (``front.max_cost``): search plus front at most ``max_cost``
+    times one search plus one retraining (issue 27), the retraining taken as the shortest
+    one measured so far, and the next retraining predicted from its candidate's one-epoch
+    estimate (seconds) times the retrained candidates' mean ratio of retraining to
+    estimate seconds."""
+
+    max_cost: float
+    search_seconds: float
+
+    def allows(
+        self, spent: float, estimate_seconds: float, retrained: Sequence[tuple[float, float]]
+    ) -> tuple[bool, float]:
+        """Whether one more retraining fits, and its predicted seconds. ``spent``: the
+        front's seconds so far (estimates and retrainings); ``retrained``: (estimate
+        seconds, retraining seconds) of each candidate retrained so far. The first
+        retraining always fits: it is the "one retraining" of the bound."""
+        if not retrained:
+            return True, math.nan
+        ratio = sum(r / max(e, 1e-9) for e, r in retrained) / len(retrained)
+        predicted = estimate_seconds * ratio
+        reference = min(r for _, r in retrained)
+        allowed = self.max_cost * (self.search_seconds + reference) - self.search_seconds
+        return spent + predicted <= allowed, predicted
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,12 @@ from adarec.models.base import count_parameters
 from adarec.nas.budget import CostModel, model_cost
 from adarec.nas.front import (
     Candidate,
+    RetrainingCap,
     SweepPoint,
     derive_sweep,
     dominated_by,
     require_teacher_cost,
+    retraining_order,
     select_student,
     sweep_speedups,
     within_budget,
@@ -175,6 +177,7 @@ def build_front(
         "cost_unit": model.unit,
         "estimate_epochs": cfg.front.estimate_epochs,
         "retrain": cfg.front.retrain,
+        "max_cost": cfg.front.max_cost if cfg.front.retrain == "needed" else None,
         "sweep": [f"{s:g}x" for s in speedups],
         "teacher": teacher_row,
         "students": rows,
@@ -402,37 +405,63 @@ def _retrain_front(
     quiet: bool,
     finished: Sequence[Path],
 ) -> tuple[dict[int, Path], dict[int, str]]:
-    """Retrain the candidates, cheapest first (modelled cost); returns {point: run dir} and
-    {point: why it was not retrained}.
+    """Retrain the candidates; returns {point: run dir} and {point: why it was not
+    retrained}.
 
     ``front.retrain`` all: every candidate not dominated (the whole front). needed (the
-    default): with a keep, retraining stops at the first candidate (within the budget, if
-    any) whose validation NDCG@10 keeps it: every dearer one is slower in the cost model,
-    so it could not be selected. Without a keep (the most accurate within a budget), every
-    candidate within the budget is retrained.
+    default), in ``retraining_order``: with a keep, a candidate is not needed once a
+    cheaper one (within the budget, if any) keeps it: it is slower in the cost model, so it
+    could not be selected. Without a keep (the most accurate within a budget), every
+    candidate within the budget is. ``front.max_cost`` caps needed's time: a candidate
+    whose predicted retraining would take search plus front past that many times one
+    search plus one retraining is not retrained.
     """
     keep = cfg.run.keep
     threshold = None if keep is None else keep * teacher["valid"]["full"][METRIC]
+    needed = cfg.front.retrain == "needed"
     students: dict[int, Path] = {}
     skipped: dict[int, str] = {}
-    decided_by: str | None = None
-    for k in sorted(range(len(points)), key=lambda i: (points[i].cost, i)):
-        point = points[k]
+    for k, point in enumerate(points):
         if dominators[k] is not None:
             skipped[k] = f"{points[dominators[k]].budget} is cheaper and better"
-            continue
-        if budget is not None and _outside(point, estimates[k], budget, model) is True:
+        elif budget is not None and _outside(point, estimates[k], budget, model) is True:
             skipped[k] = f"over the budget {budget}"
+    eligible = [k for k in range(len(points)) if k not in skipped]
+    costs = [p.cost for p in points]
+    order = eligible
+    if needed:  # the order among the candidates that can be selected at all
+        ranks = retraining_order([costs[k] for k in eligible], threshold is not None)
+        order = [eligible[r] for r in ranks]
+    cap = None
+    if needed and cfg.front.max_cost is not None:
+        cap = RetrainingCap(cfg.front.max_cost, read_metrics(search_dir)["train_seconds"])
+    spent = math.fsum(e["seconds"] for e in estimates)
+    retrained: list[tuple[float, float]] = []  # (estimate s, retraining s) for the cap
+    keeping: list[int] = []  # retrained candidates that keep (and fit the budget)
+    for k in order:
+        point = points[k]
+        cheaper = [j for j in keeping if costs[j] < costs[k] or (costs[j] == costs[k] and j < k)]
+        if needed and cheaper:
+            skipped[k] = f"not needed: the cheaper {points[cheaper[0]].budget} keeps {keep:g}"
             continue
-        if decided_by is not None:
-            skipped[k] = f"not needed: the cheaper {decided_by} keeps {keep:g}"
-            continue
+        if cap is not None:
+            fits, predicted = cap.allows(spent, estimates[k]["seconds"], retrained)
+            if not fits:
+                skipped[k] = (
+                    f"over the front's time cap: about {predicted:.0f} s more would take "
+                    f"search and front past {cap.max_cost:g} x (search + one retraining)"
+                )
+                log.info("front: %s not retrained (%s)", point.budget, skipped[k])
+                continue
         students[k] = _retrain(cfg, search_dir, out / "students", point, quiet, finished)
-        valid = read_metrics(students[k])["valid"]["full"][METRIC]
+        metrics = read_metrics(students[k])
+        spent += metrics["train_seconds"]
+        retrained.append((estimates[k]["seconds"], metrics["train_seconds"]))
+        valid = metrics["valid"]["full"][METRIC]
         fits = budget is None or _outside(point, estimates[k], budget, model) is False
-        if cfg.front.retrain == "needed" and threshold is not None and valid >= threshold and fits:
-            decided_by = point.budget
-            log.info("front: %s keeps %g; dearer students are not retrained", point.budget, keep)
+        if needed and threshold is not None and valid >= threshold and fits:
+            keeping.append(k)
+            log.info("front: %s keeps %g; dearer students are not needed", point.budget, keep)
     return students, skipped
 
 
@@ -447,6 +476,20 @@ def _outside(
     return not within_budget(candidate, budget, model.teacher, model.unit)
 
 
+def finished_student(
+    cfg: Config, architecture: dict[str, Any], run_dirs: Sequence[Path]
+) -> Path | None:
+    """The first of ``run_dirs`` that is a finished student of ``architecture`` (a cell's
+    student is its cell's under any budget's name), or None. One that trained with other
+    settings than ``cfg`` is refused, not reused (issue 29: old results for new settings)."""
+    for run_dir in map(Path, run_dirs):
+        finished = (run_dir / "metrics.json").exists()
+        if finished and read_metrics(run_dir).get("architecture") == architecture:
+            check_reusable(run_dir, cfg, STUDENT_KEYS, ignore=("student.budget",))
+            return run_dir
+    return None
+
+
 def _retrain(
     cfg: Config,
     search_dir: Path,
@@ -458,14 +501,10 @@ def _retrain(
     """The student of ``point``, retrained as the student stage does (``student.budget``
     set to its budget) into ``root/BUDGET-CELL``; a finished run of the same cell is reused."""
     architecture = genotype_to_dict(point.genotype)
-    for candidate in [*map(Path, finished), *sorted(root.glob("*"))]:
-        finished_run = (candidate / "metrics.json").exists()
-        if finished_run and read_metrics(candidate).get("architecture") == architecture:
-            # A cell's student is its cell's under any budget's name, but only if it
-            # trained with these settings (issue 29: old results for new settings).
-            check_reusable(candidate, cfg, STUDENT_KEYS, ignore=("student.budget",))
-            log.info("front: %s reuses the finished student %s", point.budget, candidate)
-            return candidate
+    reused = finished_student(cfg, architecture, [*map(Path, finished), *sorted(root.glob("*"))])
+    if reused is not None:
+        log.info("front: %s reuses the finished student %s", point.budget, reused)
+        return reused
     run_dir = _point_dir(root, point)
     variant = copy.deepcopy(cfg)
     variant.student.budget = point.budget
@@ -606,6 +645,22 @@ def front_summary(front: dict[str, Any]) -> list[dict[str, Any]]:
         for r in front["students"]
         if r["retrained"]
     ]
+
+
+def front_cost(front: dict[str, Any]) -> dict[str, Any]:
+    """What the front added to its search, against one search plus one retraining (the
+    selected student's, or the closest's): issue 27's bound, ``front.max_cost``'s measure."""
+    seconds = front["seconds"]
+    chosen = front["selected"]["name"] or front["selected"]["closest"]
+    row = next(r for r in front["students"] if r["budget"] == chosen)
+    reference = seconds["search"] + row["retrain_seconds"]
+    total = seconds["search"] + seconds["front"]
+    return {
+        "search_seconds": seconds["search"],
+        "front_seconds": seconds["front"],
+        "selected_retrain_seconds": row["retrain_seconds"],
+        "search_plus_front_over_search_plus_one_retraining": round(total / reference, 3),
+    }
 
 
 def front_not_retrained(front: dict[str, Any]) -> list[dict[str, Any]]:

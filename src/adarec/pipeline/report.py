@@ -66,7 +66,8 @@ def write_report(
     """Measure, then write ``report.json`` (the contract) and ``report.md`` with plots.
 
     ``front``: the front's front.json content when it ran (``run.front``): report.json then
-    adds "front" (the retrained students) and "selected". ``front_skipped``: why a run
+    adds "front" (the retrained students), "front_not_retrained", "selected" and
+    "front_cost" (against one search plus one retraining). ``front_skipped``: why a run
     that asked for the front (``run.front``) has none (report.json "front_skipped")."""
     dirs = {"teacher": teacher_dir, "student": student_dir, **baseline_dirs}
     metrics = {name: read_metrics(d) for name, d in dirs.items()}
@@ -122,11 +123,17 @@ def write_report(
         "date": dt.datetime.now().isoformat(timespec="seconds"),
     }
     if front is not None:
-        from adarec.pipeline.front import FRONT_FIGURE, front_not_retrained, front_summary
+        from adarec.pipeline.front import (
+            FRONT_FIGURE,
+            front_cost,
+            front_not_retrained,
+            front_summary,
+        )
 
         report["front"] = front_summary(front)
         report["front_not_retrained"] = front_not_retrained(front)
         report["selected"] = front["selected"]
+        report["front_cost"] = front_cost(front)
         report["front_figure"] = _rel(out / "front" / FRONT_FIGURE, out)
         if baseline_dirs and dist.is_main():
             # The baselines on the front's axes: latency in the serving path at its batch.
@@ -498,9 +505,14 @@ def _front_lines(report: dict[str, Any]) -> list[str]:
                 for r in others
             ],
         ]
+    cost = report["front_cost"]
     lines += [
         "",
         f"- Selected: {selected['reason']}",
+        f"- Cost: search {cost['search_seconds']:.0f} s, front {cost['front_seconds']:.0f} s "
+        f"(estimates, {len(rows)} retraining{'s' if len(rows) != 1 else ''}, timing): search "
+        f"+ front = {cost['search_plus_front_over_search_plus_one_retraining']:.2f} x "
+        "(search + one retraining).",
         "",
         f"![the front]({report['front_figure']})",
         "",
